@@ -1,0 +1,52 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "overlay-toolkit",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "create-overlay", targets: ["create-overlay"]),
+        .executable(name: "mount-overlay", targets: ["mount-overlay"]),
+        .executable(name: "run-overlay", targets: ["run-overlay"]),
+        .executable(name: "overlay", targets: ["overlay"]),
+        .library(name: "Ext3", targets: ["Ext3"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // The only place C leaks in: libext2fs + com_err, with a shim for what Swift imports badly.
+        .systemLibrary(
+            name: "CExt2fs",
+            pkgConfig: "ext2fs",
+            providers: [.apt(["libext2fs-dev"])]
+        ),
+        // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
+        .target(name: "Ext3", dependencies: ["CExt2fs"]),
+        // The domain: overlay specs, stack rules, naming, locks, command files, containers.
+        .target(name: "Overlay", dependencies: ["Ext3"]),
+        // Running a stack: the Runtime protocol, Singularity and Native implementations.
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3"]),
+        // ArgumentParser commands shared by the executables; testable in-process.
+        .target(
+            name: "OverlayCommands",
+            dependencies: [
+                "Ext3", "Overlay", "Runtime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "create-overlay", dependencies: ["OverlayCommands"]),
+        .executableTarget(name: "mount-overlay", dependencies: ["OverlayCommands"]),
+        .executableTarget(name: "run-overlay", dependencies: ["OverlayCommands"]),
+        .executableTarget(name: "overlay", dependencies: ["OverlayCommands"]),
+
+        // Shared test helpers: traits (.requiresRoot, .requires(executable:)), temp dirs, oracles.
+        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
+        .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "TestSupport"]),
+        .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
+        .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),
+        // Runs the built executables (create-overlay, run-overlay, ...) as a user would.
+        .testTarget(name: "EndToEndTests", dependencies: ["Ext3", "Overlay", "TestSupport"]),
+    ]
+)

@@ -1,0 +1,134 @@
+/// One `-o` argument: an image path and how it is mounted.
+public struct OverlaySpec: Equatable, Sendable, CustomStringConvertible {
+    public enum Mode: String, Sendable { case writable = "rw", readOnly = "ro" }
+
+    public var path: String
+    public var mode: Mode
+    /// Whether the user wrote `:ro`/`:rw` (otherwise the position decided).
+    public var explicit: Bool
+
+    public init(path: String, mode: Mode, explicit: Bool = true) {
+        self.path = path
+        self.mode = mode
+        self.explicit = explicit
+    }
+
+    /// Parses `IMG`, `IMG:ro`, `IMG:rw`. The mode is nil when not given.
+    public static func parse(_ text: String) throws -> (path: String, mode: Mode?) {
+        guard !text.isEmpty else { throw OverlayError.invalidOverlaySpec(text) }
+        if text.hasSuffix(":ro") { return try (nonEmpty(String(text.dropLast(3)), text), .readOnly) }
+        if text.hasSuffix(":rw") { return try (nonEmpty(String(text.dropLast(3)), text), .writable) }
+        return (text, nil)
+    }
+
+    private static func nonEmpty(_ path: String, _ text: String) throws -> String {
+        guard !path.isEmpty else { throw OverlayError.invalidOverlaySpec(text) }
+        return path
+    }
+
+    public var isWritable: Bool { mode == .writable }
+    public var description: String { mode == .readOnly ? "\(path):ro" : path }
+}
+
+/// The overlays of one run, validated by Apptainer's stacking rule: the first `-o` is writable
+/// unless it says `:ro`; every later one is read-only; a later one asking for `:rw` is an error.
+public struct OverlayStack: Equatable, Sendable {
+    /// In the order given on the command line.
+    public let specs: [OverlaySpec]
+
+    public init(arguments: [String]) throws {
+        guard !arguments.isEmpty else { throw OverlayError.noOverlays }
+        var specs: [OverlaySpec] = []
+        for (index, argument) in arguments.enumerated() {
+            let (path, mode) = try OverlaySpec.parse(argument)
+            if index == 0 {
+                specs.append(OverlaySpec(path: path, mode: mode ?? .writable, explicit: mode != nil))
+            } else {
+                if mode == .writable { throw OverlayError.secondWritable(path) }
+                specs.append(OverlaySpec(path: path, mode: .readOnly, explicit: mode != nil))
+            }
+        }
+        self.specs = specs
+    }
+
+    public init(specs: [OverlaySpec]) throws {
+        guard !specs.isEmpty else { throw OverlayError.noOverlays }
+        for spec in specs.dropFirst() where spec.isWritable {
+            throw OverlayError.secondWritable(spec.path)
+        }
+        self.specs = specs
+    }
+
+    /// The writable overlay, if the first one is writable.
+    public var writable: OverlaySpec? { specs.first.flatMap { $0.isWritable ? $0 : nil } }
+
+    /// Read-only overlays, topmost first: later ones sit above earlier ones (as Apptainer
+    /// stacks them), so this is the command-line order reversed.
+    public var readOnlyTopmostFirst: [OverlaySpec] { specs.filter { !$0.isWritable }.reversed() }
+}
+
+/// A bind mount, `SRC[:DST[:ro]]` as Singularity's `-B`.
+public struct Bind: Equatable, Sendable, CustomStringConvertible {
+    public var source: String
+    public var destination: String
+    public var readOnly: Bool
+
+    public init(source: String, destination: String, readOnly: Bool = false) {
+        self.source = source
+        self.destination = destination
+        self.readOnly = readOnly
+    }
+
+    public init(parsing text: String) throws {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+        guard (1...3).contains(parts.count), !parts[0].isEmpty else { throw OverlayError.invalidBind(text) }
+        source = parts[0]
+        destination = parts.count >= 2 && !parts[1].isEmpty ? parts[1] : parts[0]
+        if parts.count == 3 {
+            switch parts[2] {
+            case "ro": readOnly = true
+            case "rw": readOnly = false
+            default: throw OverlayError.invalidBind(text)
+            }
+        } else {
+            readOnly = false
+        }
+        guard destination.hasPrefix("/") else { throw OverlayError.invalidBind(text) }
+    }
+
+    public var description: String {
+        source == destination && !readOnly ? source : "\(source):\(destination)\(readOnly ? ":ro" : "")"
+    }
+}
+
+/// What runs inside the container.
+public enum JobCommand: Equatable, Sendable {
+    /// `-f FILE`: `/bin/bash FILE` inside the container.
+    case file(String)
+    /// `-- CMD ARGS`: run directly.
+    case argv([String])
+    /// mount-overlay: an interactive shell.
+    case interactiveShell
+}
+
+/// Everything a runtime needs to run one job: validated by the command, run by a Runtime.
+public struct Job: Equatable, Sendable {
+    public var stack: OverlayStack
+    public var container: ContainerReference
+    public var binds: [Bind]
+    public var command: JobCommand
+    /// The invoking directory; bound and used as the working directory inside.
+    public var workingDirectory: String
+    /// Extra options passed to Singularity/Apptainer verbatim (ignored by the native runtime).
+    public var runtimeOptions: [String]
+
+    public init(stack: OverlayStack, container: ContainerReference, binds: [Bind] = [],
+                command: JobCommand, workingDirectory: String, runtimeOptions: [String] = []) {
+        self.stack = stack
+        self.container = container
+        self.binds = binds
+        self.command = command
+        self.workingDirectory = workingDirectory
+        self.runtimeOptions = runtimeOptions
+    }
+}

@@ -1,0 +1,11 @@
+import ArgumentParser
+
+/// `overlay`: everything about an image without mounting it.
+public struct OverlayTool: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "overlay",
+        abstract: "Inspect ext3 overlay images without mounting them.",
+        subcommands: []
+    )
+    public init() {}
+}

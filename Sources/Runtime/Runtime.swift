@@ -1,0 +1,56 @@
+import Overlay
+
+/// Something that can run a ``Job``: mount its overlay stack on its container and run its
+/// command. Two implementations: ``NativeRuntime`` (kernel or FUSE mounts, this process) and
+/// ``SingularityRuntime`` (builds Singularity's/Apptainer's command line and execs it).
+public protocol Runtime: Sendable {
+    /// `native`, `singularity`, `apptainer`.
+    var name: String { get }
+    /// What `--dry-run` prints: the mounts and the command, one step a line.
+    func plan(for job: Job) throws -> [String]
+    /// Runs the job and returns the status to exit with (128+N when killed by signal N).
+    /// A runtime that execs another program does not return on success.
+    func run(_ job: Job) throws -> Int32
+}
+
+/// `--runtime` / `$OVERLAY_RUNTIME`.
+public enum RuntimeKind: String, CaseIterable, Sendable {
+    case auto, native, singularity, apptainer
+}
+
+public enum RuntimeError: Error, CustomStringConvertible, Equatable, Sendable {
+    case unavailable(String)
+    case failed(String)
+
+    public var description: String {
+        switch self {
+        case let .unavailable(text), let .failed(text): return text
+        }
+    }
+}
+
+/// Finds an executable on `PATH` (as `execvp` would).
+public func findExecutable(_ name: String, path: String? = nil) -> String? {
+    if name.contains("/") { return isExecutableFile(name) ? name : nil }
+    let searchPath = path ?? environmentValue("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
+    for dir in searchPath.split(separator: ":") where !dir.isEmpty {
+        let candidate = "\(dir)/\(name)"
+        if isExecutableFile(candidate) { return candidate }
+    }
+    return nil
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func isExecutableFile(_ path: String) -> Bool {
+    var info = stat()
+    guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return false }
+    return access(path, X_OK) == 0
+}
+
+func environmentValue(_ name: String) -> String? {
+    guard let value = getenv(name) else { return nil }
+    return String(cString: value)
+}

@@ -1,0 +1,3 @@
+import OverlayCommands
+
+MountOverlay.main()

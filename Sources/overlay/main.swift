@@ -1,0 +1,3 @@
+import OverlayCommands
+
+OverlayTool.main()
