@@ -11,7 +11,7 @@ public struct TestUser: Sendable {
     /// The shared test user, `overlaytest`.
     public static func ensure(_ name: String = "overlaytest") throws -> TestUser {
         if getpwnam(name) == nil {
-            let result = try run(["useradd", "--create-home", "--shell", "/bin/bash", name])
+            let result = try TestSupport.run(["useradd", "--create-home", "--shell", "/bin/bash", name])
             // Another test may have created it in between: only fail if it still is not there.
             if result.status != 0, getpwnam(name) == nil {
                 throw TestUserError(text: "useradd \(name) failed: \(result.stderr)")
