@@ -12,4 +12,8 @@ static inline io_manager cext2fs_unix_io_manager(void) { return unix_io_manager;
 static inline unsigned int cext2fs_block_size(ext2_filsys fs) { return (unsigned int)fs->blocksize; }
 static inline int cext2fs_has_feature_journal(struct ext2_super_block *sb) { return ext2fs_has_feature_journal(sb); }
 
+// Owner of an inode, with the high 16 bits (macros in ext2_fs.h).
+static inline unsigned int cext2fs_inode_uid(const struct ext2_inode *inode) { return inode_uid(*inode); }
+static inline unsigned int cext2fs_inode_gid(const struct ext2_inode *inode) { return inode_gid(*inode); }
+
 #endif

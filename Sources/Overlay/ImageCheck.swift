@@ -1,0 +1,57 @@
+import Ext3
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The checks Apptainer makes before it mounts an overlay, made first so the user gets one
+/// clear line instead of a mount failure: the file exists, is ext3 with only the features
+/// Apptainer accepts, and (when it will be written) has `upper/` and `work/` directories.
+public enum ImageCheck {
+    public struct Result: Sendable, Equatable {
+        public var superblock: Ext3.Superblock
+        /// Owner of the image file on the host.
+        public var fileOwner: UInt32
+        public var upper: Ext3.Entry?
+        public var work: Ext3.Entry?
+    }
+
+    /// Validates `spec`; throws ``OverlayError/message(_:)`` with one actionable line.
+    @discardableResult
+    public static func validate(_ spec: OverlaySpec) throws -> Result {
+        let path = spec.path
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            throw OverlayError.message("overlay '\(path)' not found: give an existing image, or make one with create-overlay -s SIZE -n FILES -o \(path)")
+        }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            throw OverlayError.message("overlay '\(path)' is not a file: give an ext3 image file made with create-overlay")
+        }
+        let superblock: Ext3.Superblock
+        do {
+            superblock = try Ext3.Superblock(path: path)
+        } catch {
+            throw OverlayError.message("overlay '\(path)' is not an ext3 image: make one with create-overlay")
+        }
+        let refusals = superblock.apptainerRefusals
+        if !refusals.isEmpty {
+            throw OverlayError.message("overlay '\(path)' cannot be used: \(refusals.joined(separator: "; ")); make an ext3 overlay with create-overlay")
+        }
+        var result = Result(superblock: superblock, fileOwner: info.st_uid, upper: nil, work: nil)
+        do {
+            let image = try Ext3.Image(path: path)
+            defer { try? image.close() }
+            result.upper = try image.entry(at: "upper")
+            result.work = try image.entry(at: "work")
+        } catch let error as Ext3.Error {
+            throw OverlayError.message("overlay '\(path)' is damaged: \(error.description); check it with e2fsck -fn \(path)")
+        }
+        if spec.isWritable {
+            let missing = [("upper", result.upper), ("work", result.work)].filter { $0.1?.kind != .directory }.map { $0.0 + "/" }
+            if !missing.isEmpty {
+                throw OverlayError.message("overlay '\(path)' has no \(missing.joined(separator: " and ")) directory at its root, so it cannot be mounted writable: use it read-only with '\(path):ro', or add them with: debugfs -w -R 'mkdir upper' \(path); debugfs -w -R 'mkdir work' \(path)")
+            }
+        }
+        return result
+    }
+}
