@@ -179,7 +179,8 @@ struct SingularityLockTests {
         let scene = try SingularityScene()
         let image = try scene.overlay("env.ext3")
         // The stand-in, once started by exec, takes the write lock the way Apptainer would:
-        // it only can if run-overlay released its test lock before exec.
+        // it only can if nothing of run-overlay's test lock (nor a descriptor holding it)
+        // survives into the exec'd process.
         let result = try scene.run("run-overlay", [
             "-o", "env.ext3", "-c", "docker://alpine", "--",
             python3, "-c",
