@@ -15,6 +15,20 @@ import TestSupport
 struct SlurmTests {
     // MARK: SLURM plumbing, with the stand-in runtime
 
+    @Test func startingAgainLeavesTheRunningDaemonsAlone() throws {
+        _ = try SlurmCluster()
+        let script = "\(SlurmCluster.packageRoot)/Scripts/slurm-local"
+        let before = try run([script, "status"])
+        let again = try run([script, "start"])
+        #expect(again.status == 0, "\(again)")
+        #expect(again.stdout.contains("already running: node "), "\(again)")
+        let after = try run([script, "status"])
+        #expect(after.stdout == before.stdout)
+        #expect(before.stdout.contains("slurmctld: running ("), "\(before)")
+        #expect(before.stdout.contains("slurmd: running ("), "\(before)")
+        #expect(before.stdout.contains(" debug* idle "), "\(before)")
+    }
+
     @Test func aJobWhoseCommandFileExits7MakesSbatchExit7() throws {
         let cluster = try SlurmCluster()
         let scene = try SingularityScene()
