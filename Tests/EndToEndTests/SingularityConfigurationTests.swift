@@ -45,6 +45,25 @@ struct SingularityConfigurationTests {
         #expect(bad.stderr == "Error: unknown runtime 'docker' (from $OVERLAY_RUNTIME): use auto, native, singularity or apptainer\n")
     }
 
+    @Test func aContainerThatIsNotThereSaysWhereItWasSet() throws {
+        let scene = try SingularityScene()
+        try scene.overlay("env.ext3")
+        let result = try scene.run("run-overlay", ["-o", "env.ext3", "--", "true"],
+                                   environment: ["OVERLAY_CONTAINER": scene.file("gone.sif")])
+        #expect(result.status == 1)
+        #expect(result.stderr == "Error: container '\(scene.file("gone.sif"))' not found: give a SIF file, a squashfs image, a sandbox directory or / with -c (from $OVERLAY_CONTAINER)\n")
+        #expect(!scene.standIn.started)
+    }
+
+    @Test func aURIIsForSingularityOnly() throws {
+        let scene = try SingularityScene(standIns: [])
+        try scene.overlay("env.ext3")
+        try write("container = docker://ubuntu\n", to: scene.file("config/overlay/config"))
+        let result = try scene.run("run-overlay", ["--runtime", "native", "-o", "env.ext3", "--", "true"])
+        #expect(result.status == 1)
+        #expect(result.stderr == "Error: container 'docker://ubuntu' (from \(scene.file("config/overlay/config")):1) is a URI only Singularity/Apptainer can pull: use --runtime apptainer, or give a local SIF file, squashfs image or directory\n")
+    }
+
     @Test func aBrokenFileIsOneLineNamingIt() throws {
         let scene = try SingularityScene()
         try scene.overlay("env.ext3")
