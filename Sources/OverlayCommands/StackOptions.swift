@@ -16,7 +16,7 @@ public struct StackOptions: ParsableArguments {
     public var overlay: [String] = []
 
     @Option(name: .shortAndLong,
-            help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, or / (default: $OVERLAY_CONTAINER, else container in the config file, else / for the native runtime; Singularity needs one; see overlay config).",
+            help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, /, or for Singularity a URI such as docker://ubuntu (default: $OVERLAY_CONTAINER, else container in the config file, else / for the native runtime; Singularity needs one; see overlay config).",
                                valueName: "container"))
     public var container: String?
 
