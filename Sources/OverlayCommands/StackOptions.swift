@@ -16,7 +16,7 @@ public struct StackOptions: ParsableArguments {
     public var overlay: [String] = []
 
     @Option(name: .shortAndLong,
-            help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, or / (default: $OVERLAY_CONTAINER, else /).",
+            help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, /, or for Singularity a URI such as docker://ubuntu (default: $OVERLAY_CONTAINER, else container in the config file, else / for the native runtime; Singularity needs one; see overlay config).",
                                valueName: "container"))
     public var container: String?
 
@@ -24,7 +24,7 @@ public struct StackOptions: ParsableArguments {
             help: ArgumentHelp("Bind a host path into the container. Repeatable.", valueName: "src[:dst[:ro]]"))
     public var bind: [String] = []
 
-    @Option(help: ArgumentHelp("Runtime: auto (Apptainer/Singularity when on PATH, else native), native, singularity, apptainer (default: $OVERLAY_RUNTIME, else auto).",
+    @Option(help: ArgumentHelp("Runtime: auto (Apptainer/Singularity when on PATH, else native), native, singularity, apptainer (default: $OVERLAY_RUNTIME, else runtime in the config file, else auto).",
                                valueName: "runtime"))
     public var runtime: String?
 
@@ -49,11 +49,25 @@ public struct StackOptions: ParsableArguments {
         }
     }
 
-    /// The runtime kind: the flag, else `$OVERLAY_RUNTIME`, else auto.
+    /// The effective settings: the flags, else the environment, else the configuration files
+    /// (see ``Configuration``).
+    public func configuration(environment: [String: String] = currentEnvironment()) throws -> Configuration {
+        var flags: [Configuration.Key: String] = [:]
+        if let container { flags[.container] = container }
+        if let runtime { flags[.runtime] = runtime }
+        return try Configuration.load(environment: environment, flags: flags)
+    }
+
+    /// The runtime kind: `--runtime`, else `$OVERLAY_RUNTIME`, else the config files, else auto.
     public func runtimeKind(environment: [String: String] = currentEnvironment()) throws -> RuntimeKind {
-        let text = runtime ?? environment["OVERLAY_RUNTIME"] ?? "auto"
+        try Self.runtimeKind(from: configuration(environment: environment))
+    }
+
+    static func runtimeKind(from configuration: Configuration) throws -> RuntimeKind {
+        let setting = configuration.runtime
+        let text = setting.value ?? Configuration.defaultRuntime
         guard let kind = RuntimeKind(rawValue: text) else {
-            throw ValidationError("unknown runtime '\(text)' (from $OVERLAY_RUNTIME): use auto, native, singularity or apptainer")
+            throw OverlayError.message("unknown runtime '\(text)' (from \(setting.source)): use auto, native, singularity or apptainer")
         }
         return kind
     }
@@ -61,11 +75,55 @@ public struct StackOptions: ParsableArguments {
     /// Builds the validated job for `command`.
     public func job(command: JobCommand, environment: [String: String] = currentEnvironment()) throws -> Job {
         let stack = try OverlayStack(arguments: overlay)
-        let containerPath = container ?? environment["OVERLAY_CONTAINER"] ?? "/"
-        let reference = try ContainerReference.detect(containerPath)
+        let configuration = try configuration(environment: environment)
+        let kind = try Self.runtimeKind(from: configuration)
+        let reference = try Self.container(configuration.container,
+                                           forSingularity: RuntimeSelection.choosesSingularity(kind))
         let binds = try bind.map(Bind.init(parsing:))
         return Job(stack: stack, container: reference, binds: binds, command: command,
                    workingDirectory: currentDirectory(), runtimeOptions: runtimeOptions)
+    }
+
+    /// The message when Singularity is chosen and nothing names a container.
+    public static let singularityNeedsContainer =
+        "Singularity needs a container image: give -c IMAGE or set container in ~/.config/overlay/config"
+
+    /// The container a job runs in, from the effective `container` setting.
+    ///
+    /// The native runtime defaults to the host (`/`) and mounts only what it recognises. For
+    /// Singularity the value is passed on as given: it must name an image (there is no default),
+    /// may be a URI it pulls itself (`docker://`, `library://`, `oras://`, ...; it turns those
+    /// into a SIF in its cache, hence `.sif`), and a local file we do not recognise (an ext3
+    /// image, for one) is left for it to judge.
+    static func container(_ setting: Configuration.Setting, forSingularity: Bool) throws -> ContainerReference {
+        guard let value = setting.value else {
+            if forSingularity { throw OverlayError.message(singularityNeedsContainer) }
+            return .host
+        }
+        let origin = setting.source == .flag("-c") ? "" : " (from \(setting.source))"
+        if isURI(value) {
+            guard forSingularity else {
+                throw OverlayError.message("container '\(value)'\(origin) is a URI only Singularity/Apptainer can pull: use --runtime apptainer, or give a local SIF file, squashfs image or directory")
+            }
+            return .sif(value)
+        }
+        do {
+            return try ContainerReference.detect(value)
+        } catch OverlayError.unknownContainer(_) where forSingularity {
+            return .sif(value)
+        } catch let error as OverlayError {
+            throw OverlayError.message(error.description + origin)
+        }
+    }
+
+    /// `scheme://...`, as Singularity writes image sources.
+    static func isURI(_ text: String) -> Bool {
+        guard let colon = text.firstIndex(of: ":"), text[colon...].hasPrefix("://") else { return false }
+        let scheme = text[..<colon]
+        guard let first = scheme.first, first.isASCII, first.isLetter else { return false }
+        return scheme.allSatisfy { (c: Character) -> Bool in
+            c.isASCII && (c.isLetter || c.isNumber || c == "+" || c == "-" || c == ".")
+        }
     }
 
     /// Runs (or, with --dry-run, prints) the job; exits with the job's status.

@@ -1,15 +1,94 @@
 import Overlay
 
-/// Runs a job with Singularity/Apptainer: builds its command line and execs it.
-/// (Implemented by the Singularity-runtime work.)
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs a job with Singularity/Apptainer: checks the images the way Apptainer will, tests their
+/// locks, builds the command line and execs it, so the process becomes Singularity and signals
+/// and the exit status are its own.
+///
+///     apptainer exec [runtime options] --overlay A --overlay B:ro ... [-B binds] IMAGE /bin/bash FILE
+///     apptainer exec ... IMAGE CMD ARGS...          (run-overlay -- CMD ARGS)
+///     apptainer shell ... IMAGE                     (mount-overlay)
+///
+/// The environment is passed on as it is, so `APPTAINER_*`/`SINGULARITY_*` settings reach it.
 public struct SingularityRuntime: Runtime {
+    /// The executable found on PATH (`/usr/bin/apptainer`).
     public let executable: String
+
     public init(executable: String) { self.executable = executable }
+
+    /// `apptainer` or `singularity`: the program's own name.
     public var name: String { String(executable.split(separator: "/").last ?? "singularity") }
-    public func plan(for job: Job) throws -> [String] {
-        throw RuntimeError.unavailable("the Singularity runtime is not built yet")
+
+    /// The full command line, the executable first.
+    public func arguments(for job: Job) -> [String] {
+        var argv = [executable]
+        switch job.command {
+        case .interactiveShell: argv.append("shell")
+        case .file, .argv: argv.append("exec")
+        }
+        // Options the user passes through (--nv, --fakeroot, --contain, ...) come first, right
+        // after the verb, where Singularity reads its options.
+        argv += job.runtimeOptions
+        // Apptainer stacks later overlays above earlier ones, as our rule does: keep the order.
+        // Only the first may be writable; every read-only one says so with `:ro`.
+        for spec in job.stack.specs {
+            argv += ["--overlay", spec.isWritable ? spec.path : "\(spec.path):ro"]
+        }
+        for bind in job.binds {
+            argv += ["-B", bind.description]
+        }
+        argv.append(job.container.path)
+        switch job.command {
+        case let .file(file): argv += ["/bin/bash", file]
+        case let .argv(command): argv += command
+        case .interactiveShell: break
+        }
+        return argv
     }
+
+    /// One line: the exact command, shell-quoted. The images are checked (nothing is locked or
+    /// started), so a dry run reports what a real run would refuse.
+    public func plan(for job: Job) throws -> [String] {
+        for spec in job.stack.specs { try ImageCheck.validate(spec) }
+        return [ShellQuote.line(arguments(for: job))]
+    }
+
+    /// Checks every image, tests its lock (write for the writable one, read for the others)
+    /// and releases it, then execs Singularity. Returns only when it could not be started.
     public func run(_ job: Job) throws -> Int32 {
-        throw RuntimeError.unavailable("the Singularity runtime is not built yet")
+        for spec in job.stack.specs {
+            try ImageCheck.validate(spec)
+        }
+        // Only test: Apptainer takes the same OFD locks itself, and would fail against ours.
+        for spec in job.stack.specs {
+            try ImageLock.test(spec.path, spec.isWritable ? .write : .read)
+        }
+        let argv = arguments(for: job)
+        fflush(nil)
+        let code = Self.exec(argv)
+        throw RuntimeError.failed("cannot start \(executable): \(String(cString: strerror(code)))")
+    }
+
+    /// execv with the current environment; returns errno when it fails.
+    private static func exec(_ argv: [String]) -> Int32 {
+        var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
+        cArguments.append(nil)
+        defer { for pointer in cArguments { free(pointer) } }
+        execv(argv[0], cArguments)
+        return errno
+    }
+}
+
+extension RuntimeSelection {
+    /// Whether `kind` runs with Singularity/Apptainer here (`auto` does when one is on PATH).
+    public static func choosesSingularity(_ kind: RuntimeKind) -> Bool {
+        switch kind {
+        case .singularity, .apptainer: return true
+        case .native: return false
+        case .auto: return findExecutable("apptainer") != nil || findExecutable("singularity") != nil
+        }
     }
 }
