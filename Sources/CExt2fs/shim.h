@@ -12,4 +12,22 @@ static inline io_manager cext2fs_unix_io_manager(void) { return unix_io_manager;
 static inline unsigned int cext2fs_block_size(ext2_filsys fs) { return (unsigned int)fs->blocksize; }
 static inline int cext2fs_has_feature_journal(struct ext2_super_block *sb) { return ext2fs_has_feature_journal(sb); }
 
+
+// ---- Formatting helpers ----
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
+#include <sys/syscall.h>
+
+// rename(2) that refuses to replace an existing target (renameat2 RENAME_NOREPLACE, which
+// glibc's headers only declare under _GNU_SOURCE). Returns 0, or -1 with errno set.
+static inline int cext2fs_rename_noreplace(const char *from, const char *to) {
+#ifdef SYS_renameat2
+    return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1 /* RENAME_NOREPLACE */);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 #endif
