@@ -24,16 +24,16 @@ public struct CreateOverlay: ParsableCommand {
     public init() {}
 
     @Option(name: .shortAndLong,
-            help: ArgumentHelp("Image size in MiB, or with a unit: 500M, 5G.", valueName: "size"))
+            help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G).", valueName: "size"))
     public var size: String
 
     @Option(name: [.customShort("n"), .customLong("files")],
-            help: ArgumentHelp("Number of files it can hold, in thousands (-n 700: 700,000). Default: one per 16 KiB.",
+            help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB.",
                                valueName: "thousands"))
     public var files: String?
 
     @Option(name: [.customShort("o"), .customLong("output")],
-            help: ArgumentHelp("Image to create (default: overlay-<size>M-<files>K.ext3 here).", valueName: "path"))
+            help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3).", valueName: "path"))
     public var output: String?
 
     @Option(name: .customLong("create-dir"), parsing: .singleValue,
@@ -41,7 +41,7 @@ public struct CreateOverlay: ParsableCommand {
                                valueName: "path"))
     public var createDirectories: [String] = []
 
-    @Flag(help: "Make upper/ and work/ belong to root (uid 0), for containers run with --fakeroot.")
+    @Flag(help: "Give upper/ and work/ to root (uid 0), for containers run with --fakeroot.")
     public var fakeroot = false
 
     @Flag(help: "Print the result as one JSON object.")
