@@ -139,10 +139,21 @@ public struct CreateOverlay: ParsableCommand {
                 return "cannot create \(target) in \(directory): \(String(cString: strerror(code)))"
             }
         case let .system(_, _, code) where code == ENOSPC || code == EDQUOT:
-            return "cannot create \(target): \(String(cString: strerror(code))); free some space or create it elsewhere with -o"
+            return noSpace(target, code)
+        case let .library(_, _, code, _) where code == Int64(ENOSPC) || code == Int64(EDQUOT):
+            return noSpace(target, Int32(code))
+        case let .system(operation, _, code):
+            // The path is the hidden temporary file, which is gone: name the target instead.
+            return "cannot create \(target): \(operation): \(String(cString: strerror(code)))"
+        case let .library(operation, _, _, message):
+            return "cannot create \(target): \(operation): \(message)"
         default:
             return error.description
         }
+    }
+
+    static func noSpace(_ target: String, _ code: Int32) -> String {
+        "cannot create \(target): \(String(cString: strerror(code))); free some space or create it elsewhere with -o"
     }
 
     /// `1,234,567`.

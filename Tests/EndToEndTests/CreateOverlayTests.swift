@@ -106,6 +106,22 @@ struct CreateOverlayTests {
         #expect(try directory.listing() == [])
     }
 
+    /// A filesystem too small for the metadata: one line, and the half-built file is gone.
+    @Test(.requiresRoot, .requires(executable: "mount"))
+    func fullDiskFailsCleanly() throws {
+        let directory = try TempDirectory("create-full")
+        let small = directory.file("small")
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: false)
+        let mount = try run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", small])
+        try #require(mount.status == 0, "\(mount)")
+        defer { _ = try? run(["umount", small]) }
+        let result = try run([tool, "-s", "500", "-n", "700", "-o", small + "/env.ext3"])
+        #expect(result.status != 0)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("cannot create \(small)/env.ext3: No space left on device"), "\(result.stderr)")
+        #expect(CreateOracle.listing(small) == [])
+    }
+
     /// A directory the test user owns, inside a fresh temporary directory.
     func userDirectory(_ user: TestUser, in parent: TempDirectory) throws -> String {
         let path = parent.file("home")

@@ -78,6 +78,12 @@ import Ext3
                                             target: "a.ext3")
         #expect(missing.contains("directory . does not exist"))
         #expect(CreateOverlay.explain(.exists(path: "a.ext3"), target: "a.ext3").contains("already exists"))
+        let full = CreateOverlay.explain(.library(operation: "close filesystem", path: ".a.ext3.tmp-1", code: Int64(ENOSPC),
+                                                  message: "No space left on device"), target: "a.ext3")
+        #expect(full == "cannot create a.ext3: No space left on device; free some space or create it elsewhere with -o")
+        let other = CreateOverlay.explain(.library(operation: "create the journal", path: ".a.ext3.tmp-1", code: 1,
+                                                   message: "Operation not permitted"), target: "a.ext3")
+        #expect(other == "cannot create a.ext3: create the journal: Operation not permitted")
     }
 
     @Test func runsInProcess() throws {
