@@ -76,6 +76,36 @@ struct FormatterTests {
         #expect(journal.mode == 0o600)
     }
 
+    /// Side by side with mke2fs on the same geometry: the same superblock (but for what is
+    /// random, timed, or taken by upper/ and work/), lost+found and journal.
+    @Test(.requires(executable: "mke2fs")) func sameAsMke2fs() throws {
+        let directory = try TempDirectory("ext3-mke2fs")
+        let ours = directory.file("ours.ext3"), theirs = directory.file("theirs.ext3")
+        _ = try Ext3.Formatter(.init(sizeBytes: 500 * Self.mebibyte, minimumInodes: 700_000)).format(into: ours)
+        try #require(try run(["truncate", "-s", "500M", theirs]).status == 0)
+        let made = try run(["mke2fs", "-q", "-F", "-t", "ext3", "-b", "4096", "-I", "256", "-N", "700000", "-m", "0", theirs])
+        try #require(made.status == 0, "\(made)")
+
+        var a = try Oracle.superblock(ours), b = try Oracle.superblock(theirs)
+        #expect(Int(a["Free blocks"] ?? "") == Int(b["Free blocks"] ?? "").map { $0 - 2 }, "upper/ and work/ take a block each")
+        #expect(Int(a["Free inodes"] ?? "") == Int(b["Free inodes"] ?? "").map { $0 - 2 })
+        for key in ["Filesystem UUID", "Directory Hash Seed", "Filesystem created", "Last write time", "Last mount time",
+                    "Last checked", "Free blocks", "Free inodes", "Journal checksum", "Journal sequence"] {
+            a[key] = nil
+            b[key] = nil
+        }
+        #expect(a == b)
+
+        let lostFound = try #require(try Oracle.stat(ours, "/lost+found")), theirsLostFound = try #require(try Oracle.stat(theirs, "/lost+found"))
+        #expect(lostFound.mode == theirsLostFound.mode && lostFound.size == theirsLostFound.size && lostFound.links == theirsLostFound.links)
+        func journalBlocks(_ image: String) throws -> String {
+            let text = try run(["debugfs", "-R", "stat <8>", image]).stdout
+            return String(text[(text.range(of: "BLOCKS:")?.upperBound ?? text.endIndex)...])
+        }
+        #expect(try journalBlocks(ours) == journalBlocks(theirs))
+        #expect(try Oracle.stat(ours, "/")?.mode == Oracle.stat(theirs, "/")?.mode)
+    }
+
     @Test func layoutOwnersAndModes() throws {
         let directory = try TempDirectory("ext3-layout")
         let image = directory.file("image.ext3")
