@@ -129,7 +129,7 @@ public struct CreateOverlay: ParsableCommand {
     static func explain(_ error: Ext3.Error, target: String) -> String {
         switch error {
         case let .system(operation, _, code) where operation == "create the image file":
-            let directory = Ext3Path.directory(of: target)
+            let directory = directory(of: target)
             switch code {
             case ENOENT:
                 return "cannot create \(target): directory \(directory) does not exist; create it or choose another place with -o"
@@ -150,6 +150,13 @@ public struct CreateOverlay: ParsableCommand {
         default:
             return error.description
         }
+    }
+
+    /// The directory `target` would be created in, as the user would name it.
+    static func directory(of target: String) -> String {
+        guard let slash = target.lastIndex(of: "/") else { return "." }
+        let directory = String(target[..<slash])
+        return directory.isEmpty ? "/" : directory
     }
 
     static func noSpace(_ target: String, _ code: Int32) -> String {
@@ -191,14 +198,5 @@ public struct CreateOverlay: ParsableCommand {
             _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
             Glibc.exit(code.rawValue)
         }
-    }
-}
-
-enum Ext3Path {
-    /// The directory `target` would be created in, as the user would name it.
-    static func directory(of target: String) -> String {
-        guard let slash = target.lastIndex(of: "/") else { return "." }
-        let directory = String(target[..<slash])
-        return directory.isEmpty ? "/" : directory
     }
 }
