@@ -113,6 +113,9 @@ extension Ext3 {
             var info = stat()
             if lstat(target, &info) == 0 { throw Error.exists(path: target) }
             let (directory, name) = Formatter.split(target)
+            guard !name.isEmpty, name != ".", name != ".." else {
+                throw Error.invalidConfiguration("'\(target)' names no file: give the image's file name")
+            }
             var attempts = 0
             while true {
                 attempts += 1

@@ -14,8 +14,8 @@ public struct CreateOverlay: ParsableCommand {
         usage: "create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]",
         discussion: """
         The image is exactly the size asked for but takes almost no disk space until files are \
-        written into it. upper/ and work/ belong to you (to root with --fakeroot; to the user \
-        who ran sudo under sudo). Examples:
+        written into it. upper/ and work/ belong to you (to root with --fakeroot; under sudo, to \
+        the user who ran it). Examples:
           create-overlay -s 500 -n 700       # overlay-500M-700K.ext3, 700,000 files
           create-overlay -s 5G -n 3200 -o env.ext3 --create-dir opt/conda
         """
@@ -48,6 +48,9 @@ public struct CreateOverlay: ParsableCommand {
     public var json = false
 
     public func validate() throws {
+        if let output, output.isEmpty || output.hasSuffix("/") {
+            throw ValidationError("-o '\(output)' names no file: give the image's file name, e.g. -o env.ext3")
+        }
         do {
             _ = try formatter()
         } catch let error as OverlayError {

@@ -77,6 +77,8 @@ struct CreateOverlayTests {
         BadInput(arguments: ["-s", "64", "-o", "missing/x.ext3"], mentions: "directory missing does not exist"),
         BadInput(arguments: ["-s", "64", "--create-dir", "../up"], mentions: "'../up'"),
         BadInput(arguments: ["-s", "64", "--bogus"], mentions: "--bogus"),
+        BadInput(arguments: ["-s", "64", "-o", ""], mentions: "names no file"),
+        BadInput(arguments: ["-s", "64", "-o", "sub/"], mentions: "names no file"),
     ]
 
     @Test(arguments: badInputs)
