@@ -16,4 +16,21 @@ static inline int cext2fs_has_feature_journal(struct ext2_super_block *sb) { ret
 static inline unsigned int cext2fs_inode_uid(const struct ext2_inode *inode) { return inode_uid(*inode); }
 static inline unsigned int cext2fs_inode_gid(const struct ext2_inode *inode) { return inode_gid(*inode); }
 
+// ---- Formatting helpers ----
+#include <fcntl.h>
+#include <unistd.h>
+#include <errno.h>
+#include <sys/syscall.h>
+
+// rename(2) that refuses to replace an existing target (renameat2 RENAME_NOREPLACE, which
+// glibc's headers only declare under _GNU_SOURCE). Returns 0, or -1 with errno set.
+static inline int cext2fs_rename_noreplace(const char *from, const char *to) {
+#ifdef SYS_renameat2
+    return (int)syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, 1 /* RENAME_NOREPLACE */);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 #endif

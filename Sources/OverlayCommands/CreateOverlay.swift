@@ -1,13 +1,205 @@
 import ArgumentParser
+import Ext3
+import Overlay
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `create-overlay`: build a sized, sparse ext3 overlay with libext2fs.
 public struct CreateOverlay: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "create-overlay",
-        abstract: "Create a sized, sparse ext3 overlay image."
+        abstract: "Create a sized, sparse ext3 overlay image.",
+        usage: "create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]",
+        discussion: """
+        The image is exactly the size asked for but takes almost no disk space until files are \
+        written into it. upper/ and work/ belong to you (to root with --fakeroot; under sudo, to \
+        the user who ran it). Examples:
+          create-overlay -s 500 -n 700       # overlay-500M-700K.ext3, 700,000 files
+          create-overlay -s 5G -n 3200 -o env.ext3 --create-dir opt/conda
+        """
     )
+
     public init() {}
+
+    @Option(name: .shortAndLong,
+            help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G).", valueName: "size"))
+    public var size: String
+
+    @Option(name: [.customShort("n"), .customLong("files")],
+            help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB.",
+                               valueName: "thousands"))
+    public var files: String?
+
+    @Option(name: [.customShort("o"), .customLong("output")],
+            help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3).", valueName: "path"))
+    public var output: String?
+
+    @Option(name: .customLong("create-dir"), parsing: .singleValue,
+            help: ArgumentHelp("Also make this directory under upper/ (nested paths are fine). Repeatable.",
+                               valueName: "path"))
+    public var createDirectories: [String] = []
+
+    @Flag(help: "Give upper/ and work/ to root (uid 0), for containers run with --fakeroot.")
+    public var fakeroot = false
+
+    @Flag(help: "Print the result as one JSON object.")
+    public var json = false
+
+    public func validate() throws {
+        if let output, output.isEmpty || output.hasSuffix("/") {
+            throw ValidationError("-o '\(output)' names no file: give the image's file name, e.g. -o env.ext3")
+        }
+        do {
+            _ = try formatter()
+        } catch let error as OverlayError {
+            throw ValidationError(error.description)
+        }
+    }
+
     public func run() throws {
-        throw CommandFailure("not built yet")
+        let formatter = try formatter()
+        let target = try output ?? OverlayName.defaultName(size: try ImageSize(parsing: size), files: try fileCount())
+        let summary: Ext3.Summary
+        do {
+            summary = try formatter.create(at: target)
+        } catch let error as Ext3.Error {
+            throw CommandFailure(CreateOverlay.explain(error, target: target))
+        }
+        print(json ? summary.json : CreateOverlay.line(for: summary))
+    }
+
+    // MARK: - Pieces the tests reach
+
+    func fileCount() throws -> FileCount? {
+        try files.map(FileCount.init(parsing:))
+    }
+
+    /// The validated formatter for these options (no I/O). Throws OverlayError for sizes and
+    /// counts, ValidationError for what does not fit.
+    func formatter(environment: [String: String] = currentEnvironment()) throws -> Ext3.Formatter {
+        let size = try ImageSize(parsing: size)
+        let count = try fileCount()
+        let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: environment)
+        let configuration = Ext3.Formatter.Configuration(
+            sizeBytes: size.bytes, minimumInodes: count?.inodes, owner: owner.layout,
+            directories: createDirectories, imageOwner: owner.image)
+        do {
+            return try Ext3.Formatter(configuration)
+        } catch let error as Ext3.Error {
+            if case .invalidConfiguration = error, let count {
+                let most = Ext3.Geometry.maximumInodes(sizeBytes: size.bytes)
+                if most < count.inodes {
+                    throw ValidationError(CreateOverlay.tooManyFiles(count, size: size, most: most))
+                }
+            }
+            throw ValidationError(error.description)
+        }
+    }
+
+    static func tooManyFiles(_ count: FileCount, size: ImageSize, most: UInt64) -> String {
+        let wanted = "-n \(count.typed): \(grouped(count.inodes)) files do not fit in \(size)"
+        if most < 1000 {
+            return "\(wanted): it holds at most \(grouped(most)); make the image larger with -s"
+        }
+        return "\(wanted): it holds at most \(grouped(most)) (-n \(most / 1000)); make the image larger with -s or ask for fewer files with -n"
+    }
+
+    /// Who owns upper/ and work/ (and, under sudo, the image file): root with --fakeroot; the
+    /// user who ran sudo when root via sudo; else whoever runs this.
+    static func owner(fakeroot: Bool, environment: [String: String]) -> (layout: Ext3.Owner, image: Ext3.Owner?) {
+        var caller = Ext3.Owner.current
+        var image: Ext3.Owner? = nil
+        if geteuid() == 0, let uid = environment["SUDO_UID"].flatMap(UInt32.init),
+           let gid = environment["SUDO_GID"].flatMap(UInt32.init) {
+            caller = Ext3.Owner(uid: uid, gid: gid)
+            image = caller
+        }
+        return (fakeroot ? .root : caller, image)
+    }
+
+    /// `overlay-500M-700K.ext3: 500 MiB, 700,416 files; inode tables take 171 MiB and the
+    /// journal 16 MiB, 305 MiB left for data (2.1 MiB on disk now)`.
+    static func line(for summary: Ext3.Summary) -> String {
+        let size = ImageSize.human(summary.sizeBytes)
+        return "\(summary.path): \(size), \(grouped(summary.inodeCount)) files; "
+            + "inode tables take \(ImageSize.human(summary.inodeTableBytes)) and the journal \(ImageSize.human(summary.journalBytes)), "
+            + "\(ImageSize.human(summary.dataBytes)) left for data (\(ImageSize.human(summary.allocatedBytes)) on disk now)"
+    }
+
+    /// One line for a failure, naming the thing and what to do.
+    static func explain(_ error: Ext3.Error, target: String) -> String {
+        switch error {
+        case let .system(operation, _, code) where operation == "create the image file":
+            let directory = directory(of: target)
+            switch code {
+            case ENOENT:
+                return "cannot create \(target): directory \(directory) does not exist; create it or choose another place with -o"
+            case EACCES, EPERM, EROFS:
+                return "cannot create \(target): directory \(directory) is not writable (\(String(cString: strerror(code)))); choose another place with -o"
+            default:
+                return "cannot create \(target) in \(directory): \(String(cString: strerror(code)))"
+            }
+        case let .system(_, _, code) where code == ENOSPC || code == EDQUOT:
+            return noSpace(target, code)
+        case let .library(_, _, code, _) where code == Int64(ENOSPC) || code == Int64(EDQUOT):
+            return noSpace(target, Int32(code))
+        case let .system(operation, _, code):
+            // The path is the hidden temporary file, which is gone: name the target instead.
+            return "cannot create \(target): \(operation): \(String(cString: strerror(code)))"
+        case let .library(operation, _, _, message):
+            return "cannot create \(target): \(operation): \(message)"
+        default:
+            return error.description
+        }
+    }
+
+    /// The directory `target` would be created in, as the user would name it.
+    static func directory(of target: String) -> String {
+        guard let slash = target.lastIndex(of: "/") else { return "." }
+        let directory = String(target[..<slash])
+        return directory.isEmpty ? "/" : directory
+    }
+
+    static func noSpace(_ target: String, _ code: Int32) -> String {
+        "cannot create \(target): \(String(cString: strerror(code))); free some space or create it elsewhere with -o"
+    }
+
+    /// `1,234,567`.
+    static func grouped(_ value: UInt64) -> String {
+        let digits = Array(String(value))
+        var out = ""
+        for (index, digit) in digits.enumerated() {
+            if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
+            out.append(digit)
+        }
+        return out
+    }
+
+    /// Parses and runs; every failure is one line on stderr (`Error: ...`) and a non-zero exit.
+    /// Help and version requests print as usual.
+    public static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                exit(withError: error)  // --help, --version
+            }
+            var text = message(for: error).split(separator: "\n").first.map(String.init) ?? "failed"
+            if text.hasPrefix("Error: ") { text.removeFirst(7) }
+            if text.hasPrefix("Missing expected argument '--size") {
+                text = "no size given: give the image size with -s, e.g. -s 500 for 500 MiB"
+            } else if let first = text.unicodeScalars.first, first.properties.isUppercase {
+                // ArgumentParser's own messages (ours start in lower case): point at the usage.
+                text += " (see create-overlay --help)"
+            }
+            let line = "Error: " + text
+            let bytes = Array((line + "\n").utf8)
+            _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+            Glibc.exit(code.rawValue)
+        }
     }
 }
