@@ -115,8 +115,7 @@ struct SingularityScene {
 /// Another process holding an OFD lock on a file, as Apptainer holds one on an overlay it has
 /// mounted: python3 takes it with fcntl(F_OFD_SETLK) and keeps it until `release()`.
 final class LockHolder: @unchecked Sendable {
-    private let process = Process()
-    private let input = Pipe()
+    private let process: SpawnedProcess
 
     init(_ path: String, write: Bool) throws {
         let script = """
@@ -129,25 +128,20 @@ final class LockHolder: @unchecked Sendable {
             print("locked", flush=True)
             sys.stdin.read()
             """
-        let output = Pipe()
-        process.executableURL = URL(fileURLWithPath: python3)
-        process.arguments = ["-c", script, path, write ? "write" : "read"]
-        process.standardInput = input
-        process.standardOutput = output
-        try process.run()
-        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+        process = try SpawnedProcess([python3, "-c", script, path, write ? "write" : "read"], stdin: .pipe)
+        let line = process.readLine(timeout: 30) ?? ""
         guard line.hasPrefix("locked") else {
-            release()
-            throw StandInError(description: "python3 could not lock \(path): \(line)")
+            let result = process.wait(timeout: 5)
+            throw StandInError(description: "python3 could not lock \(path): \(line) \(result.stderr)")
         }
     }
 
     func release() {
-        try? input.fileHandleForWriting.close()
-        process.waitUntilExit()
+        process.closeStdin()
+        _ = process.wait(timeout: 30)
     }
 
-    deinit { if process.isRunning { release() } }
+    deinit { release() }
 }
 
 struct StandInError: Error, CustomStringConvertible {
