@@ -124,7 +124,7 @@ public struct NativePlan: Codable, Equatable, Sendable {
         let readOnly = upperDir == nil ? "ro," : ""
         switch mode {
         case .kernel: lines.append("mount -t overlay -o \(readOnly)\(q(overlayOptions)) overlay \(root)")
-        case .fuse: lines.append("fuse-overlayfs -o \(readOnly)\(q(overlayOptions)) \(root)")
+        case .fuse: lines.append("fuse-overlayfs -o \(readOnly)noacl,\(q(overlayOptions)) \(root)")
         }
         for bind in binds {
             lines.append("mount --rbind\(bind.readOnly ? " -o ro" : "") \(q(bind.source)) \(q(root + bind.destination))")

@@ -259,7 +259,8 @@ struct Setup {
                 throw Failure(text: "cannot mount the overlay (\(plan.overlayOptions)): \(Self.errorText())")
             }
         case .fuse:
-            try startDaemon(["fuse-overlayfs", "-f", "-o", (readOnly ? "ro," : "") + plan.overlayOptions, plan.root],
+            // noacl: squashfuse answers ACL queries with EOPNOTSUPP, which would fail every exec.
+            try startDaemon(["fuse-overlayfs", "-f", "-o", (readOnly ? "ro," : "") + "noacl," + plan.overlayOptions, plan.root],
                             at: plan.root, what: "the overlay")
         }
         for bind in plan.binds {
