@@ -116,10 +116,14 @@ static inline void clinux_child_fail(int fd, int step) {
     _exit(step == CLINUX_STEP_EXEC && report[1] == ENOENT ? 127 : 126);
 }
 
-// The init process of a job's PID namespace passes signals on to the job.
+// The init process of a job's PID namespace passes signals on: SIGUSR1/SIGUSR2 to the job, the
+// others (SIGINT, SIGTERM, SIGHUP, SIGQUIT) to every process in the namespace, as a terminal's
+// Ctrl-C reaches a whole foreground job and a batch system's SIGTERM all of a job's processes.
 static volatile pid_t clinux_init_job = 0;
 static void clinux_init_forward(int sig) {
-    if (clinux_init_job > 0) kill(clinux_init_job, sig);
+    if (clinux_init_job <= 0) return;
+    if (sig == SIGUSR1 || sig == SIGUSR2) kill(clinux_init_job, sig);
+    else kill(-1, sig);
 }
 
 static inline void clinux_child_run(const struct clinux_child *c, pid_t parent);

@@ -83,12 +83,15 @@ public struct NativeRuntime: Runtime {
 
     /// What an ordinary user needs: user namespaces, /dev/fuse, and the FUSE drivers.
     static func checkUnprivilegedPrerequisites(_ job: Job) throws {
-        var tools = ["fuse2fs": "fuse2fs", "fuse-overlayfs": "fuse-overlayfs"]
+        // In the order they mount; each tool comes in the Debian package of its name.
+        var tools = ["fuse2fs"]
         switch job.container {
-        case .sif, .squashfs: tools["squashfuse"] = "squashfuse"
+        case .sif, .squashfs: tools.append("squashfuse")
         case .host, .sandbox: break
         }
-        for (tool, package) in tools.sorted(by: { $0.key < $1.key }) where findExecutable(tool) == nil {
+        tools.append("fuse-overlayfs")
+        for tool in tools where findExecutable(tool) == nil {
+            let package = tool
             throw RuntimeError.unavailable("\(tool) not found: running without root needs it (install the \(package) package), or run as root")
         }
         if let text = readSmallFile("/proc/sys/user/max_user_namespaces"), Int(text) == 0 {
