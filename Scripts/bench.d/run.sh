@@ -35,7 +35,6 @@ row() {  # name ours_us theirs_us
 
 "$BIN/create-overlay" -s 64 -n 16 -o a.ext3 >/dev/null
 "$BIN/create-overlay" -s 64 -n 16 -o b.ext3 >/dev/null
-"$BIN/create-overlay" -s 1G -n 120 -o files.ext3 >/dev/null
 mkdir -p mnt
 
 # The hand-written sequence, as root: the same mounts run-overlay makes.
@@ -61,7 +60,7 @@ row "start-up, root (kernel mounts)" "$ours" "$theirs"
 # As an ordinary user: FUSE drivers in a user namespace, torn down at the end.
 if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -v fuse-overlayfs >/dev/null; then
     chmod 666 /dev/fuse
-    for f in a.ext3 b.ext3 files.ext3; do
+    for f in a.ext3 b.ext3; do
         chown "$USER_NAME" "$f"
         debugfs -w -R "set_inode_field upper uid $(id -u "$USER_NAME")" "$f" >/dev/null 2>&1
         debugfs -w -R "set_inode_field work uid $(id -u "$USER_NAME")" "$f" >/dev/null 2>&1
@@ -84,7 +83,7 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     ours=$(time_runs as_user "$BIN/run-overlay" --runtime native -o a.ext3 -o b.ext3 -- /bin/true)
     theirs=$(time_runs by_hand_user)
     row "start-up, ordinary user (FUSE)" "$ours" "$theirs"
-    for f in a.ext3 b.ext3 files.ext3; do chown root "$f"; done
+    for f in a.ext3 b.ext3; do chown root "$f"; done
 else
     echo "start-up, ordinary user (FUSE): skipped (no user $USER_NAME, or no fuse2fs/fuse-overlayfs)"
 fi
@@ -97,6 +96,8 @@ printf '%-34s %12s %12s %7s\n' case overlay host ratio
 RUNS_FILES="${RUNS_FILES:-3}"
 times_ours=() times_host=()
 for ((i = 0; i < RUNS_FILES; i++)); do
+    rm -f files.ext3
+    "$BIN/create-overlay" -s 1G -n 120 -o files.ext3 >/dev/null
     start=$(now)
     "$BIN/run-overlay" --runtime native -o files.ext3 -- sh -c "$make_files" sh "/opt/bench-files-$i" >/dev/null
     times_ours+=($(( $(now) - start )))
