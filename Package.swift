@@ -21,12 +21,14 @@ let package = Package(
             pkgConfig: "ext2fs",
             providers: [.apt(["libext2fs-dev"])]
         ),
+        // Linux calls Swift cannot make (prctl, ioctl, capset) and the code between fork and exec.
+        .systemLibrary(name: "CLinux"),
         // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
         .target(name: "Ext3", dependencies: ["CExt2fs"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "CLinux"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",

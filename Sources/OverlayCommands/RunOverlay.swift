@@ -30,13 +30,12 @@ public struct RunOverlay: ParsableCommand {
         case (.some, false): throw ValidationError("give either -f FILE or a command after --, not both")
         default: break
         }
-        if let file, !fileExists(file) {
-            throw ValidationError(OverlayError.commandFileMissing(file).description)
-        }
     }
 
     public func run() throws {
         if let file {
+            // One line, without the usage a ValidationError would add: the command line is fine.
+            guard fileExists(file) else { throw CommandFailure(OverlayError.commandFileMissing(file).description) }
             try stack.execute(.file(file))
         } else {
             try stack.execute(.argv(command))

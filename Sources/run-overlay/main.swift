@@ -1,3 +1,5 @@
 import OverlayCommands
 
+runNativeSetupIfRequested()
+
 RunOverlay.main()

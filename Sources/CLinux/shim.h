@@ -1,0 +1,225 @@
+#ifndef CLINUX_SHIM_H
+#define CLINUX_SHIM_H
+
+// Linux calls the native runtime needs that Swift cannot make itself: variadic ones (prctl,
+// ioctl, syscall) and the code between fork and exec, which must not allocate.
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <linux/capability.h>
+#include <linux/loop.h>
+#include <sched.h>
+
+extern char **environ;
+
+static inline int clinux_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
+static inline int clinux_flag_newns(void) { return 0x00020000; }   // CLONE_NEWNS
+static inline int clinux_flag_newuser(void) { return 0x10000000; } // CLONE_NEWUSER
+static inline int clinux_flag_newpid(void) { return 0x20000000; }  // CLONE_NEWPID
+
+static inline int clinux_mount(const char *source, const char *target, const char *type,
+                               unsigned long flags, const char *data) {
+    return mount(source, target, type, flags, data);
+}
+static inline int clinux_umount(const char *target, int flags) { return umount2(target, flags); }
+
+/// The signal this process gets when its parent dies (0 for none).
+static inline int clinux_set_parent_death_signal(int sig) {
+    return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);
+}
+
+/// Attaches `path` to a free loop device with autoclear (and read-only when asked), limited to
+/// [offset, offset + sizelimit) (0 = to the end). Returns the open loop device descriptor (the
+/// caller mounts `/dev/loopN` and then closes it: autoclear frees the device when the mount
+/// goes) and writes N to *number; -errno on failure.
+static inline int clinux_loop_attach(const char *path, int readonly, uint64_t offset,
+                                     uint64_t sizelimit, int *number) {
+    int backing = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+    if (backing < 0) return -errno;
+    int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (control < 0) { int e = errno; close(backing); return -e; }
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int n = ioctl(control, LOOP_CTL_GET_FREE);
+        if (n < 0) { int e = errno; close(control); close(backing); return -e; }
+        char name[32];
+        snprintf(name, sizeof name, "/dev/loop%d", n);
+        int device = open(name, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+        if (device < 0) {
+            if (errno == ENOENT) continue;
+            int e = errno; close(control); close(backing); return -e;
+        }
+        struct loop_config config;
+        memset(&config, 0, sizeof config);
+        config.fd = (unsigned int)backing;
+        config.block_size = 0;
+        config.info.lo_offset = offset;
+        config.info.lo_sizelimit = sizelimit;
+        config.info.lo_flags = LO_FLAGS_AUTOCLEAR | (readonly ? LO_FLAGS_READ_ONLY : 0);
+        strncpy((char *)config.info.lo_file_name, path, LO_NAME_SIZE - 1);
+        if (ioctl(device, LOOP_CONFIGURE, &config) == 0) {
+            close(control);
+            close(backing);
+            *number = n;
+            return device;
+        }
+        int e = errno;
+        close(device);
+        if (e != EBUSY) { close(control); close(backing); return -e; }
+        // Another process took it between GET_FREE and CONFIGURE: ask again.
+    }
+    close(control);
+    close(backing);
+    return -EBUSY;
+}
+
+/// What a child does between fork and exec. Strings and arrays stay owned by the caller.
+struct clinux_child {
+    const char *root;          // chroot here first (NULL: stay)
+    const char *cwd;           // then chdir here (NULL: stay)
+    int change_ids;            // setgroups/setgid/setuid to the values below
+    uid_t uid;
+    gid_t gid;
+    int ngroups;
+    const gid_t *groups;
+    int ambient_sys_admin;     // keep CAP_SYS_ADMIN across exec (a FUSE daemon in a user namespace)
+    int death_signal;          // signal when the parent dies (0: none)
+    int null_stdio;            // stdin/stdout to /dev/null (daemons); stderr kept
+    int new_process_group;     // setpgid(0, 0)
+    const char *file;          // execvp: looked up on the PATH of envp
+    char *const *argv;
+    char **envp;
+    int error_fd;              // close-on-exec pipe: receives {step, errno} when a step fails
+    int init_process;          // first process of a new PID namespace: see clinux_spawn
+    const char *proc_target;   // with init_process: mount the namespace's /proc here
+};
+
+/// Steps reported through error_fd.
+enum { CLINUX_STEP_ROOT = 1, CLINUX_STEP_CWD, CLINUX_STEP_IDS, CLINUX_STEP_CAPS, CLINUX_STEP_EXEC };
+
+static inline void clinux_child_fail(int fd, int step) {
+    int report[2] = { step, errno };
+    ssize_t ignored = write(fd, report, sizeof report);
+    (void)ignored;
+    _exit(step == CLINUX_STEP_EXEC && report[1] == ENOENT ? 127 : 126);
+}
+
+// The init process of a job's PID namespace passes signals on: SIGUSR1/SIGUSR2 to the job, the
+// others (SIGINT, SIGTERM, SIGHUP, SIGQUIT) to every process in the namespace, as a terminal's
+// Ctrl-C reaches a whole foreground job and a batch system's SIGTERM all of a job's processes.
+static volatile pid_t clinux_init_job = 0;
+static void clinux_init_forward(int sig) {
+    if (clinux_init_job <= 0) return;
+    if (sig == SIGUSR1 || sig == SIGUSR2) kill(clinux_init_job, sig);
+    else kill(-1, sig);
+}
+
+static inline void clinux_child_run(const struct clinux_child *c, pid_t parent);
+
+/// fork(); the child applies `c` and execs. Returns the child's pid, or -errno.
+///
+/// With `init_process`, the child is the first process of the PID namespace this process
+/// unshared: it mounts the namespace's /proc, forks the job (which applies `c` and execs),
+/// passes SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to it, reaps whatever is
+/// orphaned, and exits with the job's status (128+N for signal N). When it exits, the kernel
+/// kills every process left in the namespace: nothing the job started outlives the run.
+static inline pid_t clinux_spawn(const struct clinux_child *c) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0) return pid < 0 ? -errno : pid;
+    if (!c->init_process) clinux_child_run(c, parent);
+
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    // (The parent is outside the namespace: getppid() says 0 here, so it cannot be checked.)
+    prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL);
+    if (c->proc_target) {
+        if (mount("proc", c->proc_target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+            mount("/proc", c->proc_target, NULL, MS_BIND | MS_REC, NULL);
+    }
+    int forwarded[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = clinux_init_forward;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    for (unsigned i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &action, NULL);
+    // Stopping from the terminal is the job's business; init stays put.
+    signal(SIGTSTP, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
+    signal(SIGTTOU, SIG_IGN);
+    pid_t init = getpid();
+    pid_t job = fork();
+    if (job < 0) _exit(126);
+    if (job == 0) clinux_child_run(c, init);
+    clinux_init_job = job;
+    close(c->error_fd);
+    for (;;) {
+        int status = 0;
+        pid_t done = wait(&status);
+        if (done < 0) {
+            if (errno == EINTR) continue;
+            _exit(125);
+        }
+        if (done != job) continue;
+        if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+        if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
+    }
+}
+
+static inline void clinux_child_run(const struct clinux_child *c, pid_t parent) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < 32; s++) {
+        if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
+    }
+    if (c->new_process_group) setpgid(0, 0);
+    if (c->null_stdio) {
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); dup2(null, 1); if (null > 2) close(null); }
+    }
+    if (c->root && (chroot(c->root) != 0)) clinux_child_fail(c->error_fd, CLINUX_STEP_ROOT);
+    if (c->cwd && chdir(c->cwd) != 0) {
+        if (chdir("/") != 0) clinux_child_fail(c->error_fd, CLINUX_STEP_CWD);
+    }
+    if (c->change_ids) {
+        if (setgroups((size_t)c->ngroups, c->groups) != 0 || setgid(c->gid) != 0 || setuid(c->uid) != 0)
+            clinux_child_fail(c->error_fd, CLINUX_STEP_IDS);
+    }
+    if (c->ambient_sys_admin) {
+        struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
+        struct __user_cap_data_struct data[2];
+        memset(data, 0, sizeof data);
+        if (syscall(SYS_capget, &header, data) != 0) clinux_child_fail(c->error_fd, CLINUX_STEP_CAPS);
+        data[CAP_TO_INDEX(CAP_SYS_ADMIN)].inheritable |= CAP_TO_MASK(CAP_SYS_ADMIN);
+        if (syscall(SYS_capset, &header, data) != 0) clinux_child_fail(c->error_fd, CLINUX_STEP_CAPS);
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0UL, 0UL) != 0)
+            clinux_child_fail(c->error_fd, CLINUX_STEP_CAPS);
+    } else {
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0UL, 0UL, 0UL);
+    }
+    // After the uid change, which clears it.
+    if (c->death_signal) {
+        prctl(PR_SET_PDEATHSIG, (unsigned long)c->death_signal, 0UL, 0UL, 0UL);
+        if (getppid() != parent) _exit(128 + c->death_signal);
+    }
+    environ = c->envp;
+    execvp(c->file, c->argv);
+    clinux_child_fail(c->error_fd, CLINUX_STEP_EXEC);
+}
+
+#endif

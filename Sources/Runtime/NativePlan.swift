@@ -1,0 +1,253 @@
+import Overlay
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything the native runtime mounts and runs for one job, worked out before anything is
+/// touched: `--dry-run` prints it, and the setup process (a fresh process in its own mount
+/// namespace) carries it out. Paths are absolute.
+///
+/// Layout under ``staging`` (a tmpfs private to the run's mount namespace):
+///
+///     session/     the topmost lower layer: empty mount points for the binds, so no bind
+///                  writes a directory into an image or needs one in the container
+///     image0...    each overlay image, mounted (kernel ext3 or fuse2fs)
+///     container/   the container's squashfs (a SIF's system partition or a squashfs image)
+///     root/        the overlay: the job's root, with the binds on it
+public struct NativePlan: Codable, Equatable, Sendable {
+    /// Kernel mounts as root; FUSE drivers in a user namespace as an ordinary user.
+    public enum Mode: String, Codable, Sendable { case kernel, fuse }
+
+    public struct ImageMount: Codable, Equatable, Sendable {
+        public var path: String
+        public var readOnly: Bool
+        public var mountPoint: String
+    }
+
+    /// A squashfs to mount read-only, at `offset` (a SIF partition) for `size` bytes (0: all).
+    public struct SquashfsMount: Codable, Equatable, Sendable {
+        public var path: String
+        public var offset: UInt64
+        public var size: UInt64
+        public var mountPoint: String
+    }
+
+    public struct BindMount: Codable, Equatable, Sendable {
+        public var source: String
+        public var destination: String
+        public var readOnly: Bool
+        public var isDirectory: Bool
+    }
+
+    /// Who the job runs as.
+    public struct Identity: Codable, Equatable, Sendable {
+        public var uid: UInt32
+        public var gid: UInt32
+        /// Supplementary groups (kernel mode, when the ids change).
+        public var groups: [UInt32]
+        /// Whether the setup process must switch to these ids (root running for a sudo user).
+        public var change: Bool
+    }
+
+    public var mode: Mode
+    public var staging: String
+    public var images: [ImageMount]
+    public var squashfs: SquashfsMount?
+    /// The container root: `/`, a sandbox directory, or the squashfs mount point.
+    public var containerRoot: String
+    /// Overlay lower directories, topmost first (session, read-only images, container root).
+    public var lowerDirs: [String]
+    public var upperDir: String?
+    public var workDir: String?
+    public var root: String
+    public var session: String
+    public var binds: [BindMount]
+    /// The job's argv; for an interactive shell, the shells to try (the first present runs).
+    public var command: [String]
+    public var interactive: Bool
+    public var workingDirectory: String
+    public var identity: Identity
+    /// Variables set for the job on top of the inherited environment (the shell's prompt).
+    public var environment: [String: String]
+    /// Descriptors of the image locks the tool holds; the setup process keeps them open so the
+    /// locks outlive the tool by as long as the mounts do, and closes them on exec.
+    public var lockDescriptors: [Int32]
+    /// Write end of the pipe on which the setup process reports its own failure (one line).
+    public var reportDescriptor: Int32 = -1
+
+    /// The overlayfs mount options (kernel) or fuse-overlayfs options.
+    public var overlayOptions: String {
+        var options = "lowerdir=" + lowerDirs.map(Self.escapeOverlayPath).joined(separator: ":")
+        if let upperDir, let workDir {
+            options += ",upperdir=\(Self.escapeOverlayPath(upperDir)),workdir=\(Self.escapeOverlayPath(workDir))"
+        }
+        return options
+    }
+
+    /// overlayfs splits its options at `,` and lower directories at `:`; `\` escapes them.
+    static func escapeOverlayPath(_ path: String) -> String {
+        var out = ""
+        for c in path {
+            if c == "," || c == ":" || c == "\\" { out.append("\\") }
+            out.append(c)
+        }
+        return out
+    }
+
+    /// The plan as `--dry-run` prints it: one step a line, in the order they happen.
+    public var lines: [String] {
+        var lines: [String] = []
+        let q = ShellQuote.quote
+        switch mode {
+        case .kernel: lines.append("unshare mount namespace (private), tmpfs on \(staging)")
+        case .fuse: lines.append("unshare user namespace (uid \(identity.uid) -> \(identity.uid), gid \(identity.gid) -> \(identity.gid)) and mount namespace (private), tmpfs on \(staging)")
+        }
+        for image in images {
+            switch mode {
+            case .kernel:
+                lines.append("mount -t ext3 -o loop,autoclear,\(image.readOnly ? "ro" : "rw"),nosuid,nodev,errors=remount-ro \(q(image.path)) \(image.mountPoint)")
+            case .fuse:
+                lines.append("fuse2fs \(q(image.path)) \(image.mountPoint) -o fakeroot\(image.readOnly ? ",ro" : "")")
+            }
+        }
+        if let squashfs {
+            switch mode {
+            case .kernel:
+                let range = squashfs.offset > 0 ? ",offset=\(squashfs.offset),sizelimit=\(squashfs.size)" : ""
+                lines.append("mount -t squashfs -o loop,autoclear,ro\(range) \(q(squashfs.path)) \(squashfs.mountPoint)")
+            case .fuse:
+                let range = squashfs.offset > 0 ? " -o offset=\(squashfs.offset)" : ""
+                lines.append("squashfuse\(range) \(q(squashfs.path)) \(squashfs.mountPoint)")
+            }
+        }
+        let readOnly = upperDir == nil ? "ro," : ""
+        switch mode {
+        case .kernel: lines.append("mount -t overlay -o \(readOnly)\(q(overlayOptions)) overlay \(root)")
+        case .fuse: lines.append("fuse-overlayfs -o \(readOnly)noacl,\(q(overlayOptions)) \(root)")
+        }
+        for bind in binds {
+            lines.append("mount --rbind\(bind.readOnly ? " -o ro" : "") \(q(bind.source)) \(q(root + bind.destination))")
+        }
+        lines.append("unshare PID namespace, mount -t proc proc \(root)/proc")
+        let who = identity.change ? "uid \(identity.uid) gid \(identity.gid)" : "uid \(identity.uid)"
+        let run = interactive ? "the first of \(command.joined(separator: ", ")) (interactive)" : ShellQuote.line(command)
+        lines.append("chroot \(root), cd \(q(workingDirectory)), as \(who): \(run)")
+        return lines
+    }
+}
+
+extension NativePlan {
+    /// Where the run's private tmpfs goes: a directory of our own when it exists (root makes
+    /// it), else /run, hidden only inside the run's mount namespace.
+    static func stagingDirectory(mode: Mode) -> String {
+        let own = "/run/overlay-toolkit"
+        if mode == .kernel { mkdir(own, 0o755) }
+        var info = stat()
+        if stat(own, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { return own }
+        return "/run"
+    }
+
+    /// Builds the plan for `job`, as user `identity`. Checks nothing on disk beyond resolving
+    /// paths and reading the SIF header (``NativeRuntime`` validates the images first).
+    static func make(for job: Job, mode: Mode, identity: Identity,
+                     environment: [String: String]) throws -> NativePlan {
+        let staging = stagingDirectory(mode: mode)
+        let session = staging + "/session"
+        let root = staging + "/root"
+        var images: [ImageMount] = []
+        for (index, spec) in job.stack.specs.enumerated() {
+            images.append(ImageMount(path: try absolute(spec.path, what: "overlay"), readOnly: !spec.isWritable,
+                                     mountPoint: "\(staging)/image\(index)"))
+        }
+        var squashfs: SquashfsMount?
+        let containerRoot: String
+        switch job.container {
+        case .host:
+            containerRoot = "/"
+        case let .sandbox(path):
+            containerRoot = try absolute(path, what: "container")
+        case let .squashfs(path):
+            squashfs = SquashfsMount(path: try absolute(path, what: "container"), offset: 0, size: 0,
+                                     mountPoint: staging + "/container")
+            containerRoot = staging + "/container"
+        case let .sif(path):
+            let absolutePath = try absolute(path, what: "container")
+            let partition = try SIF.systemPartition(of: absolutePath)
+            squashfs = SquashfsMount(path: absolutePath, offset: partition.offset, size: partition.size,
+                                     mountPoint: staging + "/container")
+            containerRoot = staging + "/container"
+        }
+        // Later read-only overlays sit above earlier ones; the writable one is the upper dir.
+        var lowerDirs = [session]
+        for spec in job.stack.readOnlyTopmostFirst {
+            let index = job.stack.specs.firstIndex(of: spec)!
+            lowerDirs.append(images[index].mountPoint + "/upper")
+        }
+        lowerDirs.append(containerRoot)
+        let writable = job.stack.writable != nil ? images[0] : nil
+
+        // The binds Singularity makes, then the current directory, then -B, in mount order.
+        var binds: [BindMount] = []
+        func add(_ source: String, _ destination: String, readOnly: Bool, required: Bool) throws {
+            var info = stat()
+            guard stat(source, &info) == 0 else {
+                if required { throw RuntimeError.failed("bind source '\(source)' not found: give an existing path with -B") }
+                return
+            }
+            guard destination != "/" else { return }
+            binds.removeAll { $0.destination == destination }
+            binds.append(BindMount(source: source, destination: destination, readOnly: readOnly,
+                                   isDirectory: (info.st_mode & S_IFMT) == S_IFDIR))
+        }
+        // /proc is the job's own (it has a PID namespace): mounted by its first process.
+        for system in ["/sys", "/dev", "/tmp"] { try add(system, system, readOnly: false, required: false) }
+        if let home = environment["HOME"], home.hasPrefix("/") { try add(home, home, readOnly: false, required: false) }
+        try add(job.workingDirectory, job.workingDirectory, readOnly: false, required: false)
+        for bind in job.binds {
+            try add(try absolute(bind.source, what: "bind source"), bind.destination, readOnly: bind.readOnly, required: true)
+        }
+
+        let command: [String]
+        var extra: [String: String] = [:]
+        switch job.command {
+        case let .file(file): command = ["/bin/bash", try absolute(file, what: "command file")]
+        case let .argv(argv): command = argv
+        case .interactiveShell:
+            command = shellCandidates(environment: environment)
+            // The prompt names the overlays. bash reads ~/.bashrc, which usually sets PS1: the
+            // prompt command puts the mark back in front of whatever it set.
+            let label = "[overlay " + job.stack.specs.map { spec in
+                (spec.path.split(separator: "/").last.map(String.init) ?? spec.path) + (spec.isWritable ? "" : ":ro")
+            }.joined(separator: " ") + "] "
+            extra["PS1"] = label + "\\u@\\h:\\w\\$ "
+            extra["PROMPT_COMMAND"] = "case \"$PS1\" in \(ShellQuote.quote(label))*) ;; *) PS1=\(ShellQuote.quote(label))\"$PS1\" ;; esac"
+            extra["OVERLAY_STACK"] = job.stack.specs.map(\.description).joined(separator: " ")
+        }
+        return NativePlan(mode: mode, staging: staging, images: images, squashfs: squashfs,
+                          containerRoot: containerRoot, lowerDirs: lowerDirs,
+                          upperDir: writable.map { $0.mountPoint + "/upper" },
+                          workDir: writable.map { $0.mountPoint + "/work" },
+                          root: root, session: session, binds: binds, command: command,
+                          interactive: job.command == .interactiveShell,
+                          workingDirectory: job.workingDirectory, identity: identity,
+                          environment: extra, lockDescriptors: [])
+    }
+
+    /// `$SHELL`, else /bin/bash, else /bin/sh: the setup process runs the first the container
+    /// has (``interactive`` marks the command as this list).
+    static func shellCandidates(environment: [String: String]) -> [String] {
+        var candidates: [String] = []
+        if let shell = environment["SHELL"], shell.hasPrefix("/") { candidates.append(shell) }
+        for shell in ["/bin/bash", "/bin/sh"] where !candidates.contains(shell) { candidates.append(shell) }
+        return candidates
+    }
+
+    static func absolute(_ path: String, what: String) throws -> String {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard realpath(path, &resolved) != nil else {
+            throw RuntimeError.failed("\(what) '\(path)' not found: \(String(cString: strerror(errno)))")
+        }
+        return cString(resolved)
+    }
+}

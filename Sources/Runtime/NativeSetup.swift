@@ -1,0 +1,453 @@
+import CLinux
+import FoundationEssentials
+import Overlay
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The setup process of the native runtime: a fresh, single-threaded copy of the tool, started
+/// with the plan in its environment. It dies with the tool (parent-death signal), makes the
+/// mount namespace (and, for an ordinary user, the user namespace), mounts the stack, runs the
+/// job, passes signals on, tears the mounts down and exits with the job's status.
+public enum NativeSetup {
+    /// Carries the JSON plan to the setup process.
+    static let variable = "OVERLAY_NATIVE_SETUP"
+
+    /// Call first thing in `main`: when this process is a setup process, it does its work and
+    /// exits here.
+    public static func runIfRequested() {
+        guard let text = getenv(variable) else { return }
+        let json = String(cString: text)
+        unsetenv(variable)
+        guard let plan = try? JSONDecoder().decode(NativePlan.self, from: Data(json.utf8)) else {
+            writeError("error: the native runtime's setup process got no valid plan")
+            exit(125)
+        }
+        var setup = Setup(plan: plan)
+        exit(setup.main())
+    }
+
+    // MARK: The tool's side
+
+    /// Starts the setup process for `plan` and waits for it, passing SIGINT, SIGTERM, SIGHUP,
+    /// SIGQUIT, SIGUSR1 and SIGUSR2 on. Returns the job's status; throws the setup's error.
+    static func start(_ plan: NativePlan) throws -> Int32 {
+        var plan = plan
+        var report: [Int32] = [-1, -1]
+        guard pipe(&report) == 0 else { throw RuntimeError.failed("cannot start the native runtime: \(String(cString: strerror(errno)))") }
+        _ = fcntl(report[0], F_SETFD, FD_CLOEXEC)
+        defer { close(report[0]) }
+        // The lock descriptors and the report pipe go to the setup process (it closes them on exec).
+        for fd in plan.lockDescriptors { _ = fcntl(fd, F_SETFD, 0) }
+        plan.reportDescriptor = report[1]
+        let json = String(decoding: try JSONEncoder().encode(plan), as: UTF8.self)
+
+        var executable = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &executable, executable.count - 1)
+        guard length > 0 else { throw RuntimeError.failed("cannot find this program (/proc/self/exe): \(String(cString: strerror(errno)))") }
+        let path = cString(executable)
+
+        var environment = currentEnvironment()
+        environment[variable] = json
+        var cEnv: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        var cArgs: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
+        defer { for p in cEnv + cArgs { free(p) } }
+
+        Forwarding.install()
+        defer { Forwarding.restore() }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+        var child: pid_t = 0
+        let code = posix_spawn(&child, path, nil, &attributes, &cArgs, &cEnv)
+        close(report[1])
+        for fd in plan.lockDescriptors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        guard code == 0 else { throw RuntimeError.failed("cannot start the native runtime (\(path)): \(String(cString: strerror(code)))") }
+        Forwarding.target(child)
+        let status = waitStatus(child)
+        Forwarding.target(0)
+        let message = readAll(report[0]).trimmingWhitespace
+        if !message.isEmpty { throw RuntimeError.failed(message) }
+        return status
+    }
+
+    /// Waits for `pid`; its exit status, or 128+N when signal N killed it.
+    static func waitStatus(_ pid: pid_t) -> Int32 {
+        var raw: Int32 = 0
+        while waitpid(pid, &raw, 0) < 0 {
+            if errno != EINTR { return 125 }
+        }
+        let signal = raw & 0x7f
+        return signal == 0 ? (raw >> 8) & 0xff : 128 + signal
+    }
+
+    static func readAll(_ fd: Int32) -> String {
+        var data: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n > 0 { data += buffer[0..<n]; continue }
+            if n < 0 && errno == EINTR { continue }
+            break
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Passes the signals a user or a batch system sends on to one process (the setup process in
+/// the tool, the job in the setup process). A signal that comes before there is a target is
+/// kept and sent as soon as there is one.
+enum Forwarding {
+    static let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+    nonisolated(unsafe) static var pid: pid_t = 0
+    nonisolated(unsafe) static var pending: Int32 = 0
+    nonisolated(unsafe) static var saved: [Int32: sigaction] = [:]
+
+    static func install() {
+        for number in signals {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { number in
+                if Forwarding.pid > 0 { kill(Forwarding.pid, number) } else { Forwarding.pending = number }
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = SA_RESTART
+            var old = sigaction()
+            sigaction(number, &action, &old)
+            saved[number] = old
+        }
+    }
+
+    static func target(_ pid: pid_t) {
+        Forwarding.pid = pid
+        if pid > 0, pending != 0 { kill(pid, pending); pending = 0 }
+    }
+
+    static func restore() {
+        for (number, old) in saved {
+            var old = old
+            sigaction(number, &old, nil)
+        }
+        saved = [:]
+    }
+}
+
+/// The work of the setup process.
+struct Setup {
+    let plan: NativePlan
+    /// FUSE daemons started, in start order.
+    var daemons: [(pid: pid_t, name: String)] = []
+
+    init(plan: NativePlan) { self.plan = plan }
+
+    /// Failures of the setup itself go to the tool through the report pipe.
+    struct Failure: Error { let text: String }
+
+    mutating func main() -> Int32 {
+        // Die with the tool; if it is already gone, stop here.
+        _ = clinux_set_parent_death_signal(SIGKILL)
+        if getppid() == 1 { return 125 }
+        for fd in plan.lockDescriptors + [plan.reportDescriptor] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        Forwarding.install()
+        var status: Int32 = 125
+        do {
+            try enterNamespaces()
+            try mountStack()
+            let job = try startJob()
+            Forwarding.target(job)
+            status = NativeSetup.waitStatus(job)
+            Forwarding.target(0)
+        } catch let notStarted as JobNotStarted {
+            status = notStarted.status
+        } catch let failure as Failure {
+            report(failure.text)
+        } catch {
+            report("\(error)")
+        }
+        tearDown()
+        return status
+    }
+
+    func report(_ text: String) {
+        let line = text + "\n"
+        _ = line.withCString { write(plan.reportDescriptor, $0, strlen($0)) }
+    }
+
+    static func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+    // MARK: Namespaces
+
+    func enterNamespaces() throws {
+        switch plan.mode {
+        case .kernel:
+            guard clinux_unshare(clinux_flag_newns()) == 0 else {
+                throw Failure(text: "cannot make a private mount namespace: \(Self.errorText())")
+            }
+        case .fuse:
+            guard clinux_unshare(clinux_flag_newuser() | clinux_flag_newns()) == 0 else {
+                let code = errno
+                throw Failure(text: "cannot make a user namespace (\(Self.errorText(code))): running without root needs user namespaces; an administrator can enable them (sysctl user.max_user_namespaces), or run as root")
+            }
+            // The user stays themselves inside, so every file written keeps their uid on disk.
+            try writeFile("/proc/self/setgroups", "deny")
+            try writeFile("/proc/self/uid_map", "\(plan.identity.uid) \(plan.identity.uid) 1\n")
+            try writeFile("/proc/self/gid_map", "\(plan.identity.gid) \(plan.identity.gid) 1\n")
+        }
+        guard clinux_mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0 else {
+            throw Failure(text: "cannot make the mounts private: \(Self.errorText())")
+        }
+        guard clinux_mount("tmpfs", plan.staging, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755") == 0 else {
+            throw Failure(text: "cannot mount a tmpfs on \(plan.staging): \(Self.errorText())")
+        }
+    }
+
+    func writeFile(_ path: String, _ text: String) throws {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Failure(text: "cannot open \(path): \(Self.errorText())") }
+        defer { close(fd) }
+        let written = text.withCString { write(fd, $0, strlen($0)) }
+        guard written == text.utf8.count else { throw Failure(text: "cannot write \(path): \(Self.errorText())") }
+    }
+
+    // MARK: Mounts
+
+    mutating func mountStack() throws {
+        for dir in [plan.session, plan.session + "/proc", plan.root] + plan.images.map(\.mountPoint) + [plan.squashfs?.mountPoint].compactMap({ $0 }) {
+            try makeDirectories(dir)
+        }
+        for image in plan.images {
+            switch plan.mode {
+            case .kernel:
+                try mountLoop(image.path, at: image.mountPoint, type: "ext3", readOnly: image.readOnly,
+                              flags: UInt(MS_NOSUID | MS_NODEV), data: "errors=remount-ro")
+            case .fuse:
+                try startDaemon(["fuse2fs", image.path, image.mountPoint, "-f", "-o", image.readOnly ? "fakeroot,ro" : "fakeroot"],
+                                at: image.mountPoint, what: "overlay '\(image.path)'")
+            }
+        }
+        if let squashfs = plan.squashfs {
+            switch plan.mode {
+            case .kernel:
+                try mountLoop(squashfs.path, at: squashfs.mountPoint, type: "squashfs", readOnly: true,
+                              offset: squashfs.offset, size: squashfs.size, flags: UInt(MS_NOSUID | MS_NODEV), data: nil)
+            case .fuse:
+                var argv = ["squashfuse", "-f"]
+                if squashfs.offset > 0 { argv += ["-o", "offset=\(squashfs.offset)"] }
+                try startDaemon(argv + [squashfs.path, squashfs.mountPoint], at: squashfs.mountPoint,
+                                what: "container '\(squashfs.path)'")
+            }
+        }
+        // Mount points for the binds, in the topmost (empty) lower layer.
+        for bind in plan.binds {
+            let target = plan.session + bind.destination
+            if bind.isDirectory {
+                try makeDirectories(target)
+            } else {
+                try makeDirectories(String(target[..<target.lastIndex(of: "/")!]))
+                let fd = open(target, O_CREAT | O_WRONLY | O_CLOEXEC, 0o644)
+                if fd >= 0 { close(fd) }
+            }
+        }
+        let readOnly = plan.upperDir == nil
+        switch plan.mode {
+        case .kernel:
+            guard clinux_mount("overlay", plan.root, "overlay", readOnly ? UInt(MS_RDONLY) : 0, plan.overlayOptions) == 0 else {
+                throw Failure(text: "cannot mount the overlay (\(plan.overlayOptions)): \(Self.errorText())")
+            }
+        case .fuse:
+            // noacl: squashfuse answers ACL queries with EOPNOTSUPP, which would fail every exec.
+            try startDaemon(["fuse-overlayfs", "-f", "-o", (readOnly ? "ro," : "") + "noacl," + plan.overlayOptions, plan.root],
+                            at: plan.root, what: "the overlay")
+        }
+        for bind in plan.binds {
+            let target = plan.root + bind.destination
+            guard clinux_mount(bind.source, target, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
+                throw Failure(text: "cannot bind \(bind.source) to \(bind.destination): \(Self.errorText())")
+            }
+            if bind.readOnly {
+                var info = statvfs()
+                statvfs(target, &info)
+                // Keep the flags the bind has (a user namespace may not clear them).
+                // statvfs ST_* bits (glibc's enum) and the mount flags they stand for.
+                let kept: [(UInt, Int)] = [(2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME),
+                                           (2048, MS_NODIRATIME), (4096, MS_RELATIME)]
+                var flags = UInt(MS_BIND | MS_REMOUNT | MS_RDONLY)
+                for (bit, flag) in kept where UInt(info.f_flag) & bit != 0 { flags |= UInt(flag) }
+                guard clinux_mount(nil, target, nil, flags, nil) == 0 else {
+                    throw Failure(text: "cannot make the bind of \(bind.source) read-only: \(Self.errorText())")
+                }
+            }
+        }
+    }
+
+    func makeDirectories(_ path: String) throws {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0 && errno != EEXIST {
+                throw Failure(text: "cannot make the mount point \(current): \(Self.errorText())")
+            }
+        }
+    }
+
+    func mountLoop(_ path: String, at target: String, type: String, readOnly: Bool, offset: UInt64 = 0, size: UInt64 = 0,
+                   flags: UInt, data: String?) throws {
+        var number: Int32 = -1
+        let device = clinux_loop_attach(path, readOnly ? 1 : 0, offset, size, &number)
+        guard device >= 0 else { throw Failure(text: "cannot attach \(path) to a loop device: \(Self.errorText(-device))") }
+        // The device stays attached while it is open or mounted; autoclear frees it after.
+        defer { close(device) }
+        let result = clinux_mount("/dev/loop\(number)", target, type, flags | (readOnly ? UInt(MS_RDONLY) : 0), data)
+        guard result == 0 else { throw Failure(text: "cannot mount \(path) (\(type)): \(Self.errorText())") }
+    }
+
+    /// Starts a FUSE driver in the foreground (a child of this process) with CAP_SYS_ADMIN in
+    /// the user namespace, and waits until its mount is there.
+    mutating func startDaemon(_ argv: [String], at mountPoint: String, what: String) throws {
+        var before = stat()
+        stat(mountPoint, &before)
+        let pid = try spawn(argv, root: nil, directory: nil, changeIDs: false, ambientAdmin: true,
+                            deathSignal: SIGTERM, nullInput: true, newGroup: false, environment: nil)
+        daemons.append((pid, argv[0]))
+        for _ in 0..<5000 {
+            var now = stat()
+            if stat(mountPoint, &now) == 0, now.st_dev != before.st_dev { return }
+            var raw: Int32 = 0
+            if waitpid(pid, &raw, WNOHANG) == pid {
+                daemons.removeLast()
+                throw Failure(text: "\(argv[0]) could not mount \(what) (it exited with status \((raw >> 8) & 0xff); its message is above)")
+            }
+            usleep(2000)
+        }
+        throw Failure(text: "\(argv[0]) did not mount \(what) within 10 seconds")
+    }
+
+    // MARK: The job
+
+    func startJob() throws -> pid_t {
+        var command = plan.command
+        if plan.interactive {
+            guard let shell = plan.command.first(where: { isExecutableFile(plan.root + $0) }) else {
+                throw Failure(text: "no shell in the container: none of \(plan.command.joined(separator: ", ")) is there")
+            }
+            command = [shell]
+        }
+        var environment = currentEnvironment()
+        for (key, value) in plan.environment { environment[key] = value }
+        // The job gets a PID namespace of its own, so whatever it leaves running ends with it.
+        guard clinux_unshare(clinux_flag_newpid()) == 0 else {
+            throw Failure(text: "cannot make a PID namespace for the job: \(Self.errorText())")
+        }
+        return try spawn(command, root: plan.root, directory: plan.workingDirectory, changeIDs: plan.identity.change,
+                         ambientAdmin: false, deathSignal: SIGKILL, nullInput: false, newGroup: false,
+                         environment: environment, isJob: true)
+    }
+
+    /// fork + exec through the shim (nothing between them allocates). The strings are leaked on
+    /// purpose: this process execs or exits soon.
+    func spawn(_ argv: [String], root: String?, directory: String?, changeIDs: Bool, ambientAdmin: Bool,
+               deathSignal: Int32, nullInput: Bool, newGroup: Bool, environment: [String: String]?,
+               isJob: Bool = false) throws -> pid_t {
+        var errors: [Int32] = [-1, -1]
+        guard pipe(&errors) == 0 else { throw Failure(text: "cannot start \(argv[0]): \(Self.errorText())") }
+        _ = fcntl(errors[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(errors[1], F_SETFD, FD_CLOEXEC)
+        let cArgs = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: argv.count + 1)
+        for (i, word) in argv.enumerated() { cArgs[i] = strdup(word) }
+        cArgs[argv.count] = nil
+        let env = environment ?? currentEnvironment()
+        let cEnv = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: env.count + 1)
+        for (i, entry) in env.enumerated() { cEnv[i] = strdup("\(entry.key)=\(entry.value)") }
+        cEnv[env.count] = nil
+        let groups = plan.identity.groups.map { gid_t($0) }
+        let cRoot = root.map { strdup($0) } ?? nil
+        let cDirectory = directory.map { strdup($0) } ?? nil
+        let cProc = isJob ? strdup(plan.root + "/proc") : nil
+        let pid = groups.withUnsafeBufferPointer { groupPointer -> pid_t in
+            var child = clinux_child()
+            child.root = UnsafePointer(cRoot)
+            child.cwd = UnsafePointer(cDirectory)
+            child.change_ids = changeIDs ? 1 : 0
+            child.uid = plan.identity.uid
+            child.gid = plan.identity.gid
+            child.ngroups = Int32(groups.count)
+            child.groups = groupPointer.baseAddress
+            child.ambient_sys_admin = ambientAdmin ? 1 : 0
+            child.death_signal = deathSignal
+            child.null_stdio = nullInput ? 1 : 0
+            child.new_process_group = newGroup ? 1 : 0
+            child.file = UnsafePointer(cArgs[0])
+            child.argv = UnsafePointer(cArgs)
+            child.envp = cEnv
+            child.error_fd = errors[1]
+            child.init_process = isJob ? 1 : 0
+            child.proc_target = UnsafePointer(cProc)
+            return clinux_spawn(&child)
+        }
+        close(errors[1])
+        defer { close(errors[0]) }
+        guard pid > 0 else { throw Failure(text: "cannot start \(argv[0]): \(Self.errorText(-pid))") }
+        var reportBytes = [Int32](repeating: 0, count: 2)
+        let n = reportBytes.withUnsafeMutableBytes { read(errors[0], $0.baseAddress, 8) }
+        guard n == 8 else { return pid }
+        let (step, code) = (reportBytes[0], reportBytes[1])
+        _ = NativeSetup.waitStatus(pid)
+        let what: String
+        switch step {
+        case 1: what = "cannot enter the overlay root \(root ?? "")"
+        case 2: what = "cannot change to \(directory ?? "")"
+        case 3: what = "cannot switch to uid \(plan.identity.uid) gid \(plan.identity.gid)"
+        case 4: what = "cannot give \(argv[0]) the capability to mount"
+        default: what = isJob ? "cannot run '\(argv[0])' in the container" : "cannot start \(argv[0])"
+        }
+        if step == 5 && isJob {
+            // As a shell: 127 for a command not found, 126 for one that cannot run.
+            writeError("error: \(what): \(Self.errorText(code))")
+            throw JobNotStarted(status: code == ENOENT ? 127 : 126)
+        }
+        throw Failure(text: "\(what): \(Self.errorText(code))")
+    }
+
+    struct JobNotStarted: Error { let status: Int32 }
+
+    // MARK: Teardown
+
+    /// Detaches everything (the whole tree under the staging tmpfs), then lets the FUSE drivers
+    /// see their mounts go and exit; they close their images cleanly. Bounded in time.
+    mutating func tearDown() {
+        _ = clinux_umount(plan.staging, Int32(MNT_DETACH))
+        guard !daemons.isEmpty else { return }
+        var remaining = daemons.map(\.pid)
+        var waited = 0
+        while !remaining.isEmpty && waited < 1500 {
+            remaining.removeAll { pid in
+                var raw: Int32 = 0
+                return waitpid(pid, &raw, WNOHANG) == pid
+            }
+            if remaining.isEmpty { break }
+            // Top first: the overlay driver keeps the image drivers busy until it exits.
+            if waited == 500 { for pid in remaining.reversed() { kill(pid, SIGTERM) } }
+            usleep(10_000)
+            waited += 1
+        }
+        for pid in remaining {
+            kill(pid, SIGKILL)
+            _ = NativeSetup.waitStatus(pid)
+        }
+    }
+}
+
+/// Writes one line to standard error.
+func writeError(_ line: String) {
+    let text = line + "\n"
+    _ = text.withCString { write(2, $0, strlen($0)) }
+}
+
+/// The string in a NUL-terminated buffer.
+func cString(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

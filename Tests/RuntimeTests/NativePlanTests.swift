@@ -1,0 +1,64 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import Overlay
+@testable import Runtime
+
+/// The native runtime's plan, worked out before anything is mounted: the overlayfs stacking
+/// order (Apptainer's) and what --dry-run shows. Real mounts are in EndToEndTests.
+@Suite struct NativePlanTests {
+    let directory: TempDirectory
+    init() throws {
+        directory = try TempDirectory("plan")
+        for name in ["a.ext3", "b.ext3", "c.ext3"] { FileManager.default.createFile(atPath: directory.file(name), contents: nil) }
+    }
+
+    func plan(_ overlays: [String], mode: NativePlan.Mode = .kernel, command: JobCommand = .argv(["true"])) throws -> NativePlan {
+        let job = Job(stack: try OverlayStack(arguments: overlays.map { directory.file($0) }), container: .host,
+                      binds: [Bind(source: "/etc", destination: "/mnt/etc", readOnly: true)],
+                      command: command, workingDirectory: directory.path)
+        return try NativePlan.make(for: job, mode: mode, identity: .init(uid: 1000, gid: 1000, groups: [], change: false),
+                                   environment: ["HOME": directory.path, "SHELL": "/bin/zsh"])
+    }
+
+    @Test func laterReadOnlyLayersSitAboveEarlierOnesAndTheFirstIsTheUpper() throws {
+        let plan = try plan(["a.ext3", "b.ext3", "c.ext3:ro"])
+        let s = plan.staging
+        #expect(plan.lowerDirs == ["\(s)/session", "\(s)/image2/upper", "\(s)/image1/upper", "/"])
+        #expect(plan.upperDir == "\(s)/image0/upper")
+        #expect(plan.workDir == "\(s)/image0/work")
+        #expect(plan.images.map(\.readOnly) == [false, true, true])
+    }
+
+    @Test func aReadOnlyFirstOverlayMeansNoUpper() throws {
+        let plan = try plan(["a.ext3:ro", "b.ext3"])
+        #expect(plan.upperDir == nil)
+        #expect(plan.lowerDirs.dropFirst().first == "\(plan.staging)/image1/upper")
+        #expect(plan.lines.contains { $0.hasPrefix("mount -t overlay -o ro,") })
+    }
+
+    @Test func bindsAreSingularitysThenTheWorkingDirectoryThenB() throws {
+        let plan = try plan(["a.ext3"])
+        // $HOME is the working directory here: bound once.
+        #expect(plan.binds.map(\.destination) == ["/sys", "/dev", "/tmp", directory.path, "/mnt/etc"])
+        #expect(plan.binds.last?.readOnly == true)
+    }
+
+    @Test func theShellIsShellThenBashThenSh() throws {
+        let plan = try plan(["a.ext3"], command: .interactiveShell)
+        #expect(plan.interactive)
+        #expect(plan.command == ["/bin/zsh", "/bin/bash", "/bin/sh"])
+        #expect(plan.environment["PS1"]?.hasPrefix("[overlay a.ext3] ") == true)
+    }
+
+    @Test func pathsWithCommasAndColonsAreEscapedForOverlayfs() {
+        #expect(NativePlan.escapeOverlayPath("/a,b:c\\d") == "/a\\,b\\:c\\\\d")
+    }
+
+    @Test func theUnprivilegedPlanUsesTheFUSEDrivers() throws {
+        let lines = try plan(["a.ext3", "b.ext3"], mode: .fuse).lines
+        #expect(lines.first?.hasPrefix("unshare user namespace (uid 1000 -> 1000, gid 1000 -> 1000)") == true)
+        #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") && $0.hasSuffix("-o fakeroot,ro") })
+        #expect(lines.contains { $0.hasPrefix("fuse-overlayfs -o noacl,") })
+    }
+}
