@@ -213,7 +213,10 @@ public final class SpawnedProcess: @unchecked Sendable {
         for entry in fds where entry.revents != 0 {
             let n = read(entry.fd, &buffer, buffer.count)
             if n > 0 {
-                if entry.fd == stdoutFD { outData.append(contentsOf: buffer[0..<n]) } else { errData.append(contentsOf: buffer[0..<n]) }
+                // Appended from raw memory: a generic slice append is byte by byte in debug builds.
+                buffer.withUnsafeBufferPointer { bytes in
+                    if entry.fd == stdoutFD { outData.append(bytes.baseAddress!, count: n) } else { errData.append(bytes.baseAddress!, count: n) }
+                }
             } else if n == 0 || (errno != EINTR && errno != EAGAIN) {
                 close(entry.fd)
                 if entry.fd == stdoutFD { stdoutFD = -1 } else { stderrFD = -1 }
