@@ -21,14 +21,6 @@ public struct ResizeCommand: ParsableCommand {
     @Option(name: .shortAndLong, help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G).", valueName: "size"))
     public var size: String
 
-    public func validate() throws {
-        do {
-            _ = try ImageSize(parsing: size)
-        } catch let error as OverlayError {
-            throw ValidationError(error.description)
-        }
-    }
-
     public func run() throws {
         do {
             print(try ImageMaintenance.grow(image, to: try ImageSize(parsing: size)))
