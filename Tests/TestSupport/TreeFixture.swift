@@ -12,10 +12,12 @@ public enum TreeFixture {
 
     public static func bigContent() -> [UInt8] {
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-        return (0..<bigSize).map { _ in
+        var words = [UInt64](repeating: 0, count: bigSize / 8 + 1)
+        for index in words.indices {
             state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return UInt8(truncatingIfNeeded: state >> 33)
+            words[index] = state
         }
+        return words.withUnsafeBytes { Array($0.prefix(bigSize)) }
     }
 
     public static func make(at path: String) throws {
