@@ -20,7 +20,7 @@ public struct LsCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
     public var image: String
 
-    @Argument(help: ArgumentHelp("The directory to list (default: /, the image root).", valueName: "path"))
+    @Argument(help: ArgumentHelp("The directory to list, from the image root.", valueName: "path"))
     public var path: String = "/"
 
     @Flag(name: .customShort("l"), help: "Use the long form.")

@@ -8,8 +8,8 @@ public struct ResizeCommand: ParsableCommand {
         abstract: "Grow an image that no job has mounted.",
         discussion: """
         Takes a write lock on the image (refused while a job has it mounted), runs e2fsck -fp as \
-        resize2fs requires, lengthens the file and runs resize2fs. The new space gets inodes in \
-        the same proportion as the old. Shrinking is refused.
+        resize2fs requires, lengthens the file and runs resize2fs. Each new block group gets as \
+        many inodes as the old ones. Shrinking is refused.
         """
     )
 
