@@ -25,6 +25,12 @@ public enum Ext3 {
         case system(operation: String, path: String, errno: Int32)
         /// A path inside the image does not exist.
         case noSuchPath(image: String, path: String)
+        /// The image is damaged (or hostile): what is wrong with it.
+        case damaged(image: String, what: String)
+        /// A path inside the image names something that is not a directory where one is needed.
+        case notADirectory(image: String, path: String)
+        /// A path inside the image goes through a symbolic link (never followed).
+        case symlinkInPath(image: String, path: String, target: String)
         /// Anything else, said plainly.
         case other(String)
 
@@ -42,6 +48,12 @@ public enum Ext3 {
                 return "\(path): \(operation): \(Ext3.errnoString(code))"
             case let .noSuchPath(image, path):
                 return "\(image): no such path inside the image: \(path)"
+            case let .damaged(image, what):
+                return "\(image) is damaged: \(what)"
+            case let .notADirectory(image, path):
+                return "\(image): \(path) is not a directory inside the image"
+            case let .symlinkInPath(image, path, target):
+                return "\(image): \(path) is a symbolic link to \(target) inside the image (links are not followed): give the path it points to"
             case let .other(text):
                 return text
             }

@@ -6,6 +6,19 @@ extension Ext3 {
         case regular, directory, symlink, characterDevice, blockDevice, fifo, socket, unknown
     }
 
+    /// A point in time as an inode stores it: seconds since the epoch and nanoseconds.
+    public struct Timestamp: Sendable, Equatable, Comparable {
+        public var seconds: Int64
+        public var nanoseconds: UInt32
+        public init(seconds: Int64, nanoseconds: UInt32 = 0) {
+            self.seconds = seconds
+            self.nanoseconds = nanoseconds
+        }
+        public static func < (a: Timestamp, b: Timestamp) -> Bool {
+            (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
+        }
+    }
+
     /// One entry inside an image, as `stat` would show it.
     public struct Entry: Sendable, Equatable {
         public var inode: UInt32
@@ -16,9 +29,19 @@ extension Ext3 {
         public var gid: UInt32
         public var size: UInt64
         public var linkCount: UInt16
+        /// Modification time; nanoseconds only where the inode has room for them (256-byte inodes).
+        public var modificationTime: Timestamp = Timestamp(seconds: 0)
+        /// Major and minor number of a character or block device (0 otherwise).
+        public var deviceMajor: UInt32 = 0
+        public var deviceMinor: UInt32 = 0
     }
 
     /// A read-only view of an image through libext2fs (no mount, no root).
+    ///
+    /// Everything it reads is bounded, so a damaged or hostile image gives an error, never a
+    /// crash or an endless loop: group descriptors are checked on open, directories larger than
+    /// ``Limits/directoryBytes`` and symlinks longer than a block are refused, paths are walked
+    /// one name at a time without following symlinks.
     public final class Image {
         let handle: FileSystemHandle
         public let path: String
@@ -27,23 +50,39 @@ extension Ext3 {
             _ = try Superblock(path: path)  // a plain "not ext" before libext2fs speaks
             self.path = path
             self.handle = try FileSystemHandle(path: path, writable: false)
+            guard let fs = handle.fs else { throw Error.other("\(path): image is closed") }
+            let code = ext2fs_check_desc(fs)
+            if code != 0 {
+                handle.abandon()
+                throw Error.damaged(image: path, what: "its group descriptors are bad (\(Ext3.message(for: Int64(code))))")
+            }
         }
 
-        /// The entry at `path` inside the image (absolute or relative to the root), or nil.
+        /// The entry at `path` inside the image (absolute or relative to the root), or nil when
+        /// nothing is there. Symlinks are not followed.
         public func entry(at inside: String) throws -> Entry? {
-            guard let fs = handle.fs else { throw Error.other("\(path): image is closed") }
-            var ino: ext2_ino_t = 0
-            let code = ext2fs_namei(fs, ext2_ino_t(EXT2_ROOT_INO), ext2_ino_t(EXT2_ROOT_INO), inside, &ino)
-            if code == errcode_t(EXT2_ET_FILE_NOT_FOUND) || code == errcode_t(EXT2_ET_NO_DIRECTORY) { return nil }
-            try check(code, "look up \(inside)", path: path)
-            return try entry(inode: UInt32(ino))
+            do {
+                return try lookup(inside)
+            } catch Error.noSuchPath {
+                return nil
+            }
         }
 
         func entry(inode ino: UInt32) throws -> Entry {
+            let raw = try largeInode(ino)
+            return Image.entry(ino, raw)
+        }
+
+        func largeInode(_ ino: UInt32) throws -> ext2_inode_large {
             guard let fs = handle.fs else { throw Error.other("\(path): image is closed") }
-            var raw = ext2_inode()
-            try check(ext2fs_read_inode(fs, ext2_ino_t(ino), &raw), "read inode \(ino)", path: path)
-            let mode = UInt32(raw.i_mode)
+            var raw = ext2_inode_large()
+            try check(cext2fs_read_inode_large(fs, ext2_ino_t(ino), &raw), "read inode \(ino)", path: path)
+            return raw
+        }
+
+        static func entry(_ ino: UInt32, _ large: ext2_inode_large) -> Entry {
+            var large = large
+            let mode = UInt32(large.i_mode)
             let kind: EntryKind
             switch mode & 0o170000 {
             case 0o100000: kind = .regular
@@ -55,10 +94,25 @@ extension Ext3 {
             case 0o140000: kind = .socket
             default: kind = .unknown
             }
-            let size = UInt64(raw.i_size) | UInt64(raw.i_size_high) << 32
-            return Entry(inode: ino, kind: kind, permissions: UInt16(mode & 0o7777),
-                         uid: UInt32(cext2fs_inode_uid(&raw)), gid: UInt32(cext2fs_inode_gid(&raw)),
-                         size: size, linkCount: raw.i_links_count)
+            let size = UInt64(large.i_size) | UInt64(large.i_size_high) << 32
+            let small = cext2fs_small_inode(&large)!
+            var entry = Entry(inode: ino, kind: kind, permissions: UInt16(mode & 0o7777),
+                              uid: UInt32(cext2fs_inode_uid(small)), gid: UInt32(cext2fs_inode_gid(small)),
+                              size: size, linkCount: large.i_links_count)
+            // i_mtime_extra (bytes 136..<140) is there when i_extra_isize reaches it.
+            var seconds = Int64(Int32(bitPattern: large.i_mtime))
+            var nanoseconds: UInt32 = 0
+            if large.i_extra_isize >= 12, large.i_extra_isize <= 128 {
+                let extra = large.i_mtime_extra
+                seconds += Int64(extra & 3) << 32
+                nanoseconds = min(extra >> 2, 999_999_999)
+            }
+            entry.modificationTime = Timestamp(seconds: seconds, nanoseconds: nanoseconds)
+            if kind == .characterDevice || kind == .blockDevice {
+                entry.deviceMajor = UInt32(cext2fs_inode_rdev_major(&large))
+                entry.deviceMinor = UInt32(cext2fs_inode_rdev_minor(&large))
+            }
+            return entry
         }
 
         public func close() throws { try handle.close() }

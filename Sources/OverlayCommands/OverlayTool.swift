@@ -5,7 +5,7 @@ public struct OverlayTool: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "overlay",
         abstract: "Inspect ext3 overlay images without mounting them.",
-        subcommands: [ConfigCommand.self]
+        subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self]
     )
     public init() {}
 }

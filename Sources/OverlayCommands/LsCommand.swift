@@ -1,0 +1,38 @@
+import ArgumentParser
+import Overlay
+
+/// `overlay ls`: list a directory inside an image without mounting it.
+public struct LsCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List a directory inside an image.",
+        discussion: """
+        Paths are as inside the image, from its root: the container's files are under /upper \
+        (e.g. /upper/opt/conda); the leading / is optional. Lists every entry but . and .., \
+        sorted by name; a path that is not a directory lists itself. Symbolic links are shown, \
+        never followed. -l prints mode, links, owner uid and gid, size, modification time and \
+        name (-> target), like ls -ln --time-style=long-iso.
+        """
+    )
+
+    public init() {}
+
+    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
+    public var image: String
+
+    @Argument(help: ArgumentHelp("The directory to list, from the image root.", valueName: "path"))
+    public var path: String = "/"
+
+    @Flag(name: .customShort("l"), help: "Use the long form.")
+    public var long = false
+
+    public func run() throws {
+        do {
+            let browser = try ImageBrowser(image)
+            if let warning = browser.staleWarning { printError(warning) }
+            for line in try browser.list(path, long: long) { print(line) }
+        } catch let error as OverlayError {
+            throw CommandFailure(error.description)
+        }
+    }
+}
