@@ -21,8 +21,13 @@ let package = Package(
             pkgConfig: "ext2fs",
             providers: [.apt(["libext2fs-dev"])]
         ),
+        // zlib, for gzip-compressed tar archives (create-overlay --from).
+        .systemLibrary(
+            name: "CZlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
-        .target(name: "Ext3", dependencies: ["CExt2fs"]),
+        .target(name: "Ext3", dependencies: ["CExt2fs", "CZlib"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
