@@ -80,6 +80,11 @@ extension Ext3 {
                 try copyFiles()
             }
             try writeInodes()
+            // Bitmaps, descriptors, superblock and cached inode-table blocks go to the file now,
+            // without fsync: like tar or cp, the data is left to the kernel's writeback (an
+            // fsync here waits for the whole image to reach the disk). The close that follows
+            // finds nothing left to flush.
+            try check(ext2fs_flush2(fs, Int32(EXT2_FLAG_FLUSH_NO_SYNC)), "write the filesystem metadata", path: path)
             report(force: true)
         }
 
