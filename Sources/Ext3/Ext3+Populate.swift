@@ -327,7 +327,27 @@ extension Ext3 {
                     }
                     defer { close(input) }
                     var map = BlockMapper()
-                    let ranges = segments.map(Tree.blockRanges) ?? [0..<((node.size + UInt64(Ext3.blockSize) - 1) / UInt64(Ext3.blockSize))]
+                    let blocks = (node.size + UInt64(Ext3.blockSize) - 1) / UInt64(Ext3.blockSize)
+                    if segments == nil && blocks <= Populator.batchedBlocks {
+                        // Small files: read into the batch buffer at their block positions (they
+                        // lie one after the other), written out together in one large write.
+                        let runs = try map.map(0..<blocks, allocator: allocate)
+                        if runs.count != 1 || !batchAppends(runs[0].physical, blocks) { try flushBatch() }
+                        if batchLength == 0 { batchStart = runs[0].physical }
+                        for run in runs {
+                            if batchLength > 0 && run.physical != batchStart + UInt64(batchLength / Ext3.blockSize) { try flushBatch() }
+                            if batchLength == 0 { batchStart = run.physical }
+                            try readIntoBatch(input, source: source, offset: run.logical * UInt64(Ext3.blockSize),
+                                              count: min(run.count * UInt64(Ext3.blockSize), node.size - run.logical * UInt64(Ext3.blockSize)),
+                                              blocks: run.count)
+                        }
+                        maps[index] = map
+                        filesDone += 1
+                        report()
+                        continue
+                    }
+                    try flushBatch()
+                    let ranges = segments.map(Tree.blockRanges) ?? [0..<blocks]
                     for range in ranges {
                         for run in try map.map(range, allocator: allocate) {
                             let start = run.logical * UInt64(Ext3.blockSize)
@@ -343,6 +363,43 @@ extension Ext3 {
                 filesDone += 1
                 report()
             }
+            try flushBatch()
+        }
+
+        /// Files of at most this many blocks (all direct) go through the batch buffer.
+        static let batchedBlocks: UInt64 = 12
+        private var batchStart: UInt64 = 0
+        private var batchLength = 0
+
+        /// Whether `count` blocks at `physical` continue the batch and fit in the buffer.
+        private func batchAppends(_ physical: UInt64, _ count: UInt64) -> Bool {
+            batchLength == 0 || (physical == batchStart + UInt64(batchLength / Ext3.blockSize)
+                                 && batchLength + Int(count) * Ext3.blockSize <= buffer.count)
+        }
+
+        /// Reads `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`.
+        private func readIntoBatch(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64, blocks: UInt64) throws {
+            let room = Int(blocks) * Ext3.blockSize
+            if batchLength + room > buffer.count { try flushBatch() }
+            var done = 0
+            while done < Int(count) {
+                let got = pread(input, buffer.baseAddress! + batchLength + done, Int(count) - done, off_t(offset) + off_t(done))
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    throw Error.invalidConfiguration("cannot read \(Tree.display(source)): \(Ext3.errnoString(errno)); make it readable or pack a tree without it")
+                }
+                if got == 0 { throw changed(source) }
+                done += got
+            }
+            (buffer.baseAddress! + batchLength + done).initializeMemory(as: UInt8.self, repeating: 0, count: room - done)
+            batchLength += room
+            bytesDone += count
+        }
+
+        private func flushBatch() throws {
+            guard batchLength > 0 else { return }
+            try writeAll(UnsafeRawBufferPointer(rebasing: buffer[..<batchLength]), at: batchStart * UInt64(Ext3.blockSize))
+            batchLength = 0
         }
 
         private func copy(from input: Int32, source: [CChar], offset: UInt64, count: UInt64, to destination: UInt64) throws {

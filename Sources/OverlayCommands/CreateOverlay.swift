@@ -13,7 +13,7 @@ public struct CreateOverlay: ParsableCommand {
         abstract: "Create a sized, sparse ext3 overlay image, empty or packed from a tree.",
         usage: """
         create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
-          create-overlay --from <src> [-s <size>] [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
+        create-overlay --from <src> [-s <size>] [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
         """,
         discussion: """
         The image is exactly the size asked for but takes almost no disk space until files are \
@@ -26,7 +26,7 @@ public struct CreateOverlay: ParsableCommand {
         From a directory or a tar archive: --from packs SRC (a directory, a tar archive or a \
         gzip-compressed one, told apart by content) into upper/: files, directories, symlinks, \
         hard links, devices, FIFOs, sockets, permission bits, owners, times to the nanosecond, \
-        extended attributes; sparse files stay sparse. Without -s, the size is the smallest \
+        extended attributes; a directory's sparse files stay sparse. Without -s, the size is the smallest \
         whole MiB with room for a quarter more data than the tree plus 64 MiB; without -n, room \
         for a quarter more files plus 1,000 (with -s alone, at least one per 16 KiB). The choice \
         is printed. A tree that does not fit the -s/-n given is refused, saying what it needs. \
@@ -43,7 +43,7 @@ public struct CreateOverlay: ParsableCommand {
     public var size: String?
 
     @Option(name: [.customShort("n"), .customLong("files")],
-            help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB.",
+            help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB; with --from, from the tree.",
                                valueName: "thousands"))
     public var files: String?
 
