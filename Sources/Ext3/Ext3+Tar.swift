@@ -187,8 +187,18 @@ extension Ext3 {
 
         private func readBlock() throws -> [UInt8]? {
             var block = [UInt8](repeating: 0, count: 512)
-            let ok = try block.withUnsafeMutableBytes { try readExactly($0.baseAddress!, 512) }
-            return ok ? block : nil
+            let atStart = position == 0
+            do {
+                let ok = try block.withUnsafeMutableBytes { try readExactly($0.baseAddress!, 512) }
+                if atStart && ok && !TarReader.isHeader(block) { throw notTar() }
+                return ok ? block : nil
+            } catch Error.invalidConfiguration where atStart {
+                throw notTar()
+            }
+        }
+
+        private func notTar() -> Error {
+            Error.invalidConfiguration("\(path) does not hold a tar archive: give a directory or a tar archive (plain or gzip)")
         }
 
         /// Skips whatever is left of the current entry's data.

@@ -104,12 +104,17 @@ struct PackTests {
         #expect(try FixtureImage.isClean(directory.file("small.ext3")))
     }
 
-    @Test func missingOrUnknownSourceIsRefused() throws {
+    @Test(.requires(executable: "tar"), .requires(executable: "gzip")) func missingUnknownOrDamagedSourceIsRefused() throws {
         let directory = try TempDirectory("pack-missing")
-        try PackFixture.write(directory.file("notes.txt"), Array("just text\n".utf8))
+        try PackFixture.write(directory.file("notes.txt"), Array(String(repeating: "just text\n", count: 100).utf8))
+        let made = try run(["sh", "-c", "printf garbage | gzip > bad.tar.gz && tar cf full.tar notes.txt && head -c 700 full.tar > cut.tar"],
+                           currentDirectory: directory.path, timeout: 30)
+        #expect(made.status == 0, "\(made)")
         let before = try directory.listing()
         for (source, mention) in [("nothere", "nothere does not exist"),
-                                  ("notes.txt", "notes.txt is neither a directory nor a tar archive")] {
+                                  ("notes.txt", "notes.txt is neither a directory nor a tar archive"),
+                                  ("bad.tar.gz", "bad.tar.gz does not hold a tar archive"),
+                                  ("cut.tar", "cut.tar: the archive ends in the middle of an entry")] {
             let result = try run([tool, "--from", source], currentDirectory: directory.path)
             #expect(result.status != 0)
             #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
