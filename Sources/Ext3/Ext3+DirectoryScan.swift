@@ -29,6 +29,8 @@ extension Ext3.Tree {
                 unreadable.append((display(directoryPath), errno))
                 continue
             }
+            defer { closedir(stream) }
+            let directoryFD = dirfd(stream)
             var names: [[UInt8]] = []
             while let entry = readdir(stream) {
                 let name: [UInt8] = withUnsafeBytes(of: entry.pointee.d_name) { raw in
@@ -39,7 +41,6 @@ extension Ext3.Tree {
                 if name == [46] || name == [46, 46] { continue }
                 names.append(name)
             }
-            closedir(stream)
             names.sort { $0.lexicographicallyPrecedes($1) }
 
             var subdirectories: UInt32 = 0
@@ -48,7 +49,11 @@ extension Ext3.Tree {
                 let terminated = path + [0]
                 try checkName(name, in: display(path))
                 var info = stat()
-                guard lstat(terminated, &info) == 0 else {
+                // Relative to the open directory: no walk down the whole path for each entry.
+                let statted = (name + [0]).withUnsafeBufferPointer { bytes in
+                    bytes.withMemoryRebound(to: CChar.self) { fstatat(directoryFD, $0.baseAddress!, &info, AT_SYMLINK_NOFOLLOW) }
+                }
+                guard statted == 0 else {
                     unreadable.append((display(path), errno))
                     continue
                 }

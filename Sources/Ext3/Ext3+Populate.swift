@@ -37,7 +37,6 @@ extension Ext3 {
         let lastBlock: blk64_t
         let buffer: UnsafeMutableRawBufferPointer
         static let bufferSize = 4 << 20
-        var copyFileRange = true
 
         // Progress.
         var filesDone = 0
@@ -318,128 +317,116 @@ extension Ext3 {
 
         /// From a directory: each file in tree order, its data ranges (all of it unless sparse).
         private func copyFiles() throws {
+            // Files come directory by directory: open each relative to its open directory.
+            var directory: (path: ArraySlice<CChar>, fd: Int32) = ([], -1)
+            defer { if directory.fd >= 0 { close(directory.fd) } }
+            func openFile(_ source: [CChar]) -> Int32 {
+                let slash = source.lastIndex(of: CChar(UInt8(ascii: "/"))) ?? -1
+                let parent = source[..<max(slash, 0)]
+                if slash > 0 && parent != directory.path {
+                    if directory.fd >= 0 { close(directory.fd) }
+                    directory = (parent, open(Array(parent) + [0], O_RDONLY | O_DIRECTORY | O_CLOEXEC))
+                }
+                guard slash > 0, directory.fd >= 0 else { return open(source, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
+                return source[(slash + 1)...].withUnsafeBufferPointer { openat(directory.fd, $0.baseAddress!, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
+            }
+            let writer = try DataWriter(fd: fd, path: path)
+            do {
+                try copyFiles(openFile, writer: writer)
+            } catch {
+                try? writer.finish()
+                throw error
+            }
+            try writer.finish()
+        }
+
+        private func copyFiles(_ openFile: ([CChar]) -> Int32, writer: DataWriter) throws {
+            let blockSize = UInt64(Ext3.blockSize)
             for (index, node) in tree.nodes.enumerated() where node.kind == .regular {
                 guard case let .file(source, segments) = node.content else { continue }
                 if node.size > 0 {
-                    let input = open(source, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-                    guard input >= 0 else {
-                        throw Error.invalidConfiguration("cannot read \(Tree.display(source)): \(Ext3.errnoString(errno)); make it readable or pack a tree without it")
-                    }
-                    defer { close(input) }
+                    let input = openFile(source)
+                    guard input >= 0 else { throw DataWriter.unreadable(source, errno) }
                     var map = BlockMapper()
-                    let blocks = (node.size + UInt64(Ext3.blockSize) - 1) / UInt64(Ext3.blockSize)
+                    let blocks = (node.size + blockSize - 1) / blockSize
                     if segments == nil && blocks <= Populator.batchedBlocks {
                         // Small files: read into the batch buffer at their block positions (they
                         // lie one after the other), written out together in one large write.
-                        let runs = try map.map(0..<blocks, allocator: allocate)
-                        if runs.count != 1 || !batchAppends(runs[0].physical, blocks) { try flushBatch() }
-                        if batchLength == 0 { batchStart = runs[0].physical }
-                        for run in runs {
-                            if batchLength > 0 && run.physical != batchStart + UInt64(batchLength / Ext3.blockSize) { try flushBatch() }
-                            if batchLength == 0 { batchStart = run.physical }
-                            try readIntoBatch(input, source: source, offset: run.logical * UInt64(Ext3.blockSize),
-                                              count: min(run.count * UInt64(Ext3.blockSize), node.size - run.logical * UInt64(Ext3.blockSize)),
-                                              blocks: run.count)
+                        defer { close(input) }
+                        for run in try map.map(0..<blocks, allocator: allocate) {
+                            try readIntoBatch(input, source: source, offset: run.logical * blockSize,
+                                              count: min(run.count * blockSize, node.size - run.logical * blockSize),
+                                              physical: run.physical, blocks: run.count, writer: writer)
                         }
-                        maps[index] = map
-                        filesDone += 1
-                        report()
-                        continue
-                    }
-                    try flushBatch()
-                    let ranges = segments.map(Tree.blockRanges) ?? [0..<blocks]
-                    for range in ranges {
-                        for run in try map.map(range, allocator: allocate) {
-                            let start = run.logical * UInt64(Ext3.blockSize)
-                            let end = min((run.logical + run.count) * UInt64(Ext3.blockSize), node.size)
-                            guard end > start else { continue }
-                            try copy(from: input, source: source, offset: start, count: end - start,
-                                     to: run.physical * UInt64(Ext3.blockSize))
+                    } else {
+                        // Larger ones: the kernel copies each run (the writer closes the file).
+                        try flushBatch(writer)
+                        do {
+                            for range in segments.map(Tree.blockRanges) ?? [0..<blocks] {
+                                for run in try map.map(range, allocator: allocate) {
+                                    let start = run.logical * blockSize
+                                    let end = min((run.logical + run.count) * blockSize, node.size)
+                                    guard end > start else { continue }
+                                    try writer.submit(.copy(fd: input, from: start, count: end - start, to: run.physical * blockSize, source: source))
+                                    bytesDone += end - start
+                                }
+                            }
+                        } catch {
+                            try? writer.submit(.close(fd: input))
+                            throw error
                         }
+                        try writer.submit(.close(fd: input))
+                        try writeMapBlocks(map)
                     }
-                    try writeMapBlocks(map)
                     maps[index] = map
                 }
                 filesDone += 1
                 report()
             }
-            try flushBatch()
+            try flushBatch(writer)
         }
 
-        /// Files of at most this many blocks (all direct) go through the batch buffer.
+        /// Files of at most this many blocks (all direct) go through the batch buffers.
         static let batchedBlocks: UInt64 = 12
+        private var batchSlot: Int? = nil
         private var batchStart: UInt64 = 0
         private var batchLength = 0
 
-        /// Whether `count` blocks at `physical` continue the batch and fit in the buffer.
-        private func batchAppends(_ physical: UInt64, _ count: UInt64) -> Bool {
-            batchLength == 0 || (physical == batchStart + UInt64(batchLength / Ext3.blockSize)
-                                 && batchLength + Int(count) * Ext3.blockSize <= buffer.count)
-        }
-
-        /// Reads `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`.
-        private func readIntoBatch(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64, blocks: UInt64) throws {
+        /// Reads `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`
+        /// blocks, which go at `physical`: the batch is handed to the writer first when they do
+        /// not follow on from it or do not fit.
+        private func readIntoBatch(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64,
+                                   physical: UInt64, blocks: UInt64, writer: DataWriter) throws {
             let room = Int(blocks) * Ext3.blockSize
-            if batchLength + room > buffer.count { try flushBatch() }
+            if let slot = batchSlot, physical != batchStart + UInt64(batchLength / Ext3.blockSize)
+                || batchLength + room > writer.buffers[slot].count {
+                try flushBatch(writer)
+            }
+            if batchSlot == nil {
+                batchSlot = try writer.acquire()
+                batchStart = physical
+                batchLength = 0
+            }
+            let base = writer.buffers[batchSlot!].baseAddress! + batchLength
             var done = 0
             while done < Int(count) {
-                let got = pread(input, buffer.baseAddress! + batchLength + done, Int(count) - done, off_t(offset) + off_t(done))
+                let got = pread(input, base + done, Int(count) - done, off_t(offset) + off_t(done))
                 if got < 0 {
                     if errno == EINTR { continue }
-                    throw Error.invalidConfiguration("cannot read \(Tree.display(source)): \(Ext3.errnoString(errno)); make it readable or pack a tree without it")
+                    throw DataWriter.unreadable(source, errno)
                 }
                 if got == 0 { throw changed(source) }
                 done += got
             }
-            (buffer.baseAddress! + batchLength + done).initializeMemory(as: UInt8.self, repeating: 0, count: room - done)
+            (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: room - done)
             batchLength += room
             bytesDone += count
         }
 
-        private func flushBatch() throws {
-            guard batchLength > 0 else { return }
-            try writeAll(UnsafeRawBufferPointer(rebasing: buffer[..<batchLength]), at: batchStart * UInt64(Ext3.blockSize))
-            batchLength = 0
-        }
-
-        private func copy(from input: Int32, source: [CChar], offset: UInt64, count: UInt64, to destination: UInt64) throws {
-            var sourceOffset = Int64(offset)
-            var targetOffset = Int64(destination)
-            var left = count
-            if copyFileRange {
-                while left > 0 {
-                    let done = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
-                    if done > 0 {
-                        left -= UInt64(done)
-                        bytesDone += UInt64(done)
-                        continue
-                    }
-                    if done == 0 { throw changed(source) }
-                    let code = errno
-                    if code == EINTR { continue }
-                    if left == count && [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) {
-                        copyFileRange = false  // not here: plain reads and writes from now on
-                        break
-                    }
-                    if code == ENOSPC || code == EDQUOT { throw Error.system(operation: "write", path: path, errno: code) }
-                    throw Error.invalidConfiguration("cannot read \(Tree.display(source)): \(Ext3.errnoString(code)); make it readable or pack a tree without it")
-                }
-                if left == 0 { return }
-            }
-            while left > 0 {
-                let chunk = Int(min(left, UInt64(buffer.count)))
-                let got = pread(input, buffer.baseAddress, chunk, off_t(sourceOffset))
-                if got < 0 {
-                    if errno == EINTR { continue }
-                    throw Error.invalidConfiguration("cannot read \(Tree.display(source)): \(Ext3.errnoString(errno)); make it readable or pack a tree without it")
-                }
-                if got == 0 { throw changed(source) }
-                try writeAll(UnsafeRawBufferPointer(rebasing: buffer[..<got]), at: UInt64(targetOffset))
-                sourceOffset += Int64(got)
-                targetOffset += Int64(got)
-                left -= UInt64(got)
-                bytesDone += UInt64(got)
-            }
+        private func flushBatch(_ writer: DataWriter) throws {
+            guard let slot = batchSlot else { return }
+            batchSlot = nil
+            try writer.submit(.write(slot: slot, length: batchLength, offset: batchStart * UInt64(Ext3.blockSize)))
         }
 
         private func changed(_ source: [CChar]) -> Error {

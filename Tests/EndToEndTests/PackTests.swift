@@ -123,6 +123,24 @@ struct PackTests {
         }
     }
 
+    @Test(.requiresRoot) func fullDiskHalfWayLeavesNothingBehind() throws {
+        let directory = try TempDirectory("pack-full")
+        let source = directory.file("src")
+        try FileManager.default.createDirectory(atPath: source + "/small", withIntermediateDirectories: true)
+        for index in 0..<100 { try PackFixture.write("\(source)/small/\(index)", [UInt8](repeating: UInt8(index), count: 5000)) }
+        try PackFixture.write(source + "/large", [UInt8](repeating: 0xA5, count: 12 << 20))
+        let disk = directory.file("disk")
+        try FileManager.default.createDirectory(atPath: disk, withIntermediateDirectories: true)
+        let mounted = try run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", disk], timeout: 30)
+        try #require(mounted.status == 0, "\(mounted)")
+        defer { _ = try? run(["umount", disk], timeout: 30) }
+        let result = try run([tool, "--from", source, "-o", disk + "/packed.ext3"], timeout: 120)
+        #expect(result.status != 0)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("No space left on device"), "\(result.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: disk).isEmpty)
+    }
+
     @Test(.requiresRoot) func unreadableFileAsOrdinaryUserIsNamedAndNothingIsLeft() throws {
         let user = try TestUser.ensure()
         let directory = try TempDirectory("pack-user")
