@@ -374,10 +374,10 @@ extension Ext3 {
         static func number(_ field: ArraySlice<UInt8>) -> UInt64? {
             guard let first = field.first else { return nil }
             if first & 0x80 != 0 {
-                var value: UInt64 = UInt64(first & 0x3F)
-                let negative = first & 0x40 != 0
-                for byte in field.dropFirst() { value = value << 8 | UInt64(byte) }
-                return negative ? UInt64(bitPattern: -Int64(bitPattern: ~value &+ 1 & 0x3FFF_FFFF_FFFF_FFFF)) : value
+                // Big-endian two's complement in the bits after the marker bit (0x40: negative).
+                var value = Int64(first & 0x7F) - (first & 0x40 != 0 ? 0x80 : 0)
+                for byte in field.dropFirst() { value = value << 8 | Int64(byte) }
+                return UInt64(bitPattern: value)
             }
             return octal(field)
         }
