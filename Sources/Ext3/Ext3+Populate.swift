@@ -21,9 +21,11 @@ extension Ext3 {
     /// Speed comes from doing what a fresh image allows: inodes are numbered in order, every
     /// directory's blocks are built whole in memory and written at once (no per-entry link
     /// calls), each file's blocks are claimed as contiguous runs straight from the block bitmap
-    /// (its indirect blocks first, then its data in one run), and data goes from the source to
-    /// the image with copy_file_range (or large reads and writes), never through libext2fs's
-    /// file layer. Inodes and extended attributes go through libext2fs.
+    /// (its indirect blocks first, then its data in one run), and data never goes through
+    /// libext2fs's file layer: small files are read into large buffers at their block positions
+    /// and written 4 MiB at a time, large ones copied by the kernel (copy_file_range), both on
+    /// a writing thread while the next files are read (``DataWriter``). Inodes and extended
+    /// attributes go through libext2fs.
     final class Populator {
         let fs: ext2_filsys
         let fd: Int32
@@ -527,7 +529,6 @@ extension Ext3 {
 
         private func report(force: Bool = false) {
             guard let progress else { return }
-            if !force && filesDone % 64 != 0 { return }
             let now = Timestamp.now
             let sinceLast = Double(now.seconds - lastReport.seconds) + (Double(now.nanoseconds) - Double(lastReport.nanoseconds)) / 1e9
             guard force || sinceLast >= 0.25 else { return }
