@@ -54,8 +54,9 @@ EOF
 fi
 read -r count bytes < <(find "$tree" -type f -printf '%s\n' | awk '{ n++; s += $1 } END { print n, s }')
 
-# Warm the page cache (tar to /dev/null would skip reading).
-tar cf - -C "$tree" . | cat >/dev/null
+# Warm the page cache (tar to /dev/null would skip reading). Done again before every run: on
+# some virtual machines cached pages drift away even with plenty of memory free.
+warm() { tar cf - -C "$tree" . | cat >/dev/null; }
 
 # time_runs OUTPUT COMMAND...: median microseconds of $RUNS runs, OUTPUT removed before each.
 time_runs() {
@@ -64,6 +65,7 @@ time_runs() {
     for ((i = 0; i < RUNS; i++)); do
         rm -f "$output"
         sync
+        warm
         start=$(now)
         "$@" >/dev/null
         times+=($(( $(now) - start )))
