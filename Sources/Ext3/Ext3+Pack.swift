@@ -115,6 +115,9 @@ extension Ext3 {
                 plan = Plan(sizeBytes: try PackSource.smallestSize(inodes: headroomInodes, freeBlocks: headroomBlocks),
                             inodes: headroomInodes, sizeChosen: true, inodesChosen: true)
             }
+            if !plan.inodesChosen && !plan.sizeChosen {
+                _ = try Geometry(sizeBytes: plan.sizeBytes, inodes: plan.inodes)  // -s and -n that make no image at all
+            }
             let geometry = try? Geometry(sizeBytes: plan.sizeBytes, inodes: plan.inodes)
             if let geometry, geometry.inodeCount >= needed, geometry.freeBlocks() >= blocks { return plan }
             if plan.inodesChosen, let size = sizeBytes, let fit = try? Geometry(sizeBytes: size, inodes: needed),

@@ -110,6 +110,10 @@ struct PopulateTests {
         var times = [timespec(tv_sec: 1_700_000_000, tv_nsec: 123_456_789), timespec(tv_sec: 1_700_000_000, tv_nsec: 123_456_789)]
         #expect(utimensat(AT_FDCWD, "\(source)/stamped", &times, 0) == 0)
         #expect(symlink(String(repeating: "t", count: 150), "\(source)/long-target") == 0)
+        // Before 1970: GNU tar writes a negative base-256 number, pax a negative decimal.
+        try Self.write("\(source)/old", Array("o\n".utf8))
+        var old = [timespec(tv_sec: -303_101_511, tv_nsec: 500_000_000), timespec(tv_sec: -303_101_511, tv_nsec: 500_000_000)]
+        #expect(utimensat(AT_FDCWD, "\(source)/old", &old, 0) == 0)
 
         for format in ["gnu", "pax"] {
             let archive = directory.file("\(format).tar")
@@ -128,6 +132,12 @@ struct PopulateTests {
             #expect(UInt32(fields[0].dropFirst(2), radix: 16) == 1_700_000_000)
             let expectedNanoseconds: UInt32 = format == "pax" ? 123_456_789 : 0  // gnu keeps whole seconds
             #expect(fields.count == 2 && UInt32(fields[1], radix: 16).map { $0 >> 2 } == expectedNanoseconds, "\(line)")
+            let oldStat = try Self.debugfs(image, "stat /upper/old")
+            let oldLine = try #require(oldStat.split(separator: "\n").first { $0.contains("mtime:") }, "\(oldStat)")
+            let oldFields = oldLine.split(separator: " ")[1].split(separator: ":")
+            #expect(UInt32(oldFields[0].dropFirst(2), radix: 16) == UInt32(bitPattern: -303_101_511), "\(oldLine)")
+            #expect(oldFields.count == 2 && UInt32(oldFields[1], radix: 16).map { $0 >> 2 } == (format == "pax" ? 500_000_000 : 0),
+                    "\(oldLine)")
         }
     }
 }
