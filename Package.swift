@@ -23,8 +23,13 @@ let package = Package(
         ),
         // Linux calls Swift cannot make (prctl, ioctl, capset) and the code between fork and exec.
         .systemLibrary(name: "CLinux"),
+        // zlib, for gzip-compressed tar archives (create-overlay --from).
+        .systemLibrary(
+            name: "CZlib",
+            providers: [.apt(["zlib1g-dev"])]
+        ),
         // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
-        .target(name: "Ext3", dependencies: ["CExt2fs"]),
+        .target(name: "Ext3", dependencies: ["CExt2fs", "CZlib"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.

@@ -58,4 +58,26 @@ static inline int cext2fs_rename_noreplace(const char *from, const char *to) {
 #endif
 }
 
+// ---- Reading a tree to pack ----
+#include <sys/types.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+
+// GNU-only names (glibc declares them only under _GNU_SOURCE).
+static inline long long cext2fs_seek_data(int fd, long long offset) { return (long long)lseek(fd, (off_t)offset, 3 /* SEEK_DATA */); }
+static inline long long cext2fs_seek_hole(int fd, long long offset) { return (long long)lseek(fd, (off_t)offset, 4 /* SEEK_HOLE */); }
+static inline unsigned int cext2fs_major(unsigned long long dev) { return major((dev_t)dev); }
+static inline unsigned int cext2fs_minor(unsigned long long dev) { return minor((dev_t)dev); }
+
+// copy_file_range(2): the kernel copies between the files, no user-space buffer. Returns the
+// bytes copied, or -1 with errno set.
+static inline long long cext2fs_copy_file_range(int in, long long *in_offset, int out, long long *out_offset, size_t length) {
+#ifdef SYS_copy_file_range
+    return (long long)syscall(SYS_copy_file_range, in, (loff_t *)in_offset, out, (loff_t *)out_offset, length, 0U);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 #endif

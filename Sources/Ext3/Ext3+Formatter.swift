@@ -103,13 +103,21 @@ extension Ext3 {
         /// Formats a new image at exactly `path`: the file must not exist yet, or be empty (for
         /// a name reserved with mkstemp). On failure a file this call created is removed.
         public func format(into path: String) throws -> Summary {
-            try format(path, mustCreate: false)
+            try format(path, mustCreate: false, contents: nil)
         }
 
         /// Builds the image in a hidden temporary file beside `target` and renames it into place.
         /// An existing `target` is refused (``Ext3/Error/exists(path:)``) and never touched. On
         /// failure, SIGINT, SIGTERM or SIGHUP the temporary file is removed: nothing is left behind.
         public func create(at target: String) throws -> Summary {
+            try create(at: target, contents: nil)
+        }
+
+        /// Fills the new filesystem before it is closed: gets the open filesystem, the path of the
+        /// file being built and the inode of `upper/`.
+        typealias Contents = (ext2_filsys, String, ext2_ino_t) throws -> Void
+
+        func create(at target: String, contents: Contents?) throws -> Summary {
             var info = stat()
             if lstat(target, &info) == 0 { throw Error.exists(path: target) }
             let (directory, name) = Formatter.split(target)
@@ -124,7 +132,7 @@ extension Ext3 {
                 defer { Cleanup.unregister(slot) }
                 var summary: Summary
                 do {
-                    summary = try format(temporary, mustCreate: true)
+                    summary = try format(temporary, mustCreate: true, contents: contents)
                 } catch Error.exists where attempts < 10 {
                     continue  // a name clash with another run's temporary file: pick another
                 }
@@ -141,7 +149,7 @@ extension Ext3 {
 
         // MARK: - Building
 
-        private func format(_ path: String, mustCreate: Bool) throws -> Summary {
+        private func format(_ path: String, mustCreate: Bool, contents: Contents?) throws -> Summary {
             var created = false
             var fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
             if fd >= 0 {
@@ -167,7 +175,7 @@ extension Ext3 {
                 if let owner = configuration.imageOwner, fchown(fd, owner.uid, owner.gid) != 0 {
                     throw Error.system(operation: "give the image to \(owner)", path: path, errno: errno)
                 }
-                var summary = try build(path)
+                var summary = try build(path, contents: contents)
                 var info = stat()
                 guard fstat(fd, &info) == 0 else {
                     throw Error.system(operation: "stat", path: path, errno: errno)
@@ -181,7 +189,7 @@ extension Ext3 {
         }
 
         /// The mke2fs sequence on an open, sized file.
-        private func build(_ path: String) throws -> Summary {
+        private func build(_ path: String, contents: Contents?) throws -> Summary {
             var parameters = ext2_super_block()
             ext2fs_blocks_count_set(&parameters, configuration.sizeBytes / UInt64(Ext3.blockSize))
             parameters.s_log_block_size = 2  // 1024 << 2 = 4096
@@ -239,6 +247,7 @@ extension Ext3 {
                     parent = try Directories.make(fs, parent: parent, name: name, owner: owner, path: path)
                 }
             }
+            try contents?(fs, path, upper)
 
             let summary = Summary(
                 path: path, sizeBytes: configuration.sizeBytes, blockSize: Int(fs.pointee.blocksize),

@@ -6,19 +6,6 @@ extension Ext3 {
         case regular, directory, symlink, characterDevice, blockDevice, fifo, socket, unknown
     }
 
-    /// A point in time as an inode stores it: seconds since the epoch and nanoseconds.
-    public struct Timestamp: Sendable, Equatable, Comparable {
-        public var seconds: Int64
-        public var nanoseconds: UInt32
-        public init(seconds: Int64, nanoseconds: UInt32 = 0) {
-            self.seconds = seconds
-            self.nanoseconds = nanoseconds
-        }
-        public static func < (a: Timestamp, b: Timestamp) -> Bool {
-            (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
-        }
-    }
-
     /// One entry inside an image, as `stat` would show it.
     public struct Entry: Sendable, Equatable {
         public var inode: UInt32

@@ -10,31 +10,51 @@ import Glibc
 public struct CreateOverlay: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "create-overlay",
-        abstract: "Create a sized, sparse ext3 overlay image.",
-        usage: "create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]",
+        abstract: "Create a sized, sparse ext3 overlay image, empty or packed from a tree.",
+        usage: """
+        create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
+        create-overlay --from <src> [-s <size>] [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
+        """,
         discussion: """
         The image is exactly the size asked for but takes almost no disk space until files are \
         written into it. upper/ and work/ belong to you (to root with --fakeroot; under sudo, to \
         the user who ran it). Examples:
           create-overlay -s 500 -n 700       # overlay-500M-700K.ext3, 700,000 files
           create-overlay -s 5G -n 3200 -o env.ext3 --create-dir opt/conda
+          create-overlay --from env/         # env.ext3, sized from the tree
+
+        From a directory or a tar archive: --from packs SRC (a directory, a tar archive or a \
+        gzip-compressed one, told apart by content) into upper/: files, directories, symlinks, \
+        hard links, devices, FIFOs, sockets, permission bits, owners, times to the nanosecond, \
+        extended attributes; a directory's sparse files stay sparse. Without -s, the size is the smallest \
+        whole MiB with room for a quarter more data than the tree plus 64 MiB; without -n, room \
+        for a quarter more files plus 1,000 (with -s alone, at least one per 16 KiB). The choice \
+        is printed. A tree that does not fit the -s/-n given is refused, saying what it needs. \
+        The default name is SRC's name with .ext3 (env/ -> env.ext3, data.tar.gz -> \
+        data.ext3). A file that cannot be read is named and nothing is written.
         """
     )
 
     public init() {}
 
     @Option(name: .shortAndLong,
-            help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G).", valueName: "size"))
-    public var size: String
+            help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G). With --from: default, from the tree.",
+                               valueName: "size"))
+    public var size: String?
 
     @Option(name: [.customShort("n"), .customLong("files")],
-            help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB.",
+            help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB; with --from, from the tree.",
                                valueName: "thousands"))
     public var files: String?
 
     @Option(name: [.customShort("o"), .customLong("output")],
-            help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3).", valueName: "path"))
+            help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3; with --from, <src name>.ext3).",
+                               valueName: "path"))
     public var output: String?
+
+    @Option(name: .customLong("from"),
+            help: ArgumentHelp("Pack this directory or tar archive (plain or gzip) into upper/.", valueName: "src"))
+    public var from: String?
 
     @Option(name: .customLong("create-dir"), parsing: .singleValue,
             help: ArgumentHelp("Also make this directory under upper/ (nested paths are fine). Repeatable.",
@@ -51,16 +71,25 @@ public struct CreateOverlay: ParsableCommand {
         if let output, output.isEmpty || output.hasSuffix("/") {
             throw ValidationError("-o '\(output)' names no file: give the image's file name, e.g. -o env.ext3")
         }
+        if from?.isEmpty == true {
+            throw ValidationError("--from needs a directory or a tar archive to pack")
+        }
         do {
-            _ = try formatter()
+            if from != nil {
+                _ = try size.map(ImageSize.init(parsing:))
+                _ = try fileCount()
+            } else {
+                _ = try formatter()
+            }
         } catch let error as OverlayError {
             throw ValidationError(error.description)
         }
     }
 
     public func run() throws {
+        if let from { return try pack(from) }
         let formatter = try formatter()
-        let target = try output ?? OverlayName.defaultName(size: try ImageSize(parsing: size), files: try fileCount())
+        let target = try output ?? OverlayName.defaultName(size: try ImageSize(parsing: size ?? ""), files: try fileCount())
         let summary: Ext3.Summary
         do {
             summary = try formatter.create(at: target)
@@ -79,7 +108,10 @@ public struct CreateOverlay: ParsableCommand {
     /// The validated formatter for these options (no I/O). Throws OverlayError for sizes and
     /// counts, ValidationError for what does not fit.
     func formatter(environment: [String: String] = currentEnvironment()) throws -> Ext3.Formatter {
-        let size = try ImageSize(parsing: size)
+        guard let typed = size else {
+            throw ValidationError("no size given: give the image size with -s, e.g. -s 500 for 500 MiB (or pack a tree with --from)")
+        }
+        let size = try ImageSize(parsing: typed)
         let count = try fileCount()
         let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: environment)
         let configuration = Ext3.Formatter.Configuration(

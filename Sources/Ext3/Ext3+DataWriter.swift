@@ -1,0 +1,191 @@
+import CExt2fs
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Ext3 {
+    /// Writes file data into the image on a thread of its own, so reading the next files
+    /// overlaps with writing the last ones: filled batch buffers (written with one pwrite each)
+    /// and large-file copies (copy_file_range, or reads and writes where the kernel cannot).
+    /// Jobs run in the order given; the first failure is kept, later jobs are skipped, and
+    /// ``finish()`` throws it.
+    final class DataWriter: @unchecked Sendable {
+        enum Job {
+            case write(slot: Int, length: Int, offset: UInt64)
+            case copy(fd: Int32, from: UInt64, count: UInt64, to: UInt64, source: [CChar])
+            case close(fd: Int32)
+        }
+
+        let fd: Int32
+        let path: String
+        let buffers: [UnsafeMutableRawBufferPointer]
+        private let scratch: UnsafeMutableRawBufferPointer
+        private var freeSlots: [Int]
+        private var jobs: [Job] = []
+        private var head = 0
+        private var stopping = false
+        private var failure: Swift.Error?
+        private var copyFileRange = true
+        private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        private var thread = pthread_t()
+        private var running = false
+
+        init(fd: Int32, path: String, slots: Int = 3, slotSize: Int = 4 << 20) throws {
+            self.fd = fd
+            self.path = path
+            buffers = (0..<slots).map { _ in .allocate(byteCount: slotSize, alignment: 4096) }
+            scratch = .allocate(byteCount: 1 << 20, alignment: 4096)
+            freeSlots = Array(0..<slots)
+            pthread_mutex_init(lock, nil)
+            pthread_cond_init(changed, nil)
+            let context = Unmanaged.passRetained(self).toOpaque()
+            let started = pthread_create(&thread, nil, { context in
+                let writer = Unmanaged<DataWriter>.fromOpaque(context!).takeRetainedValue()
+                writer.loop()
+                return nil
+            }, context)
+            guard started == 0 else {
+                Unmanaged<DataWriter>.fromOpaque(context).release()
+                throw Error.system(operation: "start the writing thread", path: path, errno: started)
+            }
+            running = true
+        }
+
+        deinit {
+            for buffer in buffers { buffer.deallocate() }
+            scratch.deallocate()
+            pthread_cond_destroy(changed)
+            pthread_mutex_destroy(lock)
+            lock.deallocate()
+            changed.deallocate()
+        }
+
+        /// A free buffer slot (waits for the thread to finish one); throws an earlier failure.
+        func acquire() throws -> Int {
+            pthread_mutex_lock(lock)
+            defer { pthread_mutex_unlock(lock) }
+            while freeSlots.isEmpty && failure == nil { pthread_cond_wait(changed, lock) }
+            if let failure { throw failure }
+            return freeSlots.removeLast()
+        }
+
+        /// Queues a job; throws an earlier failure (the job is then not run; a `.close` always is).
+        func submit(_ job: Job) throws {
+            pthread_mutex_lock(lock)
+            defer { pthread_mutex_unlock(lock) }
+            jobs.append(job)
+            pthread_cond_broadcast(changed)
+            if let failure { throw failure }
+        }
+
+        /// Runs what is queued, stops the thread, and throws the first failure.
+        func finish() throws {
+            guard running else { return }
+            pthread_mutex_lock(lock)
+            stopping = true
+            pthread_cond_broadcast(changed)
+            pthread_mutex_unlock(lock)
+            pthread_join(thread, nil)
+            running = false
+            if let failure { throw failure }
+        }
+
+        private func loop() {
+            while true {
+                pthread_mutex_lock(lock)
+                while head == jobs.count && !stopping { pthread_cond_wait(changed, lock) }
+                if head == jobs.count {
+                    pthread_mutex_unlock(lock)
+                    return
+                }
+                let job = jobs[head]
+                head += 1
+                if head > 1024 {
+                    jobs.removeFirst(head)
+                    head = 0
+                }
+                let failed = failure != nil
+                pthread_mutex_unlock(lock)
+
+                var problem: Swift.Error? = nil
+                switch job {
+                case let .write(slot, length, offset):
+                    if !failed {
+                        do { try writeAll(UnsafeRawBufferPointer(rebasing: buffers[slot][..<length]), at: offset) } catch let caught { problem = caught }
+                    }
+                    pthread_mutex_lock(lock)
+                    freeSlots.append(slot)
+                    pthread_mutex_unlock(lock)
+                case let .copy(input, from, count, to, source):
+                    if !failed {
+                        do { try copy(input, source: source, offset: from, count: count, to: to) } catch let caught { problem = caught }
+                    }
+                case let .close(input):
+                    Glibc.close(input)
+                }
+                pthread_mutex_lock(lock)
+                if let problem, failure == nil { failure = problem }
+                pthread_cond_broadcast(changed)
+                pthread_mutex_unlock(lock)
+            }
+        }
+
+        private func copy(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64, to destination: UInt64) throws {
+            var sourceOffset = Int64(offset)
+            var targetOffset = Int64(destination)
+            var left = count
+            if copyFileRange {
+                while left > 0 {
+                    let done = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
+                    if done > 0 {
+                        left -= UInt64(done)
+                        continue
+                    }
+                    if done == 0 { throw DataWriter.changed(source) }
+                    let code = errno
+                    if code == EINTR { continue }
+                    if left == count && [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) {
+                        copyFileRange = false  // not here: plain reads and writes from now on
+                        break
+                    }
+                    if code == ENOSPC || code == EDQUOT { throw Error.system(operation: "write", path: path, errno: code) }
+                    throw DataWriter.unreadable(source, code)
+                }
+                if left == 0 { return }
+            }
+            while left > 0 {
+                let got = pread(input, scratch.baseAddress, Int(min(left, UInt64(scratch.count))), off_t(sourceOffset))
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    throw DataWriter.unreadable(source, errno)
+                }
+                if got == 0 { throw DataWriter.changed(source) }
+                try writeAll(UnsafeRawBufferPointer(rebasing: scratch[..<got]), at: UInt64(targetOffset))
+                sourceOffset += Int64(got)
+                targetOffset += Int64(got)
+                left -= UInt64(got)
+            }
+        }
+
+        func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+            var done = 0
+            while done < bytes.count {
+                let wrote = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+                if wrote < 0 {
+                    if errno == EINTR { continue }
+                    throw Error.system(operation: "write", path: path, errno: errno)
+                }
+                done += wrote
+            }
+        }
+
+        static func unreadable(_ source: [CChar], _ code: Int32) -> Error {
+            Error.invalidConfiguration("cannot read \(Tree.display(source)): \(Ext3.errnoString(code)); make it readable or pack a tree without it")
+        }
+
+        static func changed(_ source: [CChar]) -> Error {
+            Error.invalidConfiguration("\(Tree.display(source)) got shorter while it was being packed: pack a tree nothing is writing to")
+        }
+    }
+}

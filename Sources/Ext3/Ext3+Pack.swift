@@ -1,0 +1,188 @@
+import CExt2fs
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Ext3 {
+    /// A directory or tar archive read for packing, with what it takes in an image.
+    public struct PackSource: Sendable {
+        public let path: String
+        public let kind: SourceKind
+        var tree: Tree
+
+        /// Inodes taken in every image before any packed file: 1 to 10 reserved, lost+found,
+        /// upper/ and work/.
+        static let reservedInodes: UInt64 = 13
+        /// Headroom when the size is chosen from the tree: a quarter more files and data, plus
+        /// 1,000 files and 64 MiB.
+        public static let headroomFraction = 0.25
+        public static let headroomFiles: UInt64 = 1000
+        public static let headroomBytes: UInt64 = 64 << 20
+
+        /// Reads `path` (a directory, a tar archive or a gzip-compressed one, told apart by their
+        /// content). Refuses unreadable files, naming them.
+        public init(path: String) throws {
+            self.path = path
+            kind = try SourceKind.detect(path)
+            switch kind {
+            case .directory: tree = try Tree.scan(directory: path)
+            case .tar, .gzipTar: tree = try Tree.scan(archive: path, kind: kind)
+            }
+        }
+
+        /// Also makes these directories under upper/ (nested paths fine), where the tree has none.
+        public mutating func addDirectories(_ paths: [String], owner: Owner) throws {
+            let now = Timestamp.now
+            for path in paths {
+                var current = 0
+                for name in try Formatter.components(of: path).map({ Array($0.utf8) }) {
+                    if let found = tree.nodes[current].children.first(where: { $0.name == name }) {
+                        guard tree.nodes[found.node].kind == .directory else {
+                            throw Error.invalidConfiguration("--create-dir \(path): \(Tree.display(name)) is a file in \(self.path)")
+                        }
+                        current = found.node
+                        continue
+                    }
+                    let index = tree.nodes.count
+                    tree.nodes.append(Tree.Node(kind: .directory, permissions: 0o755, uid: owner.uid, gid: owner.gid,
+                                                atime: now, mtime: now, ctime: now))
+                    tree.nodes[current].children.append((name, index))
+                    current = index
+                }
+            }
+        }
+
+        /// Inodes the tree takes (files, directories, links...; hard links once).
+        public var inodesNeeded: UInt64 { UInt64(tree.inodeCount) }
+        /// Blocks the tree takes (data, indirect blocks, directories, long symlinks, xattr blocks).
+        public var blocksNeeded: UInt64 { tree.blocksNeeded }
+        /// Bytes the tree takes in an image.
+        public var bytesNeeded: UInt64 { blocksNeeded * UInt64(Ext3.blockSize) }
+        /// Regular files (hard links once) and their bytes.
+        public var fileCount: Int { tree.nodes.filter { $0.kind == .regular }.count }
+        public var fileBytes: UInt64 { tree.fileBytes }
+
+        /// `env.ext3` for `env/`, `data.ext3` for `data.tar.gz`, `data.tgz` or `data.tar`.
+        public var defaultImageName: String {
+            var name = path
+            while name.count > 1 && name.hasSuffix("/") { name.removeLast() }
+            if let slash = name.lastIndex(of: "/") { name = String(name[name.index(after: slash)...]) }
+            if name == "." || name == ".." || name.isEmpty {
+                if let resolved = realpath(path, nil) {
+                    defer { free(resolved) }
+                    let full = String(cString: resolved)
+                    name = full.split(separator: "/").last.map(String.init) ?? ""
+                }
+            }
+            for suffix in [".tar.gz", ".tgz", ".tar", ".gz"] where kind != .directory && name.hasSuffix(suffix) && name.count > suffix.count {
+                name.removeLast(suffix.count)
+                break
+            }
+            if name.isEmpty || name.hasPrefix(".") { name = "overlay" + name }
+            return name + ".ext3"
+        }
+
+        /// What the image will be: size and inode count, and whether they were chosen here.
+        public struct Plan: Sendable, Equatable {
+            public var sizeBytes: UInt64
+            /// The inode count to ask the formatter for (it may round up).
+            public var inodes: UInt64
+            public var sizeChosen: Bool
+            public var inodesChosen: Bool
+        }
+
+        /// The size and inode count for this tree. Given ones are checked (a tree that does not
+        /// fit is refused, saying what it needs); missing ones are chosen with headroom: inodes
+        /// for a quarter more entries plus 1,000 (with only -s given, at least mke2fs's one per
+        /// 16 KiB), and the smallest size (whole MiB) that leaves room for a quarter more data
+        /// plus 64 MiB.
+        public func plan(sizeBytes: UInt64?, inodes: UInt64?) throws -> Plan {
+            let needed = inodesNeeded + PackSource.reservedInodes
+            let blocks = blocksNeeded
+            let headroomInodes = ((needed + UInt64(Double(inodesNeeded) * PackSource.headroomFraction) + PackSource.headroomFiles + 999) / 1000) * 1000
+            let headroomBlocks = blocks + UInt64(Double(blocks) * PackSource.headroomFraction) + PackSource.headroomBytes / UInt64(Ext3.blockSize)
+            var plan: Plan
+            switch (sizeBytes, inodes) {
+            case let (size?, count?):
+                plan = Plan(sizeBytes: size, inodes: count, sizeChosen: false, inodesChosen: false)
+            case let (size?, nil):
+                let perSixteenKiB = size / 16384
+                plan = Plan(sizeBytes: size, inodes: max(headroomInodes, perSixteenKiB), sizeChosen: false, inodesChosen: true)
+            case let (nil, count?):
+                plan = Plan(sizeBytes: try PackSource.smallestSize(inodes: count, freeBlocks: headroomBlocks),
+                            inodes: count, sizeChosen: true, inodesChosen: false)
+            case (nil, nil):
+                plan = Plan(sizeBytes: try PackSource.smallestSize(inodes: headroomInodes, freeBlocks: headroomBlocks),
+                            inodes: headroomInodes, sizeChosen: true, inodesChosen: true)
+            }
+            if !plan.inodesChosen && !plan.sizeChosen {
+                _ = try Geometry(sizeBytes: plan.sizeBytes, inodes: plan.inodes)  // -s and -n that make no image at all
+            }
+            let geometry = try? Geometry(sizeBytes: plan.sizeBytes, inodes: plan.inodes)
+            if let geometry, geometry.inodeCount >= needed, geometry.freeBlocks() >= blocks { return plan }
+            if plan.inodesChosen, let size = sizeBytes, let fit = try? Geometry(sizeBytes: size, inodes: needed),
+               fit.freeBlocks() >= blocks {
+                // The headroom does not fit in the size asked for; the tree itself does.
+                return Plan(sizeBytes: size, inodes: needed, sizeChosen: false, inodesChosen: true)
+            }
+            throw Error.invalidConfiguration(refusal(plan: plan, geometry: geometry, needed: needed, blocks: blocks))
+        }
+
+        private func refusal(plan: Plan, geometry: Geometry?, needed: UInt64, blocks: UInt64) -> String {
+            let inodes = max(plan.inodes, needed)
+            let thousands = (inodes + 999) / 1000
+            let smallest = (try? PackSource.smallestSize(inodes: thousands * 1000, freeBlocks: blocks)) ?? 0
+            var asked = "-s \(plan.sizeBytes >> 20)"
+            if !plan.inodesChosen { asked += " -n \(Ext3.grouped(plan.inodes / 1000))" }
+            var gives = ""
+            if let geometry {
+                gives = " (\(asked) holds \(Ext3.grouped(geometry.inodeCount - min(geometry.inodeCount, PackSource.reservedInodes))) "
+                    + "and \(Ext3.humanBytes(geometry.freeBlocks() * UInt64(Ext3.blockSize))))"
+            }
+            return "\(path) needs room for \(Ext3.grouped(inodesNeeded)) files and \(Ext3.humanBytes(bytesNeeded))\(gives): "
+                + "make it at least -s \(smallest >> 20) -n \(thousands), or leave out -s and -n to size it from the tree"
+        }
+
+        /// The smallest whole-MiB size whose image has at least `inodes` inodes and
+        /// `freeBlocks` blocks free for files.
+        static func smallestSize(inodes: UInt64, freeBlocks: UInt64) throws -> UInt64 {
+            func fits(_ mebibytes: UInt64) -> Bool {
+                guard let geometry = try? Geometry(sizeBytes: mebibytes << 20, inodes: inodes) else { return false }
+                return geometry.inodeCount >= inodes && geometry.freeBlocks() >= freeBlocks
+            }
+            var high: UInt64 = (16 << 20) - 1  // 16 TiB in MiB
+            guard fits(high) else {
+                throw Error.invalidConfiguration("the tree is too large for an ext3 image (at most 16 TiB)")
+            }
+            var low: UInt64 = 8
+            if fits(low) { return low << 20 }
+            // Invariant: fits(high), not fits(low). (Journal size steps make fits() not quite
+            // monotonic: the answer always fits, and is at most a few MiB above the least.)
+            while high - low > 1 {
+                let middle = low + (high - low) / 2
+                if fits(middle) { high = middle } else { low = middle }
+            }
+            return high << 20
+        }
+    }
+}
+
+extension Ext3.Formatter {
+    /// Builds the image as ``create(at:)`` does, then writes `source`'s tree under `upper/`
+    /// before the filesystem is closed and the file renamed into place: on any failure
+    /// (an unreadable file, a full disk) nothing is left behind. `progress` is called a few
+    /// times a second while file data is written.
+    public func create(at target: String, packing source: Ext3.PackSource,
+                       progress: ((Ext3.PackProgress) -> Void)? = nil) throws -> Ext3.Summary {
+        let geometry = self.geometry
+        guard geometry.inodeCount >= source.inodesNeeded + Ext3.PackSource.reservedInodes,
+              geometry.freeBlocks(extraDirectories: directoryPaths.count) >= source.blocksNeeded else {
+            throw Ext3.Error.invalidConfiguration("\(source.path) does not fit in this image: \(geometry)")
+        }
+        return try create(at: target) { fs, path, upper in
+            let reader: Ext3.TarReader? = source.kind == .directory ? nil : try Ext3.TarReader.open(source.path, kind: source.kind)
+            let populator = try Ext3.Populator(fs: fs, imagePath: path, tree: source.tree, upper: upper, progress: progress)
+            try populator.run(archive: reader)
+        }
+    }
+}

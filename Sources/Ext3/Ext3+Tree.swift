@@ -1,0 +1,165 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Ext3 {
+    /// A point in time to the nanosecond (seconds may be negative or beyond 2038).
+    public struct Timestamp: Sendable, Equatable, Hashable, Comparable {
+        public var seconds: Int64
+        public var nanoseconds: UInt32
+        public init(seconds: Int64, nanoseconds: UInt32 = 0) {
+            self.seconds = seconds
+            self.nanoseconds = nanoseconds
+        }
+        public static func < (a: Timestamp, b: Timestamp) -> Bool {
+            (a.seconds, a.nanoseconds) < (b.seconds, b.nanoseconds)
+        }
+        public static var now: Timestamp {
+            var spec = timespec()
+            clock_gettime(CLOCK_REALTIME, &spec)
+            return Timestamp(seconds: Int64(spec.tv_sec), nanoseconds: UInt32(spec.tv_nsec))
+        }
+    }
+
+    /// A tree of files to pack into an image, read from a directory or a tar archive before
+    /// anything is written: every inode once (hard links share one), every directory with its
+    /// entries. Node 0 is the root, which becomes `upper/` (its own metadata is not used: upper/
+    /// keeps mode 0755 and the overlay's owner).
+    public struct Tree: Sendable {
+        /// Where a regular file's bytes come from.
+        enum Content: Sendable {
+            case none
+            /// A file on disk (NUL-terminated path bytes); `segments` are its data ranges when it
+            /// is sparse (SEEK_DATA/SEEK_HOLE), nil when dense.
+            case file(path: [CChar], segments: [Range<UInt64>]?)
+            /// The data of the archive's entry with this ordinal.
+            case archive(ordinal: Int)
+        }
+
+        struct Node: Sendable {
+            var kind: EntryKind
+            var permissions: UInt16
+            var uid: UInt32
+            var gid: UInt32
+            var atime: Timestamp
+            var mtime: Timestamp
+            var ctime: Timestamp
+            var size: UInt64 = 0
+            var major: UInt32 = 0
+            var minor: UInt32 = 0
+            var target: [UInt8] = []
+            var xattrs: [(name: String, value: [UInt8])] = []
+            var content: Content = .none
+            /// Names this inode has in the tree.
+            var links: UInt32 = 1
+            /// Directory entries (directories only), in the order they are written.
+            var children: [(name: [UInt8], node: Int)] = []
+        }
+
+        var nodes: [Node]
+
+        init(root: Node) {
+            var root = root
+            root.kind = .directory
+            nodes = [root]
+        }
+
+        /// Files, directories and other entries (inodes; hard links count once), without the root.
+        public var inodeCount: Int { nodes.count - 1 }
+        /// Bytes of regular-file data (hard links count once).
+        public var fileBytes: UInt64 { nodes.reduce(0) { $0 + ($1.kind == .regular ? $1.size : 0) } }
+
+        /// Blocks the tree takes in an image: file data (only the allocated parts of sparse
+        /// files) with their indirect blocks, directory blocks, long symlinks and extended
+        /// attribute blocks. An upper bound: what gets written is never more.
+        public var blocksNeeded: UInt64 {
+            var total: UInt64 = 0
+            let block = UInt64(Ext3.blockSize)
+            for node in nodes {
+                switch node.kind {
+                case .regular:
+                    var data = (node.size + block - 1) / block
+                    var runs: UInt64 = 1
+                    if case let .file(_, segments?) = node.content {
+                        data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
+                        runs = UInt64(segments.count)
+                    }
+                    if data > 0 { total += data + Geometry.mapBlocks(forFileBlocks: data) + (runs > 1 ? 3 * runs : 0) }
+                case .directory:
+                    let blocks = Tree.directoryBlocks(nameLengths: node.children.map { $0.name.count })
+                    total += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
+                case .symlink:
+                    if node.target.count >= 60 { total += 1 }
+                default:
+                    break
+                }
+                if !node.xattrs.isEmpty && !Tree.xattrsFitInInode(node.xattrs) { total += 1 }
+            }
+            return total
+        }
+
+        /// Blocks a directory with entries of these name lengths takes (plus `.` and `..`).
+        static func directoryBlocks(nameLengths: [Int]) -> UInt64 {
+            var blocks: UInt64 = 1
+            var used = 12 + 12  // . and ..
+            for length in nameLengths {
+                let record = (8 + length + 3) & ~3
+                if used + record > Ext3.blockSize {
+                    blocks += 1
+                    used = 0
+                }
+                used += record
+            }
+            return blocks
+        }
+
+        /// Room for extended attributes inside a 256-byte inode with i_extra_isize 32: 96 bytes,
+        /// less the 4-byte magic and the 4-byte end marker; each entry takes 16 bytes plus its
+        /// name (without the prefix libext2fs encodes) and value, each padded to 4 bytes.
+        static func xattrsFitInInode(_ xattrs: [(name: String, value: [UInt8])]) -> Bool {
+            var used = 4 + 4
+            for xattr in xattrs {
+                used += 16 + ((xattr.name.utf8.count + 3) & ~3) + ((xattr.value.count + 3) & ~3)
+            }
+            return used <= Ext3.inodeSize - 128 - 32
+        }
+
+        /// Data ranges rounded out to whole blocks and merged, as block numbers.
+        static func blockRanges(_ segments: [Range<UInt64>]) -> [Range<UInt64>] {
+            let block = UInt64(Ext3.blockSize)
+            var merged: [Range<UInt64>] = []
+            for segment in segments where !segment.isEmpty {
+                let range = (segment.lowerBound / block)..<((segment.upperBound + block - 1) / block)
+                if let last = merged.last, range.lowerBound <= last.upperBound {
+                    merged[merged.count - 1] = last.lowerBound..<max(last.upperBound, range.upperBound)
+                } else {
+                    merged.append(range)
+                }
+            }
+            return merged
+        }
+
+        // MARK: - Building (shared by the directory and archive readers)
+
+        /// A name for a directory entry, refusing what ext3 cannot hold.
+        static func checkName(_ name: [UInt8], in display: String) throws {
+            if name.count > 255 {
+                throw Error.invalidConfiguration("\(display): a name is longer than 255 bytes, which ext3 cannot hold")
+            }
+        }
+
+        /// The most names an inode (or subdirectories plus 2 a directory) can have in ext3.
+        static let linkLimit: UInt32 = 65000
+    }
+}
+
+extension Ext3.Tree {
+    /// Path bytes as text for messages (invalid UTF-8 shown with replacement characters).
+    static func display(_ bytes: [UInt8]) -> String {
+        String(decoding: bytes.last == 0 ? Array(bytes.dropLast()) : bytes, as: UTF8.self)
+    }
+
+    static func display(_ path: [CChar]) -> String {
+        display(path.map { UInt8(bitPattern: $0) })
+    }
+}

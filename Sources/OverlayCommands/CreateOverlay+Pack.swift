@@ -1,0 +1,82 @@
+import ArgumentParser
+import Ext3
+import Overlay
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension CreateOverlay {
+    /// `--from SRC`: read the tree, choose or check the size, build and fill the image.
+    func pack(_ source: String) throws {
+        let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: currentEnvironment())
+        var tree: Ext3.PackSource
+        let plan: Ext3.PackSource.Plan
+        let formatter: Ext3.Formatter
+        do {
+            tree = try Ext3.PackSource(path: source)
+            try tree.addDirectories(createDirectories, owner: owner.layout)
+            plan = try tree.plan(sizeBytes: try size.map { try ImageSize(parsing: $0).bytes }, inodes: try fileCount()?.inodes)
+            formatter = try Ext3.Formatter(Ext3.Formatter.Configuration(
+                sizeBytes: plan.sizeBytes, minimumInodes: plan.inodes, owner: owner.layout,
+                directories: [], imageOwner: owner.image))
+        } catch let error as Ext3.Error {
+            throw CommandFailure(error.description)
+        } catch let error as OverlayError {
+            throw CommandFailure(error.description)
+        }
+        let target = output ?? tree.defaultImageName
+        if !json && (plan.sizeChosen || plan.inodesChosen) {
+            print(CreateOverlay.choiceLine(tree, plan: plan, inodes: formatter.geometry.inodeCount))
+        }
+        let progress = isatty(2) == 1 ? ProgressLine() : nil
+        let summary: Ext3.Summary
+        do {
+            summary = try formatter.create(at: target, packing: tree, progress: progress.map { line in { line.show($0) } })
+            progress?.finish()
+        } catch let error as Ext3.Error {
+            progress?.finish()
+            if case .invalidConfiguration(let text) = error { throw CommandFailure(text) }
+            throw CommandFailure(CreateOverlay.explain(error, target: target))
+        }
+        if json {
+            print(summary.json)
+        } else {
+            print("\(summary.path): packed \(CreateOverlay.grouped(UInt64(tree.fileCount))) files (\(ImageSize.human(tree.fileBytes))) from \(source)")
+            print(CreateOverlay.line(for: summary))
+        }
+    }
+
+    /// `sized from the tree: -s 1388 -n 77 (env/ has 61,203 entries and 1.1 GiB; room for a quarter more ...)`.
+    static func choiceLine(_ source: Ext3.PackSource, plan: Ext3.PackSource.Plan, inodes: UInt64) -> String {
+        var chosen: [String] = []
+        if plan.sizeChosen { chosen.append("-s \(plan.sizeBytes >> 20)") }
+        if plan.inodesChosen { chosen.append("-n \(inodes / 1000)") }
+        return "sized from the tree: \(chosen.joined(separator: " ")) (\(source.path) takes \(grouped(source.inodesNeeded)) files "
+            + "and \(ImageSize.human(source.bytesNeeded)); room is left for a quarter more, plus 1,000 files and 64 MiB)"
+    }
+}
+
+/// `packing: 12,345/60,000 files, 456.7 MiB/1.0 GiB, 812.3 MiB/s` on stderr, rewritten in place.
+final class ProgressLine: @unchecked Sendable {
+    private var shown = false
+
+    func show(_ progress: Ext3.PackProgress) {
+        guard progress.seconds >= 0.5 else { return }  // short packs print nothing
+        let rate = progress.seconds > 0 ? UInt64(Double(progress.bytes) / progress.seconds) : 0
+        let text = "\rpacking: \(CreateOverlay.grouped(UInt64(progress.files)))/\(CreateOverlay.grouped(UInt64(progress.totalFiles))) files, "
+            + "\(ImageSize.human(progress.bytes))/\(ImageSize.human(progress.totalBytes)), \(ImageSize.human(rate))/s\u{1B}[K"
+        write(text)
+        shown = true
+    }
+
+    func finish() {
+        if shown { write("\r\u{1B}[K") }
+        shown = false
+    }
+
+    private func write(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
