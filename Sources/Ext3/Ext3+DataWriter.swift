@@ -169,15 +169,7 @@ extension Ext3 {
         }
 
         func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
-            var done = 0
-            while done < bytes.count {
-                let wrote = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-                if wrote < 0 {
-                    if errno == EINTR { continue }
-                    throw Error.system(operation: "write", path: path, errno: errno)
-                }
-                done += wrote
-            }
+            try Ext3.writeFully(fd, bytes, at: offset, path: path)
         }
 
         static func unreadable(_ source: [CChar], _ code: Int32) -> Error {
@@ -186,6 +178,21 @@ extension Ext3 {
 
         static func changed(_ source: [CChar]) -> Error {
             Error.invalidConfiguration("\(Tree.display(source)) got shorter while it was being packed: pack a tree nothing is writing to")
+        }
+    }
+}
+
+extension Ext3 {
+    /// pwrite(2) until every byte of `bytes` is at `offset` of `fd` (the image at `path`).
+    static func writeFully(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws {
+        var done = 0
+        while done < bytes.count {
+            let wrote = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            if wrote < 0 {
+                if errno == EINTR { continue }
+                throw Error.system(operation: "write", path: path, errno: errno)
+            }
+            done += wrote
         }
     }
 }

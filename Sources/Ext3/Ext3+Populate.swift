@@ -503,15 +503,7 @@ extension Ext3 {
         }
 
         private func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
-            var done = 0
-            while done < bytes.count {
-                let wrote = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
-                if wrote < 0 {
-                    if errno == EINTR { continue }
-                    throw Error.system(operation: "write", path: path, errno: errno)
-                }
-                done += wrote
-            }
+            try Ext3.writeFully(fd, bytes, at: offset, path: path)
         }
 
         // MARK: - Messages and progress

@@ -33,7 +33,7 @@ extension Ext3 {
         /// One JSON object on one line, keys in a fixed order.
         public var json: String {
             let fields: [(String, String)] = [
-                ("path", Summary.quoted(path)),
+                ("path", Ext3.jsonQuoted(path)),
                 ("sizeBytes", "\(sizeBytes)"),
                 ("blockSize", "\(blockSize)"),
                 ("inodeCount", "\(inodeCount)"),
@@ -44,24 +44,26 @@ extension Ext3 {
             ]
             return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
         }
+    }
+}
 
-        /// A JSON string literal (RFC 8259 escaping).
-        static func quoted(_ text: String) -> String {
-            var out = "\""
-            for scalar in text.unicodeScalars {
-                switch scalar {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                case _ where scalar.value < 0x20:
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                default: out.unicodeScalars.append(scalar)
-                }
+extension Ext3 {
+    /// A JSON string literal (RFC 8259 escaping).
+    public static func jsonQuoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
             }
-            return out + "\""
         }
+        return out + "\""
     }
 }

@@ -160,7 +160,7 @@ public struct ImageInfo: Sendable, Equatable {
         case .writeLocked: lockText = "write"
         }
         let fields: [(String, String)] = [
-            ("path", Self.quoted(path)),
+            ("path", Ext3.jsonQuoted(path)),
             ("sizeBytes", "\(sizeBytes)"),
             ("allocatedBytes", "\(allocatedBytes)"),
             ("blockSize", "\(u.blockSize)"),
@@ -171,16 +171,16 @@ public struct ImageInfo: Sendable, Equatable {
             ("inodesFree", "\(u.freeInodes)"),
             ("dataBytesUsed", "\(u.usedBytes)"),
             ("dataBytesFree", "\(u.freeBytes)"),
-            ("features", "[" + features.map(Self.quoted).joined(separator: ",") + "]"),
+            ("features", "[" + features.map(Ext3.jsonQuoted).joined(separator: ",") + "]"),
             ("apptainerAccepts", "\(apptainerRefusals.isEmpty)"),
-            ("apptainerRefusals", "[" + apptainerRefusals.map(Self.quoted).joined(separator: ",") + "]"),
+            ("apptainerRefusals", "[" + apptainerRefusals.map(Ext3.jsonQuoted).joined(separator: ",") + "]"),
             ("upper", entry(upper)),
             ("work", entry(work)),
-            ("lock", Self.quoted(lockText)),
-            ("fileMode", Self.quoted(Self.octal(fileMode))),
+            ("lock", Ext3.jsonQuoted(lockText)),
+            ("fileMode", Ext3.jsonQuoted(Self.octal(fileMode))),
             ("fileUID", "\(fileUID)"),
             ("fileGID", "\(fileGID)"),
-            ("readableBy", Self.quoted(readers.rawValue)),
+            ("readableBy", Ext3.jsonQuoted(readers.rawValue)),
             ("sharedReadOnlyNow", "\(sharedReadOnlyNow)"),
         ]
         return "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
@@ -199,21 +199,5 @@ public struct ImageInfo: Sendable, Equatable {
             out.append(c)
         }
         return out
-    }
-
-    /// A JSON string literal (RFC 8259 escaping).
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
     }
 }

@@ -149,17 +149,3 @@ extension String {
         return String(scalars)
     }
 }
-
-/// The environment of this process.
-func currentEnvironment() -> [String: String] {
-    var result: [String: String] = [:]
-    var pointer = environ
-    while let entry = pointer.pointee {
-        let text = String(cString: entry)
-        if let eq = text.firstIndex(of: "=") {
-            result[String(text[..<eq])] = String(text[text.index(after: eq)...])
-        }
-        pointer += 1
-    }
-    return result
-}
