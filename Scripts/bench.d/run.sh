@@ -65,6 +65,7 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     # (uid and gid: a directory whose group is not mapped in the user namespace cannot be
     # written there, so fuse-overlayfs could not make its work directory).
     rm -f a.ext3 b.ext3
+    chown "$USER_NAME" "$dir"
     as_user "$BIN/create-overlay" -s 64 -n 16 -o a.ext3 >/dev/null
     as_user "$BIN/create-overlay" -s 64 -n 16 -o b.ext3 >/dev/null
     # The same as run-overlay does, by hand: the user stays themselves in the namespace
