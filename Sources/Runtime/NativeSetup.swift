@@ -1,33 +1,17 @@
 import CLinux
-import FoundationEssentials
 import Overlay
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The setup process of the native runtime: a fresh, single-threaded copy of the tool, started
-/// with the plan in its environment. It dies with the tool (parent-death signal), makes the
-/// mount namespace (and, for an ordinary user, the user namespace), mounts the stack, runs the
-/// job, passes signals on, tears the mounts down and exits with the job's status.
+/// The setup process of the native runtime: a fork of the tool (single-threaded, so the copy
+/// may go on running Swift and may still enter a new user namespace), made with the plan in
+/// hand. It dies with the tool (parent-death signal), makes the mount namespace (and, for an
+/// ordinary user, the user namespace), mounts the stack, runs the job, passes signals on, tears
+/// the mounts down and exits with the job's status. Forking instead of starting a fresh copy of
+/// the program saves loading it and its libraries a second time on every run.
 public enum NativeSetup {
-    /// Carries the JSON plan to the setup process.
-    static let variable = "OVERLAY_NATIVE_SETUP"
-
-    /// Call first thing in `main`: when this process is a setup process, it does its work and
-    /// exits here.
-    public static func runIfRequested() {
-        guard let text = getenv(variable) else { return }
-        let json = String(cString: text)
-        unsetenv(variable)
-        guard let plan = try? JSONDecoder().decode(NativePlan.self, from: Data(json.utf8)) else {
-            writeError("error: the native runtime's setup process got no valid plan")
-            exit(125)
-        }
-        var setup = Setup(plan: plan)
-        exit(setup.main())
-    }
-
     // MARK: The tool's side
 
     /// Starts the setup process for `plan` and waits for it, passing SIGINT, SIGTERM, SIGHUP,
@@ -37,37 +21,28 @@ public enum NativeSetup {
         var report: [Int32] = [-1, -1]
         guard pipe(&report) == 0 else { throw RuntimeError.failed("cannot start the native runtime: \(String(cString: strerror(errno)))") }
         _ = fcntl(report[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(report[1], F_SETFD, FD_CLOEXEC)
         defer { close(report[0]) }
-        // The lock descriptors and the report pipe go to the setup process (it closes them on exec).
-        for fd in plan.lockDescriptors { _ = fcntl(fd, F_SETFD, 0) }
         plan.reportDescriptor = report[1]
-        let json = String(decoding: try JSONEncoder().encode(plan), as: UTF8.self)
-
-        var executable = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &executable, executable.count - 1)
-        guard length > 0 else { throw RuntimeError.failed("cannot find this program (/proc/self/exe): \(String(cString: strerror(errno)))") }
-        let path = cString(executable)
-
-        var environment = currentEnvironment()
-        environment[variable] = json
-        var cEnv: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        var cArgs: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
-        defer { for p in cEnv + cArgs { free(p) } }
 
         Forwarding.install()
         defer { Forwarding.restore() }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
-        var child: pid_t = 0
-        let code = posix_spawn(&child, path, nil, &attributes, &cArgs, &cEnv)
+        // Nothing buffered may be written twice, once by each process.
+        fflush(nil)
+        let parent = getpid()
+        let child = clinux_fork()
+        if child == 0 {
+            // The setup process: it never returns from here. The lock descriptors stay open in
+            // it (close-on-exec), so the locks last as long as the mounts.
+            close(report[0])
+            var none = sigset_t()
+            sigemptyset(&none)
+            sigprocmask(SIG_SETMASK, &none, nil)
+            var setup = Setup(plan: plan, parent: parent)
+            _exit(setup.main())
+        }
         close(report[1])
-        for fd in plan.lockDescriptors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        guard code == 0 else { throw RuntimeError.failed("cannot start the native runtime (\(path)): \(String(cString: strerror(code)))") }
+        guard child > 0 else { throw RuntimeError.failed("cannot start the native runtime: \(String(cString: strerror(-child)))") }
         Forwarding.target(child)
         let status = waitStatus(child)
         Forwarding.target(0)
@@ -139,10 +114,15 @@ enum Forwarding {
 /// The work of the setup process.
 struct Setup {
     let plan: NativePlan
+    /// The tool's pid: when the setup process's parent is no longer this, the tool is gone.
+    let parent: pid_t
     /// FUSE daemons started, in start order.
     var daemons: [(pid: pid_t, name: String)] = []
 
-    init(plan: NativePlan) { self.plan = plan }
+    init(plan: NativePlan, parent: pid_t) {
+        self.plan = plan
+        self.parent = parent
+    }
 
     /// Failures of the setup itself go to the tool through the report pipe.
     struct Failure: Error { let text: String }
@@ -150,8 +130,7 @@ struct Setup {
     mutating func main() -> Int32 {
         // Die with the tool; if it is already gone, stop here.
         _ = clinux_set_parent_death_signal(SIGKILL)
-        if getppid() == 1 { return 125 }
-        for fd in plan.lockDescriptors + [plan.reportDescriptor] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        if getppid() != parent { return 125 }
         Forwarding.install()
         var status: Int32 = 125
         do {
