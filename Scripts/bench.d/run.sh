@@ -60,30 +60,42 @@ row "start-up, root (kernel mounts)" "$ours" "$theirs"
 # As an ordinary user: FUSE drivers in a user namespace, torn down at the end.
 if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -v fuse-overlayfs >/dev/null; then
     chmod 666 /dev/fuse
-    for f in a.ext3 b.ext3; do
-        chown "$USER_NAME" "$f"
-        debugfs -w -R "set_inode_field upper uid $(id -u "$USER_NAME")" "$f" >/dev/null 2>&1
-        debugfs -w -R "set_inode_field work uid $(id -u "$USER_NAME")" "$f" >/dev/null 2>&1
-    done
     as_user() { runuser -u "$USER_NAME" -- env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME="$dir" "$@"; }
+    # The user's own images, as create-overlay makes them for them: upper/ and work/ are theirs
+    # (uid and gid: a directory whose group is not mapped in the user namespace cannot be
+    # written there, so fuse-overlayfs could not make its work directory).
+    rm -f a.ext3 b.ext3
+    chown "$USER_NAME" "$dir"
+    as_user "$BIN/create-overlay" -s 64 -n 16 -o a.ext3 >/dev/null
+    as_user "$BIN/create-overlay" -s 64 -n 16 -o b.ext3 >/dev/null
+    # The same as run-overlay does, by hand: the user stays themselves in the namespace
+    # (--map-current-user, with CAP_SYS_ADMIN kept across exec), so files written stay theirs
+    # on disk; fuse-overlayfs with the same options. The drivers inherit fd 3, the write end
+    # of the pipe to cat: the sequence ends when the last fuse2fs has exited, i.e. has closed
+    # its image cleanly, as run-overlay waits for (without it, the image is still being
+    # written when the command returns). The EXIT trap unmounts on any failure, so that no
+    # driver is left running.
     by_hand_user() {
-        as_user unshare -r -m --propagation private sh -ec '
+        as_user unshare --map-current-user --keep-caps -m --propagation private \
+            setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot sh -ec '
             m="$1"
+            trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" "$m/b" 2>/dev/null || umount -l "$m/a" "$m/b" 2>/dev/null'"'"' EXIT
             mount -t tmpfs tmpfs "$m"
             mkdir "$m/a" "$m/b" "$m/root"
             fuse2fs a.ext3 "$m/a" -o fakeroot
             fuse2fs b.ext3 "$m/b" -o fakeroot,ro
-            fuse-overlayfs -o "noacl,lowerdir=$m/b/upper:/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
+            fuse-overlayfs -o "noacl,static_nlink,lowerdir=$m/b/upper:/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
             for d in /proc /sys /dev /tmp "$HOME" "$PWD"; do mount --rbind "$d" "$m/root$d"; done
             cd "$PWD"
             chroot "$m/root" /bin/true
-            umount -l "$m/root"; umount "$m/a" "$m/b" 2>/dev/null || umount -l "$m/a" "$m/b"
-        ' sh "$dir/mnt" 2>/dev/null
+        ' sh "$dir/mnt" 3>&1 2>/dev/null | cat
     }
     ours=$(time_runs as_user "$BIN/run-overlay" --runtime native -o a.ext3 -o b.ext3 -- /bin/true)
     theirs=$(time_runs by_hand_user)
     row "start-up, ordinary user (FUSE)" "$ours" "$theirs"
-    for f in a.ext3 b.ext3; do chown root "$f"; done
+    for f in a.ext3 b.ext3; do
+        e2fsck -fn "$f" >/dev/null 2>&1 || echo "warning: $f is not clean after the runs"
+    done
 else
     echo "start-up, ordinary user (FUSE): skipped (no user $USER_NAME, or no fuse2fs/fuse-overlayfs)"
 fi

@@ -36,6 +36,22 @@ static inline int clinux_mount(const char *source, const char *target, const cha
 }
 static inline int clinux_umount(const char *target, int flags) { return umount2(target, flags); }
 
+/// fork(): the child's pid in the parent, 0 in the child, -errno on failure.
+static inline pid_t clinux_fork(void) {
+    pid_t pid = fork();
+    return pid < 0 ? -errno : pid;
+}
+
+/// A descriptor that polls readable when child `pid` exits (Linux 5.3+); -1 without pidfds.
+static inline int clinux_pidfd_open(pid_t pid) {
+#ifdef SYS_pidfd_open
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    (void)pid;
+    return -1;
+#endif
+}
+
 /// The signal this process gets when its parent dies (0 for none).
 static inline int clinux_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);

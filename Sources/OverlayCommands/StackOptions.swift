@@ -156,9 +156,3 @@ func currentDirectory() -> String {
     guard getcwd(&buffer, buffer.count) != nil else { return "/" }
     return String(cString: buffer)
 }
-
-/// First thing in `main` of run-overlay and mount-overlay: a copy of the program started as the
-/// native runtime's setup process does that work and exits here.
-public func runNativeSetupIfRequested() {
-    NativeSetup.runIfRequested()
-}

@@ -85,6 +85,17 @@ public struct NativePlan: Codable, Equatable, Sendable {
         return options
     }
 
+    /// The options of fuse-overlayfs: the layers, read-only when no layer is writable, and
+    /// - noacl: squashfuse answers ACL queries with EOPNOTSUPP, which would fail every exec;
+    /// - static_nlink: a directory's link count is 1 (as on btrfs; `find` knows it means
+    ///   "unknown"), so that a stat of a directory does not make fuse-overlayfs read the whole
+    ///   directory in every layer to count its subdirectories: without it, starting /bin/true
+    ///   over the host root read all of /usr/bin and /usr/lib/x86_64-linux-gnu, and each bind
+    ///   all of its mount point (/tmp, /dev).
+    public var fuseOverlayOptions: String {
+        (upperDir == nil ? "ro," : "") + "noacl,static_nlink," + overlayOptions
+    }
+
     /// overlayfs splits its options at `,` and lower directories at `:`; `\` escapes them.
     static func escapeOverlayPath(_ path: String) -> String {
         var out = ""
@@ -124,7 +135,7 @@ public struct NativePlan: Codable, Equatable, Sendable {
         let readOnly = upperDir == nil ? "ro," : ""
         switch mode {
         case .kernel: lines.append("mount -t overlay -o \(readOnly)\(q(overlayOptions)) overlay \(root)")
-        case .fuse: lines.append("fuse-overlayfs -o \(readOnly)noacl,\(q(overlayOptions)) \(root)")
+        case .fuse: lines.append("fuse-overlayfs -o \(q(fuseOverlayOptions)) \(root)")
         }
         for bind in binds {
             lines.append("mount --rbind\(bind.readOnly ? " -o ro" : "") \(q(bind.source)) \(q(root + bind.destination))")

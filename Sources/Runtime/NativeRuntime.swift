@@ -8,7 +8,7 @@ import Glibc
 /// root; `fuse2fs`, `squashfuse` and `fuse-overlayfs` in a user namespace as an ordinary user.
 ///
 /// This process checks the images, takes their locks and holds them for the whole run, then
-/// starts a fresh copy of itself (``NativeSetup``) that makes the namespace and the mounts and
+/// forks the setup process (``NativeSetup``) that makes the namespace and the mounts and
 /// runs the job. Signals this process gets are passed on; the setup process dies with it
 /// (parent-death signal), which takes the namespace, the mounts and the loop devices with it.
 public struct NativeRuntime: Runtime {

@@ -1,33 +1,17 @@
 import CLinux
-import FoundationEssentials
 import Overlay
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The setup process of the native runtime: a fresh, single-threaded copy of the tool, started
-/// with the plan in its environment. It dies with the tool (parent-death signal), makes the
-/// mount namespace (and, for an ordinary user, the user namespace), mounts the stack, runs the
-/// job, passes signals on, tears the mounts down and exits with the job's status.
+/// The setup process of the native runtime: a fork of the tool (single-threaded, so the copy
+/// may go on running Swift and may still enter a new user namespace), made with the plan in
+/// hand. It dies with the tool (parent-death signal), makes the mount namespace (and, for an
+/// ordinary user, the user namespace), mounts the stack, runs the job, passes signals on, tears
+/// the mounts down and exits with the job's status. Forking instead of starting a fresh copy of
+/// the program saves loading it and its libraries a second time on every run.
 public enum NativeSetup {
-    /// Carries the JSON plan to the setup process.
-    static let variable = "OVERLAY_NATIVE_SETUP"
-
-    /// Call first thing in `main`: when this process is a setup process, it does its work and
-    /// exits here.
-    public static func runIfRequested() {
-        guard let text = getenv(variable) else { return }
-        let json = String(cString: text)
-        unsetenv(variable)
-        guard let plan = try? JSONDecoder().decode(NativePlan.self, from: Data(json.utf8)) else {
-            writeError("error: the native runtime's setup process got no valid plan")
-            exit(125)
-        }
-        var setup = Setup(plan: plan)
-        exit(setup.main())
-    }
-
     // MARK: The tool's side
 
     /// Starts the setup process for `plan` and waits for it, passing SIGINT, SIGTERM, SIGHUP,
@@ -37,37 +21,28 @@ public enum NativeSetup {
         var report: [Int32] = [-1, -1]
         guard pipe(&report) == 0 else { throw RuntimeError.failed("cannot start the native runtime: \(String(cString: strerror(errno)))") }
         _ = fcntl(report[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(report[1], F_SETFD, FD_CLOEXEC)
         defer { close(report[0]) }
-        // The lock descriptors and the report pipe go to the setup process (it closes them on exec).
-        for fd in plan.lockDescriptors { _ = fcntl(fd, F_SETFD, 0) }
         plan.reportDescriptor = report[1]
-        let json = String(decoding: try JSONEncoder().encode(plan), as: UTF8.self)
-
-        var executable = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let length = readlink("/proc/self/exe", &executable, executable.count - 1)
-        guard length > 0 else { throw RuntimeError.failed("cannot find this program (/proc/self/exe): \(String(cString: strerror(errno)))") }
-        let path = cString(executable)
-
-        var environment = currentEnvironment()
-        environment[variable] = json
-        var cEnv: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        var cArgs: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
-        defer { for p in cEnv + cArgs { free(p) } }
 
         Forwarding.install()
         defer { Forwarding.restore() }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
-        var child: pid_t = 0
-        let code = posix_spawn(&child, path, nil, &attributes, &cArgs, &cEnv)
+        // Nothing buffered may be written twice, once by each process.
+        fflush(nil)
+        let parent = getpid()
+        let child = clinux_fork()
+        if child == 0 {
+            // The setup process: it never returns from here. The lock descriptors stay open in
+            // it (close-on-exec), so the locks last as long as the mounts.
+            close(report[0])
+            var none = sigset_t()
+            sigemptyset(&none)
+            sigprocmask(SIG_SETMASK, &none, nil)
+            var setup = Setup(plan: plan, parent: parent)
+            _exit(setup.main())
+        }
         close(report[1])
-        for fd in plan.lockDescriptors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        guard code == 0 else { throw RuntimeError.failed("cannot start the native runtime (\(path)): \(String(cString: strerror(code)))") }
+        guard child > 0 else { throw RuntimeError.failed("cannot start the native runtime: \(String(cString: strerror(-child)))") }
         Forwarding.target(child)
         let status = waitStatus(child)
         Forwarding.target(0)
@@ -139,10 +114,15 @@ enum Forwarding {
 /// The work of the setup process.
 struct Setup {
     let plan: NativePlan
+    /// The tool's pid: when the setup process's parent is no longer this, the tool is gone.
+    let parent: pid_t
     /// FUSE daemons started, in start order.
     var daemons: [(pid: pid_t, name: String)] = []
 
-    init(plan: NativePlan) { self.plan = plan }
+    init(plan: NativePlan, parent: pid_t) {
+        self.plan = plan
+        self.parent = parent
+    }
 
     /// Failures of the setup itself go to the tool through the report pipe.
     struct Failure: Error { let text: String }
@@ -150,8 +130,7 @@ struct Setup {
     mutating func main() -> Int32 {
         // Die with the tool; if it is already gone, stop here.
         _ = clinux_set_parent_death_signal(SIGKILL)
-        if getppid() == 1 { return 125 }
-        for fd in plan.lockDescriptors + [plan.reportDescriptor] { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        if getppid() != parent { return 125 }
         Forwarding.install()
         var status: Int32 = 125
         do {
@@ -219,14 +198,16 @@ struct Setup {
         for dir in [plan.session, plan.session + "/proc", plan.root] + plan.images.map(\.mountPoint) + [plan.squashfs?.mountPoint].compactMap({ $0 }) {
             try makeDirectories(dir)
         }
+        // The image and container drivers do not depend on each other: all start at once.
+        var drivers: [Driver] = []
         for image in plan.images {
             switch plan.mode {
             case .kernel:
                 try mountLoop(image.path, at: image.mountPoint, type: "ext3", readOnly: image.readOnly,
                               flags: UInt(MS_NOSUID | MS_NODEV), data: "errors=remount-ro")
             case .fuse:
-                try startDaemon(["fuse2fs", image.path, image.mountPoint, "-f", "-o", image.readOnly ? "fakeroot,ro" : "fakeroot"],
-                                at: image.mountPoint, what: "overlay '\(image.path)'")
+                drivers.append(Driver(argv: ["fuse2fs", image.path, image.mountPoint, "-f", "-o", image.readOnly ? "fakeroot,ro" : "fakeroot"],
+                                      mountPoint: image.mountPoint, what: "overlay '\(image.path)'"))
             }
         }
         if let squashfs = plan.squashfs {
@@ -237,10 +218,11 @@ struct Setup {
             case .fuse:
                 var argv = ["squashfuse", "-f"]
                 if squashfs.offset > 0 { argv += ["-o", "offset=\(squashfs.offset)"] }
-                try startDaemon(argv + [squashfs.path, squashfs.mountPoint], at: squashfs.mountPoint,
-                                what: "container '\(squashfs.path)'")
+                drivers.append(Driver(argv: argv + [squashfs.path, squashfs.mountPoint], mountPoint: squashfs.mountPoint,
+                                      what: "container '\(squashfs.path)'"))
             }
         }
+        if !drivers.isEmpty { try startDaemons(drivers) }
         // Mount points for the binds, in the topmost (empty) lower layer.
         for bind in plan.binds {
             let target = plan.session + bind.destination
@@ -259,9 +241,8 @@ struct Setup {
                 throw Failure(text: "cannot mount the overlay (\(plan.overlayOptions)): \(Self.errorText())")
             }
         case .fuse:
-            // noacl: squashfuse answers ACL queries with EOPNOTSUPP, which would fail every exec.
-            try startDaemon(["fuse-overlayfs", "-f", "-o", (readOnly ? "ro," : "") + "noacl," + plan.overlayOptions, plan.root],
-                            at: plan.root, what: "the overlay")
+            try startDaemons([Driver(argv: ["fuse-overlayfs", "-f", "-o", plan.fuseOverlayOptions, plan.root],
+                                     mountPoint: plan.root, what: "the overlay")])
         }
         for bind in plan.binds {
             let target = plan.root + bind.destination
@@ -305,25 +286,57 @@ struct Setup {
         guard result == 0 else { throw Failure(text: "cannot mount \(path) (\(type)): \(Self.errorText())") }
     }
 
-    /// Starts a FUSE driver in the foreground (a child of this process) with CAP_SYS_ADMIN in
-    /// the user namespace, and waits until its mount is there.
-    mutating func startDaemon(_ argv: [String], at mountPoint: String, what: String) throws {
-        var before = stat()
-        stat(mountPoint, &before)
-        let pid = try spawn(argv, root: nil, directory: nil, changeIDs: false, ambientAdmin: true,
-                            deathSignal: SIGTERM, nullInput: true, newGroup: false, environment: nil)
-        daemons.append((pid, argv[0]))
-        for _ in 0..<5000 {
-            var now = stat()
-            if stat(mountPoint, &now) == 0, now.st_dev != before.st_dev { return }
-            var raw: Int32 = 0
-            if waitpid(pid, &raw, WNOHANG) == pid {
-                daemons.removeLast()
-                throw Failure(text: "\(argv[0]) could not mount \(what) (it exited with status \((raw >> 8) & 0xff); its message is above)")
-            }
-            usleep(2000)
+    /// A FUSE driver to start, and the mount it makes.
+    struct Driver {
+        var argv: [String]
+        var mountPoint: String
+        var what: String
+    }
+
+    /// Starts FUSE drivers in the foreground (children of this process) with CAP_SYS_ADMIN in
+    /// the user namespace, all at once, and waits until each one's mount is there. Woken by the
+    /// mount table changing or a driver exiting, never by a timer; gives up after 10 seconds.
+    mutating func startDaemons(_ drivers: [Driver]) throws {
+        // Opened before the drivers start, so no mount is missed: poll says POLLPRI when the
+        // namespace's mount table changes.
+        let table = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+        defer { if table >= 0 { close(table) } }
+        var waiting: [(driver: Driver, pid: pid_t, exited: Int32, device: UInt)] = []
+        defer { for entry in waiting where entry.exited >= 0 { close(entry.exited) } }
+        for driver in drivers {
+            var before = stat()
+            stat(driver.mountPoint, &before)
+            let pid = try spawn(driver.argv, root: nil, directory: nil, changeIDs: false, ambientAdmin: true,
+                                deathSignal: SIGTERM, nullInput: true, newGroup: false, environment: nil)
+            daemons.append((pid, driver.argv[0]))
+            waiting.append((driver, pid, clinux_pidfd_open(pid), UInt(before.st_dev)))
         }
-        throw Failure(text: "\(argv[0]) did not mount \(what) within 10 seconds")
+        let deadline = monotonicMilliseconds() + 10_000
+        while true {
+            waiting.removeAll { entry in
+                var now = stat()
+                guard stat(entry.driver.mountPoint, &now) == 0, UInt(now.st_dev) != entry.device else { return false }
+                if entry.exited >= 0 { close(entry.exited) }
+                return true
+            }
+            if waiting.isEmpty { return }
+            for entry in waiting {
+                var raw: Int32 = 0
+                if waitpid(entry.pid, &raw, WNOHANG) == entry.pid {
+                    daemons.removeAll { $0.pid == entry.pid }
+                    throw Failure(text: "\(entry.driver.argv[0]) could not mount \(entry.driver.what) (it exited with status \((raw >> 8) & 0xff); its message is above)")
+                }
+            }
+            let left = deadline - monotonicMilliseconds()
+            guard left > 0 else {
+                throw Failure(text: "\(waiting[0].driver.argv[0]) did not mount \(waiting[0].driver.what) within 10 seconds")
+            }
+            var fds = [pollfd(fd: table, events: Int16(POLLPRI), revents: 0)]
+            fds += waiting.map { pollfd(fd: $0.exited, events: Int16(POLLIN), revents: 0) }
+            // Without pidfds (Linux before 5.3) an exit is noticed within 5 ms.
+            let pidfds = waiting.allSatisfy { $0.exited >= 0 }
+            _ = poll(&fds, nfds_t(fds.count), Int32(pidfds && table >= 0 ? min(left, 1000) : min(left, 5)))
+        }
     }
 
     // MARK: The job
@@ -417,28 +430,47 @@ struct Setup {
     // MARK: Teardown
 
     /// Detaches everything (the whole tree under the staging tmpfs), then lets the FUSE drivers
-    /// see their mounts go and exit; they close their images cleanly. Bounded in time.
+    /// see their mounts go and exit; they close their images cleanly. Waits on the drivers'
+    /// exits themselves; after 5 seconds they get SIGTERM (top first: the overlay driver keeps
+    /// the image drivers busy until it exits), after 15 SIGKILL.
     mutating func tearDown() {
         _ = clinux_umount(plan.staging, Int32(MNT_DETACH))
         guard !daemons.isEmpty else { return }
-        var remaining = daemons.map(\.pid)
-        var waited = 0
-        while !remaining.isEmpty && waited < 1500 {
-            remaining.removeAll { pid in
-                var raw: Int32 = 0
-                return waitpid(pid, &raw, WNOHANG) == pid
+        var remaining = daemons.map { (pid: $0.pid, exited: clinux_pidfd_open($0.pid)) }
+        defer { for entry in remaining where entry.exited >= 0 { close(entry.exited) } }
+        func reap(until deadline: Int) {
+            while true {
+                remaining.removeAll { entry in
+                    var raw: Int32 = 0
+                    guard waitpid(entry.pid, &raw, WNOHANG) == entry.pid else { return false }
+                    if entry.exited >= 0 { close(entry.exited) }
+                    return true
+                }
+                let left = deadline - monotonicMilliseconds()
+                if remaining.isEmpty || left <= 0 { return }
+                var fds = remaining.map { pollfd(fd: $0.exited, events: Int16(POLLIN), revents: 0) }
+                let pidfds = remaining.allSatisfy { $0.exited >= 0 }
+                _ = poll(&fds, nfds_t(fds.count), Int32(pidfds ? min(left, 1000) : min(left, 5)))
             }
-            if remaining.isEmpty { break }
-            // Top first: the overlay driver keeps the image drivers busy until it exits.
-            if waited == 500 { for pid in remaining.reversed() { kill(pid, SIGTERM) } }
-            usleep(10_000)
-            waited += 1
         }
-        for pid in remaining {
-            kill(pid, SIGKILL)
-            _ = NativeSetup.waitStatus(pid)
+        let start = monotonicMilliseconds()
+        reap(until: start + 5_000)
+        if !remaining.isEmpty {
+            for entry in remaining.reversed() { kill(entry.pid, SIGTERM) }
+            reap(until: start + 15_000)
+        }
+        for entry in remaining {
+            kill(entry.pid, SIGKILL)
+            _ = NativeSetup.waitStatus(entry.pid)
         }
     }
+}
+
+/// Milliseconds on the monotonic clock.
+func monotonicMilliseconds() -> Int {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return now.tv_sec * 1000 + now.tv_nsec / 1_000_000
 }
 
 /// Writes one line to standard error.

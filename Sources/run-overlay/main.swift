@@ -1,5 +1,3 @@
 import OverlayCommands
 
-runNativeSetupIfRequested()
-
 RunOverlay.main()

@@ -136,6 +136,52 @@ struct NativeRuntimeTests {
         #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
     }
 
+    @Test(.requires(executable: "busybox", "a static shell for the container tree"))
+    func aSandboxDirectoryIsTheRoot() throws {
+        let scene = try NativeScene()
+        try scene.overlay("env.ext3")
+        let sandbox = try scene.containerTree("sandbox", marker: "overlaytest-sandbox.txt", text: "inside the sandbox\n")
+        let result = try scene.run("run-overlay", ["-o", "env.ext3", "-c", "sandbox", "--", "/bin/sh", "-c",
+                                                   "cat /etc/overlaytest-sandbox.txt && echo new > /etc/added.txt && ls /bin/sh && pwd"])
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stdout == "inside the sandbox\n/bin/sh\n\(scene.directory.path)\n", "\(result)")
+        #expect(try FixtureImage.cat(scene.file("env.ext3"), "upper/etc/added.txt") == "new\n")
+        #expect(!FileManager.default.fileExists(atPath: "\(sandbox)/etc/added.txt"), "the write reached the sandbox")
+        // The binds' mount points live in the run's own layer, not in the sandbox.
+        #expect(!FileManager.default.fileExists(atPath: "\(sandbox)\(scene.directory.path)"), "a mount point was made in the sandbox")
+        #expect(try FixtureImage.isClean(scene.file("env.ext3")))
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+
+    @Test(.requires(executable: "busybox", "a static shell for the container tree"), .requires(executable: "fuse2fs"),
+          .requires(executable: "fuse-overlayfs"))
+    func anOrdinaryUserRunsInASandboxDirectory() throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        let mark = scene.mark
+        try FixtureImage.ext3(at: scene.file("env.ext3"), mebibytes: 32, owner: (user.uid, user.gid),
+                              files: ["opt/\(mark)/readme.txt": "mine\n"])
+        chown(scene.file("env.ext3"), user.uid, user.gid)
+        // Their own directory in the image (debugfs made it root's): as without --fakeroot in
+        // Apptainer, the user writes where they may.
+        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
+            try run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", scene.file("env.ext3")])
+        }
+        let sandbox = try scene.containerTree("sandbox", marker: "overlaytest-sandbox.txt", text: "inside the sandbox\n")
+        let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3"), "-c", sandbox,
+                                   "--", "/bin/sh", "-c", "cat /etc/overlaytest-sandbox.txt /opt/\(mark)/readme.txt && echo written > /opt/\(mark)/new.txt && id -u"],
+                                  currentDirectory: scene.directory.path, environment: scene.configIsolation)
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stdout == "inside the sandbox\nmine\n\(user.uid)\n", "\(result)")
+        #expect(try FixtureImage.cat(scene.file("env.ext3"), "upper/opt/\(mark)/new.txt") == "written\n")
+        let owner = try run(["debugfs", "-R", "stat upper/opt/\(mark)/new.txt", scene.file("env.ext3")])
+        #expect(owner.stdout.contains("User:  \(user.uid)   Group:  \(user.gid)"), "\(owner.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: "\(sandbox)/opt"), "the write reached the sandbox")
+        #expect(try FixtureImage.isClean(scene.file("env.ext3")))
+        #expect(scene.leftovers(waiting: 5).isEmpty, "\(scene.leftovers())")
+    }
+
     @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"),
           .requires(executable: "squashfuse"), .requires(executable: "mksquashfs"), .requires(executable: "siftool"))
     func anOrdinaryUserRunsUnprivilegedAndTheWriteIsTheirs() throws {
@@ -314,15 +360,22 @@ struct NativeScene {
                            currentDirectory: directory.path)
     }
 
-    /// A SIF made as Apptainer users get them: busybox in a squashfs system partition.
-    func sifContainer() throws -> String {
-        let root = file("rootfs")
+    /// A container tree (a sandbox directory, as `apptainer build --sandbox` makes): a
+    /// statically linked busybox with its applets, and `/etc/<marker>` saying `text`.
+    func containerTree(_ name: String, marker: String, text: String) throws -> String {
+        let root = file(name)
         for dir in ["bin", "etc", "proc", "sys", "dev", "tmp"] {
             try FileManager.default.createDirectory(atPath: "\(root)/\(dir)", withIntermediateDirectories: true)
         }
         try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: "\(root)/bin/busybox")
         for tool in ["sh", "cat", "ls", "id", "echo", "mkdir", "sleep"] { symlink("busybox", "\(root)/bin/\(tool)") }
-        try "inside the SIF\n".write(toFile: "\(root)/etc/overlaytest-sif.txt", atomically: true, encoding: .utf8)
+        try text.write(toFile: "\(root)/etc/\(marker)", atomically: true, encoding: .utf8)
+        return root
+    }
+
+    /// A SIF made as Apptainer users get them: busybox in a squashfs system partition.
+    func sifContainer() throws -> String {
+        let root = try containerTree("rootfs", marker: "overlaytest-sif.txt", text: "inside the SIF\n")
         let squashfs = file("rootfs.squashfs")
         let made = try TestSupport.run(["mksquashfs", root, squashfs, "-quiet", "-noappend", "-all-root"], timeout: 60)
         guard made.status == 0 else { throw StandInError(description: "mksquashfs: \(made)") }
