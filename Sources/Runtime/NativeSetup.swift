@@ -182,6 +182,19 @@ struct Setup {
         guard clinux_mount("tmpfs", plan.staging, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755") == 0 else {
             throw Failure(text: "cannot mount a tmpfs on \(plan.staging): \(Self.errorText())")
         }
+        if let hostCopy = plan.hostCopy {
+            // Before any FUSE mount: the copy holds none of them, and as / is private, none made
+            // later under the staging tmpfs shows in it. Recursive, as a user namespace may not
+            // bind / without its (locked) submounts. Then the staging tmpfs comes off the copy,
+            // which shows the host's own directory there.
+            try makeDirectories(hostCopy)
+            guard clinux_mount("/", hostCopy, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
+                throw Failure(text: "cannot bind / to \(hostCopy) for the overlay: \(Self.errorText())")
+            }
+            guard clinux_umount(hostCopy + plan.staging, Int32(MNT_DETACH)) == 0 else {
+                throw Failure(text: "cannot unmount \(hostCopy + plan.staging): \(Self.errorText())")
+            }
+        }
     }
 
     func writeFile(_ path: String, _ text: String) throws {

@@ -214,6 +214,42 @@ struct NativeRuntimeTests {
         #expect(try FixtureImage.isClean(scene.file("data.ext3")))
     }
 
+    /// fuse-overlayfs crosses mount points in its lowest layer: given the host root itself, a
+    /// job that walked into the run's staging area made it wait on its own mount for ever.
+    @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"))
+    func anOrdinaryUsersJobWalksTheWholeHostRootWithoutHanging() throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        let mark = scene.mark
+        try FixtureImage.ext3(at: scene.file("env.ext3"), mebibytes: 32, owner: (user.uid, user.gid),
+                              files: ["opt/\(mark)/readme.txt": "mine\n"])
+        chown(scene.file("env.ext3"), user.uid, user.gid)
+        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
+            try run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", scene.file("env.ext3")])
+        }
+        // /run recursively, where the staging area is (/run/overlay-toolkit, or /run itself
+        // when that is missing), and every directory three levels down that the user may read.
+        let script = """
+            ls -laR /run > /dev/null
+            find / -xdev -maxdepth 3 ! -readable -prune -o -print > /dev/null
+            echo walked
+            cat /etc/debian_version
+            echo written > /opt/\(mark)/new.txt
+            """
+        let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3"),
+                                   "--", "/bin/sh", "-e", "-c", script],
+                                  currentDirectory: scene.directory.path, environment: scene.configIsolation, timeout: 60)
+        #expect(!result.timedOut, "\(result)")
+        #expect(result.status == 0, "\(result)")
+        // The host's own files, as before.
+        let host = try String(contentsOfFile: "/etc/debian_version", encoding: .utf8)
+        #expect(result.stdout == "walked\n" + host, "\(result)")
+        #expect(try FixtureImage.cat(scene.file("env.ext3"), "upper/opt/\(mark)/new.txt") == "written\n")
+        #expect(scene.leftovers(waiting: 10).isEmpty, "\(scene.leftovers())")
+        #expect(try FixtureImage.isClean(scene.file("env.ext3")))
+    }
+
     @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"))
     func anOrdinaryUsersKilledToolTakesTheFUSEDriversWithIt() throws {
         let user = try TestUser.ensure()
