@@ -52,6 +52,17 @@ static inline int clinux_pidfd_open(pid_t pid) {
 #endif
 }
 
+/// Sends `sig` to the process `pidfd` refers to (never to a later process with its pid).
+static inline int clinux_pidfd_send_signal(int pidfd, int sig) {
+#ifdef SYS_pidfd_send_signal
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+#else
+    (void)pidfd; (void)sig;
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 /// The signal this process gets when its parent dies (0 for none).
 static inline int clinux_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);

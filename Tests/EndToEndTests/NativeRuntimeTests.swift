@@ -250,8 +250,10 @@ struct NativeRuntimeTests {
         #expect(try FixtureImage.isClean(scene.file("env.ext3")))
     }
 
-    @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"))
-    func anOrdinaryUsersKilledToolTakesTheFUSEDriversWithIt() throws {
+    /// With `stoppedOverlayDriver`, fuse-overlayfs is stopped first, so that it does not act on
+    /// the SIGTERM it gets when the setup process dies: the run's watchdog must SIGKILL it.
+    @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"), arguments: [false, true])
+    func anOrdinaryUsersKilledToolTakesTheFUSEDriversWithIt(stoppedOverlayDriver: Bool) throws {
         let user = try TestUser.ensure()
         TestUser.openFuseToUsers()
         let scene = try NativeScene()
@@ -269,9 +271,17 @@ struct NativeRuntimeTests {
             return parts.count == 2 && parts[1].hasPrefix(product("run-overlay") + " --runtime") ? Int32(parts[0]) : nil
         }.first
         #expect(toolPid != nil)
+        if stoppedOverlayDriver {
+            let driver = scene.runningProcesses().compactMap { line -> Int32? in
+                let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+                return parts.count == 2 && parts[1].hasPrefix("fuse-overlayfs ") ? Int32(parts[0]) : nil
+            }.first
+            #expect(driver != nil, "\(scene.runningProcesses())")
+            if let driver { kill(driver, SIGSTOP) }
+        }
         if let toolPid { kill(toolPid, SIGKILL) }
-        _ = tool.wait(timeout: 10)
-        #expect(scene.leftovers(waiting: 10).isEmpty, "\(scene.leftovers())")
+        _ = tool.wait(timeout: 20)
+        #expect(scene.leftovers(waiting: 20).isEmpty, "\(scene.leftovers())")
         #expect(try FixtureImage.isClean(scene.file("env.ext3")))
     }
 
