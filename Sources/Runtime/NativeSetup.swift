@@ -9,8 +9,9 @@ import Glibc
 /// may go on running Swift and may still enter a new user namespace), made with the plan in
 /// hand. It dies with the tool (parent-death signal), makes the mount namespace (and, for an
 /// ordinary user, the user namespace), mounts the stack, runs the job, passes signals on, tears
-/// the mounts down and exits with the job's status. Forking instead of starting a fresh copy of
-/// the program saves loading it and its libraries a second time on every run.
+/// the mounts down and exits with the job's status; in FUSE mode a watchdog ends the drivers if
+/// it is killed before it could. Forking instead of starting a fresh copy of the program saves
+/// loading it and its libraries a second time on every run.
 public enum NativeSetup {
     // MARK: The tool's side
 
