@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -48,6 +49,17 @@ static inline int clinux_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 #else
     (void)pid;
+    return -1;
+#endif
+}
+
+/// Sends `sig` to the process `pidfd` refers to (never to a later process with its pid).
+static inline int clinux_pidfd_send_signal(int pidfd, int sig) {
+#ifdef SYS_pidfd_send_signal
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+#else
+    (void)pidfd; (void)sig;
+    errno = ENOSYS;
     return -1;
 #endif
 }
@@ -153,15 +165,35 @@ static inline void clinux_child_run(const struct clinux_child *c, pid_t parent);
 /// kills every process left in the namespace: nothing the job started outlives the run.
 static inline pid_t clinux_spawn(const struct clinux_child *c) {
     pid_t parent = getpid();
+    // For init: a pipe whose write end this process keeps open (and so holds until it exits),
+    // so that init can tell whether it is still there once its parent-death signal is set.
+    int alive[2] = { -1, -1 };
+    if (c->init_process) {
+        if (pipe(alive) != 0) return -errno;
+        fcntl(alive[0], F_SETFD, FD_CLOEXEC);
+        fcntl(alive[1], F_SETFD, FD_CLOEXEC);
+    }
     pid_t pid = fork();
-    if (pid != 0) return pid < 0 ? -errno : pid;
+    if (pid != 0) {
+        int e = errno;
+        if (c->init_process) {
+            close(alive[0]);
+            if (pid < 0) close(alive[1]);
+        }
+        return pid < 0 ? -e : pid;
+    }
     if (!c->init_process) clinux_child_run(c, parent);
 
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    // (The parent is outside the namespace: getppid() says 0 here, so it cannot be checked.)
+    // The parent is outside the namespace (getppid() says 0 here): the pipe says whether it
+    // died before the parent-death signal was set (every write end closed: POLLHUP).
     prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL);
+    close(alive[1]);
+    struct pollfd parent_gone = { alive[0], POLLIN, 0 };
+    if (poll(&parent_gone, 1, 0) > 0) _exit(125);
+    close(alive[0]);
     if (c->proc_target) {
         if (mount("proc", c->proc_target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             mount("/proc", c->proc_target, NULL, MS_BIND | MS_REC, NULL);

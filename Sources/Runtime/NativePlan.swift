@@ -15,6 +15,11 @@ import Glibc
 ///     image0...    each overlay image, mounted (kernel ext3 or fuse2fs)
 ///     container/   the container's squashfs (a SIF's system partition or a squashfs image)
 ///     root/        the overlay: the job's root, with the binds on it
+///     host/        (FUSE, when the container root holds the staging area: the host root) a
+///                  recursive bind of `/` made before anything is mounted here, with this
+///                  tmpfs taken off it: fuse-overlayfs reads its lowest layer through the VFS and
+///                  crosses mount points, so given `/` itself it would reach the run's own FUSE
+///                  mounts (its own included) and wait on itself for ever
 public struct NativePlan: Codable, Equatable, Sendable {
     /// Kernel mounts as root; FUSE drivers in a user namespace as an ordinary user.
     public enum Mode: String, Codable, Sendable { case kernel, fuse }
@@ -56,6 +61,9 @@ public struct NativePlan: Codable, Equatable, Sendable {
     public var squashfs: SquashfsMount?
     /// The container root: `/`, a sandbox directory, or the squashfs mount point.
     public var containerRoot: String
+    /// Where `/` is bound recursively (without the staging tmpfs) for fuse-overlayfs to read
+    /// the container root from, when that root holds the staging area (see the layout).
+    public var hostCopy: String?
     /// Overlay lower directories, topmost first (session, read-only images, container root).
     public var lowerDirs: [String]
     public var upperDir: String?
@@ -113,6 +121,9 @@ public struct NativePlan: Codable, Equatable, Sendable {
         switch mode {
         case .kernel: lines.append("unshare mount namespace (private), tmpfs on \(staging)")
         case .fuse: lines.append("unshare user namespace (uid \(identity.uid) -> \(identity.uid), gid \(identity.gid) -> \(identity.gid)) and mount namespace (private), tmpfs on \(staging)")
+        }
+        if let hostCopy {
+            lines.append("mount --rbind / \(hostCopy), umount -l \(hostCopy)\(staging)")
         }
         for image in images {
             switch mode {
@@ -195,7 +206,15 @@ extension NativePlan {
             let index = job.stack.specs.firstIndex(of: spec)!
             lowerDirs.append(images[index].mountPoint + "/upper")
         }
-        lowerDirs.append(containerRoot)
+        // fuse-overlayfs crosses mount points in its layers: when the container root holds the
+        // staging area, it reads a copy of the mount tree made before the run mounts anything.
+        var hostCopy: String?
+        if mode == .fuse, containerRoot == "/" || staging.hasPrefix(containerRoot + "/") {
+            hostCopy = staging + "/host"
+            lowerDirs.append(staging + "/host" + (containerRoot == "/" ? "" : containerRoot))
+        } else {
+            lowerDirs.append(containerRoot)
+        }
         let writable = job.stack.writable != nil ? images[0] : nil
 
         // The binds Singularity makes, then the current directory, then -B, in mount order.
@@ -236,7 +255,7 @@ extension NativePlan {
             extra["OVERLAY_STACK"] = job.stack.specs.map(\.description).joined(separator: " ")
         }
         return NativePlan(mode: mode, staging: staging, images: images, squashfs: squashfs,
-                          containerRoot: containerRoot, lowerDirs: lowerDirs,
+                          containerRoot: containerRoot, hostCopy: hostCopy, lowerDirs: lowerDirs,
                           upperDir: writable.map { $0.mountPoint + "/upper" },
                           workDir: writable.map { $0.mountPoint + "/work" },
                           root: root, session: session, binds: binds, command: command,

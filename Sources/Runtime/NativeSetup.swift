@@ -9,8 +9,9 @@ import Glibc
 /// may go on running Swift and may still enter a new user namespace), made with the plan in
 /// hand. It dies with the tool (parent-death signal), makes the mount namespace (and, for an
 /// ordinary user, the user namespace), mounts the stack, runs the job, passes signals on, tears
-/// the mounts down and exits with the job's status. Forking instead of starting a fresh copy of
-/// the program saves loading it and its libraries a second time on every run.
+/// the mounts down and exits with the job's status; in FUSE mode a watchdog ends the drivers if
+/// it is killed before it could. Forking instead of starting a fresh copy of the program saves
+/// loading it and its libraries a second time on every run.
 public enum NativeSetup {
     // MARK: The tool's side
 
@@ -118,6 +119,8 @@ struct Setup {
     let parent: pid_t
     /// FUSE daemons started, in start order.
     var daemons: [(pid: pid_t, name: String)] = []
+    /// The watchdog (FUSE mode): its pid, and the pipe that tells it the drivers' pids.
+    var watchdog: (pid: pid_t, pipe: Int32)?
 
     init(plan: NativePlan, parent: pid_t) {
         self.plan = plan
@@ -148,6 +151,14 @@ struct Setup {
             report("\(error)")
         }
         tearDown()
+        if let watchdog {
+            // Done: the drivers are gone. It exits before this process does, so that it holds
+            // no lock when the tool returns.
+            var done: Int32 = 0
+            _ = write(watchdog.pipe, &done, 4)
+            close(watchdog.pipe)
+            _ = NativeSetup.waitStatus(watchdog.pid)
+        }
         return status
     }
 
@@ -181,6 +192,19 @@ struct Setup {
         }
         guard clinux_mount("tmpfs", plan.staging, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755") == 0 else {
             throw Failure(text: "cannot mount a tmpfs on \(plan.staging): \(Self.errorText())")
+        }
+        if let hostCopy = plan.hostCopy {
+            // Before any FUSE mount: the copy holds none of them, and as / is private, none made
+            // later under the staging tmpfs shows in it. Recursive, as a user namespace may not
+            // bind / without its (locked) submounts. Then the staging tmpfs comes off the copy,
+            // which shows the host's own directory there.
+            try makeDirectories(hostCopy)
+            guard clinux_mount("/", hostCopy, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
+                throw Failure(text: "cannot bind / to \(hostCopy) for the overlay: \(Self.errorText())")
+            }
+            guard clinux_umount(hostCopy + plan.staging, Int32(MNT_DETACH)) == 0 else {
+                throw Failure(text: "cannot unmount \(hostCopy + plan.staging): \(Self.errorText())")
+            }
         }
     }
 
@@ -303,12 +327,15 @@ struct Setup {
         defer { if table >= 0 { close(table) } }
         var waiting: [(driver: Driver, pid: pid_t, exited: Int32, device: UInt)] = []
         defer { for entry in waiting where entry.exited >= 0 { close(entry.exited) } }
+        if watchdog == nil { try startWatchdog() }
         for driver in drivers {
             var before = stat()
             stat(driver.mountPoint, &before)
             let pid = try spawn(driver.argv, root: nil, directory: nil, changeIDs: false, ambientAdmin: true,
                                 deathSignal: SIGTERM, nullInput: true, newGroup: false, environment: nil)
             daemons.append((pid, driver.argv[0]))
+            var word = Int32(pid)
+            if let watchdog { _ = write(watchdog.pipe, &word, 4) }
             waiting.append((driver, pid, clinux_pidfd_open(pid), UInt(before.st_dev)))
         }
         let deadline = monotonicMilliseconds() + 10_000
@@ -337,6 +364,79 @@ struct Setup {
             let pidfds = waiting.allSatisfy { $0.exited >= 0 }
             _ = poll(&fds, nfds_t(fds.count), Int32(pidfds && table >= 0 ? min(left, 1000) : min(left, 5)))
         }
+    }
+
+    /// Starts the watchdog: a fork of this process that ends the FUSE drivers when this process
+    /// is killed (it dies with the tool) before it could tear them down. The drivers then get
+    /// SIGTERM (their parent-death signal), which a driver stopped, or waiting on a FUSE
+    /// request that will never be answered, does not act on: the watchdog gives them 5 seconds
+    /// to exit, then sends SIGKILL, and waits up to 5 more. Told each driver's pid as it
+    /// starts; told 0 when the teardown is done, and exits. It keeps the image locks (inherited
+    /// descriptors) for as long as it waits, so no other job takes an image still mounted.
+    mutating func startWatchdog() throws {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw Failure(text: "cannot start the watchdog: \(Self.errorText())") }
+        _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
+        _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
+        let pid = clinux_fork()
+        if pid == 0 {
+            close(ends[1])
+            Self.watch(ends[0], report: plan.reportDescriptor)
+        }
+        close(ends[0])
+        guard pid > 0 else {
+            close(ends[1])
+            throw Failure(text: "cannot start the watchdog: \(Self.errorText(-pid))")
+        }
+        watchdog = (pid, ends[1])
+        // A watchdog killed by someone must not kill this process with SIGPIPE (the job and the
+        // drivers start with the default again).
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// The watchdog's work (see ``startWatchdog()``).
+    static func watch(_ input: Int32, report: Int32) -> Never {
+        // Signals to the process group (Ctrl-C, a batch system's SIGTERM) are the job's.
+        for number in Forwarding.signals { signal(number, SIG_IGN) }
+        // Only the tool reads the report pipe, until the setup process has closed it.
+        close(report)
+        let null = open("/dev/null", O_RDWR)
+        if null >= 0 { dup2(null, 0); dup2(null, 1); if null > 2 { close(null) } }
+        var drivers: [(pid: pid_t, exited: Int32)] = []
+        var word: Int32 = 0
+        while true {
+            let n = read(input, &word, 4)
+            if n < 0 && errno == EINTR { continue }
+            guard n == 4 else { break }
+            if word == 0 { _exit(0) }
+            drivers.append((word, clinux_pidfd_open(word)))
+        }
+        // The setup process is gone without a teardown.
+        func gone(_ entry: (pid: pid_t, exited: Int32)) -> Bool {
+            if entry.exited >= 0 {
+                var fd = pollfd(fd: entry.exited, events: Int16(POLLIN), revents: 0)
+                return poll(&fd, 1, 0) == 1
+            }
+            return kill(entry.pid, 0) != 0 && errno == ESRCH
+        }
+        func wait(until deadline: Int) {
+            while true {
+                drivers.removeAll(where: gone)
+                let left = deadline - monotonicMilliseconds()
+                if drivers.isEmpty || left <= 0 { return }
+                var fds = drivers.map { pollfd(fd: $0.exited, events: Int16(POLLIN), revents: 0) }
+                let pidfds = drivers.allSatisfy { $0.exited >= 0 }
+                _ = poll(&fds, nfds_t(fds.count), Int32(pidfds ? min(left, 1000) : min(left, 20)))
+            }
+        }
+        let start = monotonicMilliseconds()
+        wait(until: start + 5_000)
+        for entry in drivers {
+            // By pid only without pidfds: a pidfd never reaches a later process with that pid.
+            if entry.exited < 0 { kill(entry.pid, SIGKILL) } else { _ = clinux_pidfd_send_signal(entry.exited, SIGKILL) }
+        }
+        wait(until: start + 10_000)
+        _exit(0)
     }
 
     // MARK: The job

@@ -214,8 +214,46 @@ struct NativeRuntimeTests {
         #expect(try FixtureImage.isClean(scene.file("data.ext3")))
     }
 
+    /// fuse-overlayfs crosses mount points in its lowest layer: given the host root itself, a
+    /// job that walked into the run's staging area made it wait on its own mount for ever.
     @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"))
-    func anOrdinaryUsersKilledToolTakesTheFUSEDriversWithIt() throws {
+    func anOrdinaryUsersJobWalksTheWholeHostRootWithoutHanging() throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        let mark = scene.mark
+        try FixtureImage.ext3(at: scene.file("env.ext3"), mebibytes: 32, owner: (user.uid, user.gid),
+                              files: ["opt/\(mark)/readme.txt": "mine\n"])
+        chown(scene.file("env.ext3"), user.uid, user.gid)
+        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
+            try run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", scene.file("env.ext3")])
+        }
+        // /run recursively, where the staging area is (/run/overlay-toolkit, or /run itself
+        // when that is missing), and every directory three levels down that the user may read.
+        let script = """
+            ls -laR /run > /dev/null
+            find / -xdev -maxdepth 3 ! -readable -prune -o -print > /dev/null
+            echo walked
+            cat /etc/debian_version
+            echo written > /opt/\(mark)/new.txt
+            """
+        let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3"),
+                                   "--", "/bin/sh", "-e", "-c", script],
+                                  currentDirectory: scene.directory.path, environment: scene.configIsolation, timeout: 60)
+        #expect(!result.timedOut, "\(result)")
+        #expect(result.status == 0, "\(result)")
+        // The host's own files, as before.
+        let host = try String(contentsOfFile: "/etc/debian_version", encoding: .utf8)
+        #expect(result.stdout == "walked\n" + host, "\(result)")
+        #expect(try FixtureImage.cat(scene.file("env.ext3"), "upper/opt/\(mark)/new.txt") == "written\n")
+        #expect(scene.leftovers(waiting: 10).isEmpty, "\(scene.leftovers())")
+        #expect(try FixtureImage.isClean(scene.file("env.ext3")))
+    }
+
+    /// With `stoppedOverlayDriver`, fuse-overlayfs is stopped first, so that it does not act on
+    /// the SIGTERM it gets when the setup process dies: the run's watchdog must SIGKILL it.
+    @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"), arguments: [false, true])
+    func anOrdinaryUsersKilledToolTakesTheFUSEDriversWithIt(stoppedOverlayDriver: Bool) throws {
         let user = try TestUser.ensure()
         TestUser.openFuseToUsers()
         let scene = try NativeScene()
@@ -233,9 +271,17 @@ struct NativeRuntimeTests {
             return parts.count == 2 && parts[1].hasPrefix(product("run-overlay") + " --runtime") ? Int32(parts[0]) : nil
         }.first
         #expect(toolPid != nil)
+        if stoppedOverlayDriver {
+            let driver = scene.runningProcesses().compactMap { line -> Int32? in
+                let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+                return parts.count == 2 && parts[1].hasPrefix("fuse-overlayfs ") ? Int32(parts[0]) : nil
+            }.first
+            #expect(driver != nil, "\(scene.runningProcesses())")
+            if let driver { kill(driver, SIGSTOP) }
+        }
         if let toolPid { kill(toolPid, SIGKILL) }
-        _ = tool.wait(timeout: 10)
-        #expect(scene.leftovers(waiting: 10).isEmpty, "\(scene.leftovers())")
+        _ = tool.wait(timeout: 20)
+        #expect(scene.leftovers(waiting: 20).isEmpty, "\(scene.leftovers())")
         #expect(try FixtureImage.isClean(scene.file("env.ext3")))
     }
 

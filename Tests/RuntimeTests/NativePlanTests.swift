@@ -61,4 +61,16 @@ import TestSupport
         #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") && $0.hasSuffix("-o fakeroot,ro") })
         #expect(lines.contains { $0.hasPrefix("fuse-overlayfs -o noacl,") })
     }
+
+    @Test func fuseOverlayfsReadsTheHostRootWithoutTheRunsMounts() throws {
+        let fuse = try plan(["a.ext3"], mode: .fuse)
+        // A copy of / made before the run mounts anything, not / itself (fuse-overlayfs would
+        // cross into the run's own mounts); the kernel's overlayfs stays on one mount per layer.
+        #expect(fuse.hostCopy == fuse.staging + "/host")
+        #expect(fuse.lowerDirs.last == fuse.staging + "/host")
+        #expect(fuse.lines.contains("mount --rbind / \(fuse.staging)/host, umount -l \(fuse.staging)/host\(fuse.staging)"))
+        let kernel = try plan(["a.ext3"])
+        #expect(kernel.hostCopy == nil)
+        #expect(kernel.lowerDirs.last == "/")
+    }
 }

@@ -22,15 +22,17 @@ public struct TestUser: Sendable {
                         home: String(cString: entry.pointee.pw_dir))
     }
 
-    /// Runs `argv` as this user through `runuser`, with a login-like environment.
+    /// Runs `argv` as this user through `runuser`, with a login-like environment, at most
+    /// `timeout` seconds.
     @discardableResult
-    public func run(_ argv: [String], currentDirectory: String? = nil, environment: [String: String] = [:]) throws -> ProcessResult {
+    public func run(_ argv: [String], currentDirectory: String? = nil, environment: [String: String] = [:],
+                    timeout: TimeInterval = 300) throws -> ProcessResult {
         var env = ["HOME": home, "USER": name, "LOGNAME": name, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
                    "LANG": "C.UTF-8"]
         for (k, v) in environment { env[k] = v }
         let envArgs = env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         return try TestSupport.run(["runuser", "-u", name, "--", "/usr/bin/env", "-i"] + envArgs + argv,
-                                   currentDirectory: currentDirectory)
+                                   currentDirectory: currentDirectory, timeout: timeout)
     }
 
     /// Makes /dev/fuse usable by ordinary users (it is 0600 on these machines).
