@@ -331,8 +331,10 @@ struct Setup {
         for driver in drivers {
             var before = stat()
             stat(driver.mountPoint, &before)
+            // A process group of its own: Ctrl-C on the terminal goes to the job (and the tool,
+            // which passes it on), never straight to a driver the job is still reading through.
             let pid = try spawn(driver.argv, root: nil, directory: nil, changeIDs: false, ambientAdmin: true,
-                                deathSignal: SIGTERM, nullInput: true, newGroup: false, environment: nil)
+                                deathSignal: SIGTERM, nullInput: true, newGroup: true, environment: nil)
             daemons.append((pid, driver.argv[0]))
             var word = Int32(pid)
             if let watchdog { _ = write(watchdog.pipe, &word, 4) }
