@@ -35,8 +35,10 @@ public enum ContainerReference: Equatable, Sendable, CustomStringConvertible {
         var info = stat()
         guard stat(path, &info) == 0 else { throw OverlayError.containerNotFound(path) }
         if (info.st_mode & S_IFMT) == S_IFDIR {
-            var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-            if realpath(path, &resolved) != nil, String(cString: resolved) == "/" { return .host }
+            if let resolved = realpath(path, nil) {
+                defer { free(resolved) }
+                if String(cString: resolved) == "/" { return .host }
+            }
             return .sandbox(path)
         }
         guard (info.st_mode & S_IFMT) == S_IFREG else { throw OverlayError.unknownContainer(path) }

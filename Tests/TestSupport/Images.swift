@@ -45,7 +45,7 @@ public enum FixtureImage {
 
     /// The content of `inside` in the image, through debugfs (nil when missing).
     public static func cat(_ path: String, _ inside: String) throws -> String? {
-        let result = try run(["debugfs", "-R", "cat \(inside)", path])
+        let result = try run(["debugfs", "-R", "cat \"\(inside)\"", path])
         if result.stderr.contains("File not found") { return nil }
         return result.stdout
     }
