@@ -209,29 +209,11 @@ public struct CreateOverlay: ParsableCommand {
         return out
     }
 
-    /// Parses and runs; every failure is one line on stderr (`Error: ...`) and a non-zero exit.
-    /// Help and version requests print as usual.
+    /// Parses and runs; every failure is one line on stderr. A missing -s says how to give one.
     public static func main() {
-        do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch {
-            let code = exitCode(for: error)
-            if code == .success {
-                exit(withError: error)  // --help, --version
-            }
-            var text = message(for: error).split(separator: "\n").first.map(String.init) ?? "failed"
-            if text.hasPrefix("Error: ") { text.removeFirst(7) }
-            if text.hasPrefix("Missing expected argument '--size") {
-                text = "no size given: give the image size with -s, e.g. -s 500 for 500 MiB"
-            } else if let first = text.unicodeScalars.first, first.properties.isUppercase {
-                // ArgumentParser's own messages (ours start in lower case): point at the usage.
-                text += " (see create-overlay --help)"
-            }
-            let line = "Error: " + text
-            let bytes = Array((line + "\n").utf8)
-            _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
-            Glibc.exit(code.rawValue)
+        OneLineErrors.main(Self.self) { text in
+            text.hasPrefix("Missing expected argument '--size")
+                ? "no size given: give the image size with -s, e.g. -s 500 for 500 MiB" : nil
         }
     }
 }

@@ -1,3 +1,3 @@
 import OverlayCommands
 
-MountOverlay.main()
+OneLineErrors.main(MountOverlay.self)

@@ -1,3 +1,3 @@
 import OverlayCommands
 
-OverlayTool.main()
+OneLineErrors.main(OverlayTool.self)

@@ -1,3 +1,3 @@
 import OverlayCommands
 
-RunOverlay.main()
+OneLineErrors.main(RunOverlay.self)
