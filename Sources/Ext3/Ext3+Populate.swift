@@ -336,6 +336,7 @@ extension Ext3 {
             do {
                 try copyFiles(openFile, writer: writer)
             } catch {
+                discardBatch()
                 try? writer.finish()
                 throw error
             }
@@ -354,11 +355,16 @@ extension Ext3 {
                     if segments == nil && blocks <= Populator.batchedBlocks {
                         // Small files: read into the batch buffer at their block positions (they
                         // lie one after the other), written out together in one large write.
-                        defer { close(input) }
-                        for run in try map.map(0..<blocks, allocator: allocate) {
+                        // The reads (and the close) happen when the batch is handed over.
+                        var queued = false
+                        defer { if !queued { close(input) } }
+                        let runs = try map.map(0..<blocks, allocator: allocate)
+                        for (number, run) in runs.enumerated() {
+                            let last = number == runs.count - 1
                             try readIntoBatch(input, source: source, offset: run.logical * blockSize,
                                               count: min(run.count * blockSize, node.size - run.logical * blockSize),
-                                              physical: run.physical, blocks: run.count, writer: writer)
+                                              physical: run.physical, blocks: run.count, closing: last, writer: writer)
+                            queued = last
                         }
                     } else {
                         // Larger ones: the kernel copies each run (the writer closes the file).
@@ -394,11 +400,25 @@ extension Ext3 {
         private var batchStart: UInt64 = 0
         private var batchLength = 0
 
-        /// Reads `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`
+        /// One small file's part, to be read into the batch buffer at `at`, zero-padded to `room`.
+        struct BatchRead: Sendable {
+            var fd: Int32
+            var source: [CChar]
+            var offset: UInt64
+            var count: Int
+            var at: Int
+            var room: Int
+            /// Its file's last part: the file is closed once it is read.
+            var closing: Bool
+        }
+        private var batchReads: [BatchRead] = []
+
+        /// Takes `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`
         /// blocks, which go at `physical`: the batch is handed to the writer first when they do
-        /// not follow on from it or do not fit.
+        /// not follow on from it or do not fit. `closing`: `input` is closed once read (until
+        /// it is queued so, closing it on a failure is the caller's business).
         private func readIntoBatch(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64,
-                                   physical: UInt64, blocks: UInt64, writer: DataWriter) throws {
+                                   physical: UInt64, blocks: UInt64, closing: Bool, writer: DataWriter) throws {
             let room = Int(blocks) * Ext3.blockSize
             if let slot = batchSlot, physical != batchStart + UInt64(batchLength / Ext3.blockSize)
                 || batchLength + room > writer.buffers[slot].count {
@@ -409,26 +429,48 @@ extension Ext3 {
                 batchStart = physical
                 batchLength = 0
             }
-            let base = writer.buffers[batchSlot!].baseAddress! + batchLength
-            var done = 0
-            while done < Int(count) {
-                let got = pread(input, base + done, Int(count) - done, off_t(offset) + off_t(done))
-                if got < 0 {
-                    if errno == EINTR { continue }
-                    throw DataWriter.unreadable(source, errno)
-                }
-                if got == 0 { throw changed(source) }
-                done += got
-            }
-            (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: room - done)
+            batchReads.append(BatchRead(fd: input, source: source, offset: offset, count: Int(count),
+                                        at: batchLength, room: room, closing: closing))
             batchLength += room
             bytesDone += count
         }
 
+        /// Reads the batch's files into its buffer, on two threads (each file into its own part
+        /// of the buffer), closes them, and hands the buffer to the writer. The first file (in
+        /// tree order) that could not be read fails the run.
         private func flushBatch(_ writer: DataWriter) throws {
             guard let slot = batchSlot else { return }
             batchSlot = nil
+            let reads = batchReads
+            batchReads.removeAll(keepingCapacity: true)
+            let failures = ParallelWork.map(reads, threads: 2) { read -> Error? in
+                defer { if read.closing { close(read.fd) } }
+                let base = writer.buffers[slot].baseAddress! + read.at
+                var done = 0
+                while done < read.count {
+                    let got = pread(read.fd, base + done, read.count - done, off_t(read.offset) + off_t(done))
+                    if got < 0 {
+                        if errno == EINTR { continue }
+                        return DataWriter.unreadable(read.source, errno)
+                    }
+                    if got == 0 { return DataWriter.changed(read.source) }
+                    done += got
+                }
+                (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: read.room - done)
+                return nil
+            }
+            if let failure = failures.lazy.compactMap({ $0 }).first {
+                try? writer.submit(.release(slot: slot))
+                throw failure
+            }
             try writer.submit(.write(slot: slot, length: batchLength, offset: batchStart * UInt64(Ext3.blockSize)))
+        }
+
+        /// Closes the files of a batch that will not be written (after a failure).
+        private func discardBatch() {
+            for read in batchReads where read.closing { close(read.fd) }
+            batchReads.removeAll()
+            batchSlot = nil
         }
 
         private func changed(_ source: [CChar]) -> Error {
