@@ -362,6 +362,9 @@ extension Ext3 {
             for (index, node) in tree.nodes.enumerated() where node.kind == .regular {
                 guard case let .file(source, segments) = node.content else { continue }
                 if node.size > 0 {
+                    // A batch keeps the directories it reads from open: hand it over before it
+                    // holds many, so a tree of many directories stays far from the fd limit.
+                    if retiredDirectories.count >= Populator.openDirectoriesPerBatch { try flushBatch(writer) }
                     let place = locate(source)
                     var map = BlockMapper()
                     let blocks = (node.size + blockSize - 1) / blockSize
@@ -406,6 +409,13 @@ extension Ext3 {
 
         /// Files of at most this many blocks (all direct) go through the batch buffers.
         static let batchedBlocks: UInt64 = 12
+        /// At most this many directories left behind are kept open for a batch's reads.
+        static let openDirectoriesPerBatch = 64
+
+        private func closeRetiredDirectories() {
+            for fd in retiredDirectories { close(fd) }
+            retiredDirectories.removeAll()
+        }
         private var batchSlot: Int? = nil
         private var batchStart: UInt64 = 0
         private var batchLength = 0
@@ -448,7 +458,11 @@ extension Ext3 {
         /// own part of the buffer), and hands the buffer to the writer. The first file (in
         /// tree order) that could not be read fails the run.
         private func flushBatch(_ writer: DataWriter) throws {
-            guard let slot = batchSlot else { return }
+            guard let slot = batchSlot else {
+                // No batch reads from them: the directories left behind can go now.
+                closeRetiredDirectories()
+                return
+            }
             batchSlot = nil
             let reads = batchReads
             batchReads.removeAll(keepingCapacity: true)
@@ -470,8 +484,7 @@ extension Ext3 {
                 (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: read.room - done)
                 return nil
             }
-            for fd in retiredDirectories { close(fd) }
-            retiredDirectories.removeAll()
+            closeRetiredDirectories()
             if let failure = failures.lazy.compactMap({ $0 }).first {
                 try? writer.submit(.release(slot: slot))
                 throw failure
