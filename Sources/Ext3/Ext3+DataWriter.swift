@@ -14,6 +14,8 @@ extension Ext3 {
             case write(slot: Int, length: Int, offset: UInt64)
             case copy(fd: Int32, from: UInt64, count: UInt64, to: UInt64, source: [CChar])
             case close(fd: Int32)
+            /// Gives a buffer slot back unwritten.
+            case release(slot: Int)
         }
 
         let fd: Int32
@@ -123,6 +125,10 @@ extension Ext3 {
                     }
                 case let .close(input):
                     Glibc.close(input)
+                case let .release(slot):
+                    pthread_mutex_lock(lock)
+                    freeSlots.append(slot)
+                    pthread_mutex_unlock(lock)
                 }
                 pthread_mutex_lock(lock)
                 if let problem, failure == nil { failure = problem }

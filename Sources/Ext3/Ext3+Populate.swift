@@ -319,50 +319,69 @@ extension Ext3 {
 
         /// From a directory: each file in tree order, its data ranges (all of it unless sparse).
         private func copyFiles() throws {
-            // Files come directory by directory: open each relative to its open directory.
-            var directory: (path: ArraySlice<CChar>, fd: Int32) = ([], -1)
-            defer { if directory.fd >= 0 { close(directory.fd) } }
-            func openFile(_ source: [CChar]) -> Int32 {
-                let slash = source.lastIndex(of: CChar(UInt8(ascii: "/"))) ?? -1
-                let parent = source[..<max(slash, 0)]
-                if slash > 0 && parent != directory.path {
-                    if directory.fd >= 0 { close(directory.fd) }
-                    directory = (parent, open(Array(parent) + [0], O_RDONLY | O_DIRECTORY | O_CLOEXEC))
-                }
-                guard slash > 0, directory.fd >= 0 else { return open(source, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
-                return source[(slash + 1)...].withUnsafeBufferPointer { openat(directory.fd, $0.baseAddress!, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
+            defer {
+                if directory.fd >= 0 { close(directory.fd) }
+                for fd in retiredDirectories { close(fd) }
             }
             let writer = try DataWriter(fd: fd, path: path)
             do {
-                try copyFiles(openFile, writer: writer)
+                try copyFiles(writer: writer)
             } catch {
+                discardBatch()
                 try? writer.finish()
                 throw error
             }
             try writer.finish()
         }
 
-        private func copyFiles(_ openFile: ([CChar]) -> Int32, writer: DataWriter) throws {
+        // Files come directory by directory: each is opened relative to its open directory. A
+        // directory left behind stays open until the batch that may still read from it is done.
+        private var directory: (path: ArraySlice<CChar>, fd: Int32) = ([], -1)
+        private var retiredDirectories: [Int32] = []
+
+        /// Where to open `source` from: its directory's descriptor and its name there, or -1
+        /// and the whole path.
+        private func locate(_ source: [CChar]) -> (directory: Int32, name: [CChar]) {
+            let slash = source.lastIndex(of: CChar(UInt8(ascii: "/"))) ?? -1
+            let parent = source[..<max(slash, 0)]
+            if slash > 0 && parent != directory.path {
+                if directory.fd >= 0 { retiredDirectories.append(directory.fd) }
+                directory = (parent, open(Array(parent) + [0], O_RDONLY | O_DIRECTORY | O_CLOEXEC))
+            }
+            guard slash > 0, directory.fd >= 0 else { return (-1, source) }
+            return (directory.fd, Array(source[(slash + 1)...]))
+        }
+
+        static func openFile(_ place: (directory: Int32, name: [CChar])) -> Int32 {
+            if place.directory < 0 { return Glibc.open(place.name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
+            return openat(place.directory, place.name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        }
+
+        private func copyFiles(writer: DataWriter) throws {
             let blockSize = UInt64(Ext3.blockSize)
             for (index, node) in tree.nodes.enumerated() where node.kind == .regular {
                 guard case let .file(source, segments) = node.content else { continue }
                 if node.size > 0 {
-                    let input = openFile(source)
-                    guard input >= 0 else { throw DataWriter.unreadable(source, errno) }
+                    // A batch keeps the directories it reads from open: hand it over before it
+                    // holds many, so a tree of many directories stays far from the fd limit.
+                    if retiredDirectories.count >= Populator.openDirectoriesPerBatch { try flushBatch(writer) }
+                    let place = locate(source)
                     var map = BlockMapper()
                     let blocks = (node.size + blockSize - 1) / blockSize
                     if segments == nil && blocks <= Populator.batchedBlocks {
                         // Small files: read into the batch buffer at their block positions (they
                         // lie one after the other), written out together in one large write.
-                        defer { close(input) }
+                        // The opens, reads and closes happen when the batch is handed over.
                         for run in try map.map(0..<blocks, allocator: allocate) {
-                            try readIntoBatch(input, source: source, offset: run.logical * blockSize,
+                            try readIntoBatch(place, source: source, offset: run.logical * blockSize,
                                               count: min(run.count * blockSize, node.size - run.logical * blockSize),
                                               physical: run.physical, blocks: run.count, writer: writer)
                         }
                     } else {
                         // Larger ones: the kernel copies each run (the writer closes the file).
                         try flushBatch(writer)
+                        let input = Populator.openFile(place)
+                        guard input >= 0 else { throw DataWriter.unreadable(source, errno) }
                         do {
                             for range in segments.map(Tree.blockRanges) ?? [0..<blocks] {
                                 for run in try map.map(range, allocator: allocate) {
@@ -390,14 +409,34 @@ extension Ext3 {
 
         /// Files of at most this many blocks (all direct) go through the batch buffers.
         static let batchedBlocks: UInt64 = 12
+        /// At most this many directories left behind are kept open for a batch's reads.
+        static let openDirectoriesPerBatch = 64
+
+        private func closeRetiredDirectories() {
+            for fd in retiredDirectories { close(fd) }
+            retiredDirectories.removeAll()
+        }
         private var batchSlot: Int? = nil
         private var batchStart: UInt64 = 0
         private var batchLength = 0
 
-        /// Reads `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`
+        /// One small file's part, to be read into the batch buffer at `at`, zero-padded to `room`.
+        struct BatchRead: Sendable {
+            /// Where to open it from (see ``locate(_:)``).
+            var directory: Int32
+            var name: [CChar]
+            var source: [CChar]
+            var offset: UInt64
+            var count: Int
+            var at: Int
+            var room: Int
+        }
+        private var batchReads: [BatchRead] = []
+
+        /// Takes `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`
         /// blocks, which go at `physical`: the batch is handed to the writer first when they do
         /// not follow on from it or do not fit.
-        private func readIntoBatch(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64,
+        private func readIntoBatch(_ place: (directory: Int32, name: [CChar]), source: [CChar], offset: UInt64, count: UInt64,
                                    physical: UInt64, blocks: UInt64, writer: DataWriter) throws {
             let room = Int(blocks) * Ext3.blockSize
             if let slot = batchSlot, physical != batchStart + UInt64(batchLength / Ext3.blockSize)
@@ -409,26 +448,54 @@ extension Ext3 {
                 batchStart = physical
                 batchLength = 0
             }
-            let base = writer.buffers[batchSlot!].baseAddress! + batchLength
-            var done = 0
-            while done < Int(count) {
-                let got = pread(input, base + done, Int(count) - done, off_t(offset) + off_t(done))
-                if got < 0 {
-                    if errno == EINTR { continue }
-                    throw DataWriter.unreadable(source, errno)
-                }
-                if got == 0 { throw changed(source) }
-                done += got
-            }
-            (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: room - done)
+            batchReads.append(BatchRead(directory: place.directory, name: place.name, source: source, offset: offset,
+                                        count: Int(count), at: batchLength, room: room))
             batchLength += room
             bytesDone += count
         }
 
+        /// Opens and reads the batch's files into its buffer, on two threads (each file into its
+        /// own part of the buffer), and hands the buffer to the writer. The first file (in
+        /// tree order) that could not be read fails the run.
         private func flushBatch(_ writer: DataWriter) throws {
-            guard let slot = batchSlot else { return }
+            guard let slot = batchSlot else {
+                // No batch reads from them: the directories left behind can go now.
+                closeRetiredDirectories()
+                return
+            }
             batchSlot = nil
+            let reads = batchReads
+            batchReads.removeAll(keepingCapacity: true)
+            let failures = ParallelWork.map(reads, threads: 2) { read -> Error? in
+                let input = Populator.openFile((read.directory, read.name))
+                guard input >= 0 else { return DataWriter.unreadable(read.source, errno) }
+                defer { close(input) }
+                let base = writer.buffers[slot].baseAddress! + read.at
+                var done = 0
+                while done < read.count {
+                    let got = pread(input, base + done, read.count - done, off_t(read.offset) + off_t(done))
+                    if got < 0 {
+                        if errno == EINTR { continue }
+                        return DataWriter.unreadable(read.source, errno)
+                    }
+                    if got == 0 { return DataWriter.changed(read.source) }
+                    done += got
+                }
+                (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: read.room - done)
+                return nil
+            }
+            closeRetiredDirectories()
+            if let failure = failures.lazy.compactMap({ $0 }).first {
+                try? writer.submit(.release(slot: slot))
+                throw failure
+            }
             try writer.submit(.write(slot: slot, length: batchLength, offset: batchStart * UInt64(Ext3.blockSize)))
+        }
+
+        /// Forgets a batch that will not be written (after a failure).
+        private func discardBatch() {
+            batchReads.removeAll()
+            batchSlot = nil
         }
 
         private func changed(_ source: [CChar]) -> Error {

@@ -83,6 +83,26 @@ struct PackTests {
         #expect(FileManager.default.fileExists(atPath: directory.file("tree data.ext3")))
     }
 
+    /// Many directories with one file each, small (batched) and large (copied), packed with a
+    /// low open-file limit: packing must not hold a descriptor per directory.
+    @Test func manyDirectoriesStayWithinALowOpenFileLimit() throws {
+        let directory = try TempDirectory("pack-fds")
+        let source = directory.file("src")
+        for index in 0..<300 {
+            for (kind, size) in [("small", 8000), ("large", 65536)] {
+                let dir = "\(source)/\(kind)/d\(index)"
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+                try PackFixture.write(dir + "/f", [UInt8](repeating: UInt8(0x41 + index % 26), count: size))
+            }
+        }
+        let result = try run(["/bin/sh", "-c", "ulimit -n 128 && exec \"$0\" --from src -o many.ext3", tool],
+                             currentDirectory: directory.path, timeout: 120)
+        #expect(result.status == 0, "\(result)")
+        #expect(try FixtureImage.isClean(directory.file("many.ext3")))
+        let last = try FixtureImage.cat(directory.file("many.ext3"), "upper/large/d299/f")
+        #expect(last == String(repeating: "N", count: 65536))  // 0x41 + 299 % 26
+    }
+
     @Test func givenSizeTooSmallIsRefusedSayingWhatItNeeds() throws {
         let directory = try TempDirectory("pack-fit")
         let source = directory.file("src")
