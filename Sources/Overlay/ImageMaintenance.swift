@@ -23,7 +23,7 @@ public enum ImageMaintenance {
         switch first.status {
         case 0:
             return Report(line: "\(path): clean (\(summary(first.output, path)))", clean: true)
-        case 1, 2 where repair:
+        case 1 where repair, 2 where repair:
             let again = try Program.run(["e2fsck", "-fn", path])
             if again.status == 0 {
                 return Report(line: "\(path): repaired (\(firstProblem(first.output) ?? "e2fsck fixed it")); clean now (\(summary(again.output, path)))", clean: true)
