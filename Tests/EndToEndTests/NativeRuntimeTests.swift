@@ -160,14 +160,7 @@ struct NativeRuntimeTests {
         TestUser.openFuseToUsers()
         let scene = try NativeScene()
         let mark = scene.mark
-        try FixtureImage.ext3(at: scene.file("env.ext3"), mebibytes: 32, owner: (user.uid, user.gid),
-                              files: ["opt/\(mark)/readme.txt": "mine\n"])
-        chown(scene.file("env.ext3"), user.uid, user.gid)
-        // Their own directory in the image (debugfs made it root's): as without --fakeroot in
-        // Apptainer, the user writes where they may.
-        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
-            try run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", scene.file("env.ext3")])
-        }
+        try scene.userOverlay("env.ext3", for: user)
         let sandbox = try scene.containerTree("sandbox", marker: "overlaytest-sandbox.txt", text: "inside the sandbox\n")
         let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3"), "-c", sandbox,
                                    "--", "/bin/sh", "-c", "cat /etc/overlaytest-sandbox.txt /opt/\(mark)/readme.txt && echo written > /opt/\(mark)/new.txt && id -u"],
@@ -189,14 +182,8 @@ struct NativeRuntimeTests {
         TestUser.openFuseToUsers()
         let scene = try NativeScene()
         let mark = scene.mark
-        try FixtureImage.ext3(at: scene.file("env.ext3"), mebibytes: 32, owner: (user.uid, user.gid),
-                              files: ["opt/\(mark)/readme.txt": "mine\n"])
+        try scene.userOverlay("env.ext3", for: user)
         try scene.overlay("data.ext3", files: ["srv/\(mark)/input.txt": "data line\n"])
-        chown(scene.file("env.ext3"), user.uid, user.gid)
-        // Their own directory in the image (debugfs made it root's).
-        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
-            try run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", scene.file("env.ext3")])
-        }
         let sif = try scene.sifContainer()
         for container in [[], ["-c", sif]] {
             let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3"),
@@ -222,12 +209,7 @@ struct NativeRuntimeTests {
         TestUser.openFuseToUsers()
         let scene = try NativeScene()
         let mark = scene.mark
-        try FixtureImage.ext3(at: scene.file("env.ext3"), mebibytes: 32, owner: (user.uid, user.gid),
-                              files: ["opt/\(mark)/readme.txt": "mine\n"])
-        chown(scene.file("env.ext3"), user.uid, user.gid)
-        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
-            try run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", scene.file("env.ext3")])
-        }
+        try scene.userOverlay("env.ext3", for: user)
         // /run recursively, where the staging area is (/run/overlay-toolkit, or /run itself
         // when that is missing), and every directory three levels down that the user may read.
         let script = """
@@ -392,6 +374,20 @@ struct NativeScene {
     @discardableResult
     func overlay(_ name: String, files: [String: String] = [:]) throws -> String {
         try FixtureImage.ext3(at: file(name), mebibytes: 16, files: files)
+        return file(name)
+    }
+
+    /// An image file of `user`'s, upper/ and work/ theirs, with `opt/<mark>/readme.txt` ("mine")
+    /// in a directory of theirs: as without --fakeroot in Apptainer, an ordinary user writes
+    /// where they may (debugfs makes what it writes root's; the directory is given back).
+    @discardableResult
+    func userOverlay(_ name: String, for user: TestUser) throws -> String {
+        try FixtureImage.ext3(at: file(name), mebibytes: 32, owner: (user.uid, user.gid),
+                              files: ["opt/\(mark)/readme.txt": "mine\n"])
+        chown(file(name), user.uid, user.gid)
+        for field in ["uid \(user.uid)", "gid \(user.gid)"] {
+            try TestSupport.run(["debugfs", "-w", "-R", "set_inode_field upper/opt/\(mark) \(field)", file(name)])
+        }
         return file(name)
     }
 
