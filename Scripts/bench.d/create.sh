@@ -2,7 +2,7 @@
 # create-overlay against `truncate -s + mke2fs -t ext3` on the same geometry (4 KiB blocks,
 # 256-byte inodes, no reserved blocks): median wall time of $RUNS runs each, and the bytes each
 # image allocates on disk right after creation. Ratios below 1 mean create-overlay is better.
-# Needs $BIN (release bin dir with create-overlay) and $BENCH_TMP (scratch); see Scripts/bench.
+# Needs $BIN (release bin dir with create-overlay), $BENCH_TMP (scratch) and now/median; see Scripts/bench.
 set -euo pipefail
 
 RUNS="${RUNS:-5}"
@@ -10,8 +10,6 @@ MKE2FS="$(command -v mke2fs || echo /sbin/mke2fs)"
 dir="$BENCH_TMP/create"
 mkdir -p "$dir"
 
-now() { echo "${EPOCHREALTIME/[,.]/}"; }          # microseconds
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 allocated() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
 
 # time_runs NAME COMMAND...: runs COMMAND $RUNS times on a fresh $dir/NAME, prints the median

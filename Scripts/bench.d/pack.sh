@@ -4,7 +4,7 @@
 # directories, a few large ones, symlinks and hard links), page cache warm. Median wall time of
 # $RUNS runs each, and the ratios: the goals are create-overlay <= 1/5 of mke2fs (ratio <= 0.20)
 # and <= 2x tar (ratio <= 2.00).
-# Needs $BIN (release bin dir with create-overlay) and $BENCH_TMP (scratch); see Scripts/bench.
+# Needs $BIN (release bin dir with create-overlay), $BENCH_TMP (scratch) and now/median; see Scripts/bench.
 # PACK_FILES and PACK_LARGE_MIB change the tree's shape.
 set -euo pipefail
 
@@ -15,9 +15,6 @@ LARGE_MIB="${PACK_LARGE_MIB:-512}"
 dir="$BENCH_TMP/pack"
 tree="$dir/tree"
 mkdir -p "$dir"
-
-now() { echo "${EPOCHREALTIME/[,.]/}"; }          # microseconds
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # The tree: $FILES files of 0-16 KiB (mean 8 KiB) in 100-file directories three levels deep,
 # 32 large files sharing $LARGE_MIB MiB, a symlink and a hard link per directory.

@@ -5,7 +5,7 @@
 #   same as an ordinary user (fuse2fs + fuse-overlayfs in a user namespace both ways);
 #   small files: creating 50,000 files inside the writable overlay against the host directory.
 # Median of $RUNS runs each; ratios below 1 mean run-overlay is faster.
-# Needs $BIN (release bin dir) and $BENCH_TMP (scratch); see Scripts/bench. Needs root.
+# Needs $BIN (release bin dir), $BENCH_TMP (scratch) and now/median; see Scripts/bench. Needs root.
 set -euo pipefail
 
 RUNS="${RUNS:-7}"
@@ -14,9 +14,6 @@ dir="$BENCH_TMP/run"
 mkdir -p "$dir"
 chmod 755 "$BENCH_TMP" "$dir"
 cd "$dir"
-
-now() { echo "${EPOCHREALTIME/[,.]/}"; }          # microseconds
-median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # time_runs COMMAND...: median microseconds of $RUNS runs.
 time_runs() {

@@ -13,21 +13,9 @@ public enum Program {
         public var output: String
     }
 
-    /// The full path of `name`, or nil.
-    public static func find(_ name: String, path: String? = nil) -> String? {
-        if name.contains("/") { return access(name, X_OK) == 0 ? name : nil }
-        let searched = (path ?? getenv("PATH").map { String(cString: $0) } ?? "")
-            .split(separator: ":").map(String.init) + ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-        for dir in searched where !dir.isEmpty {
-            let candidate = dir + "/" + name
-            if access(candidate, X_OK) == 0 { return candidate }
-        }
-        return nil
-    }
-
     /// Runs `arguments` (the first names the program) and waits for it.
     public static func run(_ arguments: [String]) throws -> Result {
-        guard let executable = find(arguments[0]) else {
+        guard let executable = findExecutable(arguments[0], alsoIn: ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]) else {
             throw OverlayError.message("\(arguments[0]) not found: install e2fsprogs (Debian: apt-get install e2fsprogs)")
         }
         var fds: [Int32] = [-1, -1]
@@ -64,4 +52,23 @@ public enum Program {
         let status = signal == 0 ? (raw >> 8) & 0xff : 128 + signal
         return Result(status: status, output: String(decoding: output, as: UTF8.self))
     }
+}
+
+/// Finds an executable on `PATH` (as `execvp` would), then in `alsoIn` (e2fsprogs lives in
+/// /usr/sbin and /sbin, often off an ordinary user's PATH).
+public func findExecutable(_ name: String, path: String? = nil, alsoIn extra: [String] = []) -> String? {
+    if name.contains("/") { return isExecutableFile(name) ? name : nil }
+    let searchPath = path ?? getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
+    for dir in searchPath.split(separator: ":").map(String.init) + extra where !dir.isEmpty {
+        let candidate = "\(dir)/\(name)"
+        if isExecutableFile(candidate) { return candidate }
+    }
+    return nil
+}
+
+/// A regular file this process may execute.
+public func isExecutableFile(_ path: String) -> Bool {
+    var info = stat()
+    guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return false }
+    return access(path, X_OK) == 0
 }

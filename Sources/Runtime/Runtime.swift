@@ -29,26 +29,9 @@ public enum RuntimeError: Error, CustomStringConvertible, Equatable, Sendable {
     }
 }
 
-/// Finds an executable on `PATH` (as `execvp` would).
-public func findExecutable(_ name: String, path: String? = nil) -> String? {
-    if name.contains("/") { return isExecutableFile(name) ? name : nil }
-    let searchPath = path ?? environmentValue("PATH") ?? "/usr/local/bin:/usr/bin:/bin"
-    for dir in searchPath.split(separator: ":") where !dir.isEmpty {
-        let candidate = "\(dir)/\(name)"
-        if isExecutableFile(candidate) { return candidate }
-    }
-    return nil
-}
-
 #if canImport(Glibc)
 import Glibc
 #endif
-
-func isExecutableFile(_ path: String) -> Bool {
-    var info = stat()
-    guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return false }
-    return access(path, X_OK) == 0
-}
 
 func environmentValue(_ name: String) -> String? {
     guard let value = getenv(name) else { return nil }

@@ -8,19 +8,6 @@ import TestSupport
 struct HostileImageTests {
     var tool: String { product("overlay") }
 
-    /// SplitMix64: the same corruptions on every run.
-    struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
     /// Every command on the image behaves: exits by itself within the limit, with one error line
     /// when it fails.
     func expectBehaves(_ image: String, _ label: String) throws {
@@ -68,7 +55,7 @@ struct HostileImageTests {
         try TreeFixture.make(at: pristine)
         let original = try [UInt8](Data(contentsOf: URL(fileURLWithPath: pristine)))
         let pieces = try layout(pristine)
-        var random = Random(state: 20_240_501)
+        var random = SeededGenerator(seed: 20_240_501)  // the same corruptions on every run
         let image = dir.file("damaged.ext3")
 
         // Each case: a length to cut the image to, or bytes to flip (offset, xor mask).

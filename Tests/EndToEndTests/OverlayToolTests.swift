@@ -105,11 +105,9 @@ struct OverlayToolTests {
         let dir = try TempDirectory("ls-mount")
         let image = dir.file("tree.ext3")
         try TreeFixture.make(at: image)
-        let mountpoint = dir.file("mnt")
-        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        let mounted = try run(["mount", "-t", "ext3", "-o", "loop,ro", image, mountpoint])
-        try #require(mounted.status == 0, "\(mounted)")
-        defer { _ = try? run(["umount", mountpoint]) }
+        let mount = try ReadOnlyMount(image, at: dir.file("mnt"))
+        defer { try? mount.close() }
+        let mountpoint = mount.point
 
         func normalized(_ text: String) -> [String] {
             text.split(separator: "\n").filter { !$0.hasPrefix("total ") }
