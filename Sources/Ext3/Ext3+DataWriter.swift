@@ -4,16 +4,13 @@ import Glibc
 #endif
 
 extension Ext3 {
-    /// Writes file data into the image on a thread of its own, so reading the next files
-    /// overlaps with writing the last ones: filled batch buffers (written with one pwrite each)
-    /// and large-file copies (copy_file_range, or reads and writes where the kernel cannot).
-    /// Jobs run in the order given; the first failure is kept, later jobs are skipped, and
-    /// ``finish()`` throws it.
+    /// Writes filled batch buffers into the image (one pwrite each) on a thread of its own, so
+    /// gathering and reading the next batches overlaps with writing the last ones. Jobs run in
+    /// the order given; the first failure is kept, later jobs are skipped, and ``finish()``
+    /// throws it.
     final class DataWriter: @unchecked Sendable {
         enum Job {
             case write(slot: Int, length: Int, offset: UInt64)
-            case copy(fd: Int32, from: UInt64, count: UInt64, to: UInt64, source: [CChar])
-            case close(fd: Int32)
             /// Gives a buffer slot back unwritten.
             case release(slot: Int)
         }
@@ -21,23 +18,20 @@ extension Ext3 {
         let fd: Int32
         let path: String
         let buffers: [UnsafeMutableRawBufferPointer]
-        private let scratch: UnsafeMutableRawBufferPointer
         private var freeSlots: [Int]
         private var jobs: [Job] = []
         private var head = 0
         private var stopping = false
         private var failure: Swift.Error?
-        private var copyFileRange = true
         private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
         private var thread = pthread_t()
         private var running = false
 
-        init(fd: Int32, path: String, slots: Int = 3, slotSize: Int = 4 << 20) throws {
+        init(fd: Int32, path: String, slots: Int = 3, slotSize: Int = 8 << 20) throws {
             self.fd = fd
             self.path = path
             buffers = (0..<slots).map { _ in .allocate(byteCount: slotSize, alignment: 4096) }
-            scratch = .allocate(byteCount: 1 << 20, alignment: 4096)
             freeSlots = Array(0..<slots)
             pthread_mutex_init(lock, nil)
             pthread_cond_init(changed, nil)
@@ -56,7 +50,6 @@ extension Ext3 {
 
         deinit {
             for buffer in buffers { buffer.deallocate() }
-            scratch.deallocate()
             pthread_cond_destroy(changed)
             pthread_mutex_destroy(lock)
             lock.deallocate()
@@ -72,7 +65,7 @@ extension Ext3 {
             return freeSlots.removeLast()
         }
 
-        /// Queues a job; throws an earlier failure (the job is then not run; a `.close` always is).
+        /// Queues a job; throws an earlier failure (the job is then not run).
         func submit(_ job: Job) throws {
             pthread_mutex_lock(lock)
             defer { pthread_mutex_unlock(lock) }
@@ -119,12 +112,6 @@ extension Ext3 {
                     pthread_mutex_lock(lock)
                     freeSlots.append(slot)
                     pthread_mutex_unlock(lock)
-                case let .copy(input, from, count, to, source):
-                    if !failed {
-                        do { try copy(input, source: source, offset: from, count: count, to: to) } catch let caught { problem = caught }
-                    }
-                case let .close(input):
-                    Glibc.close(input)
                 case let .release(slot):
                     pthread_mutex_lock(lock)
                     freeSlots.append(slot)
@@ -134,43 +121,6 @@ extension Ext3 {
                 if let problem, failure == nil { failure = problem }
                 pthread_cond_broadcast(changed)
                 pthread_mutex_unlock(lock)
-            }
-        }
-
-        private func copy(_ input: Int32, source: [CChar], offset: UInt64, count: UInt64, to destination: UInt64) throws {
-            var sourceOffset = Int64(offset)
-            var targetOffset = Int64(destination)
-            var left = count
-            if copyFileRange {
-                while left > 0 {
-                    let done = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
-                    if done > 0 {
-                        left -= UInt64(done)
-                        continue
-                    }
-                    if done == 0 { throw DataWriter.changed(source) }
-                    let code = errno
-                    if code == EINTR { continue }
-                    if left == count && [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) {
-                        copyFileRange = false  // not here: plain reads and writes from now on
-                        break
-                    }
-                    if code == ENOSPC || code == EDQUOT { throw Error.system(operation: "write", path: path, errno: code) }
-                    throw DataWriter.unreadable(source, code)
-                }
-                if left == 0 { return }
-            }
-            while left > 0 {
-                let got = pread(input, scratch.baseAddress, Int(min(left, UInt64(scratch.count))), off_t(sourceOffset))
-                if got < 0 {
-                    if errno == EINTR { continue }
-                    throw DataWriter.unreadable(source, errno)
-                }
-                if got == 0 { throw DataWriter.changed(source) }
-                try writeAll(UnsafeRawBufferPointer(rebasing: scratch[..<got]), at: UInt64(targetOffset))
-                sourceOffset += Int64(got)
-                targetOffset += Int64(got)
-                left -= UInt64(got)
             }
         }
 

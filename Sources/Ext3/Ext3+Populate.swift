@@ -19,13 +19,11 @@ extension Ext3 {
     /// Writes a ``Tree`` into an open, freshly formatted filesystem, under `upper/`.
     ///
     /// Speed comes from doing what a fresh image allows: inodes are numbered in order, every
-    /// directory's blocks are built whole in memory and written at once (no per-entry link
-    /// calls), each file's blocks are claimed as contiguous runs straight from the block bitmap
-    /// (its indirect blocks first, then its data in one run), and data never goes through
-    /// libext2fs's file layer: small files are read into large buffers at their block positions
-    /// and written 4 MiB at a time, large ones copied by the kernel (copy_file_range), both on
-    /// a writing thread while the next files are read (``DataWriter``). Inodes and extended
-    /// attributes go through libext2fs.
+    /// directory's blocks are built whole in memory (no per-entry link calls), blocks are
+    /// claimed as contiguous runs straight from the block bitmap in three regions, each filled
+    /// front to back (directories and indirect blocks; small files' data; larger files' data),
+    /// and data never goes through libext2fs's file layer: it goes out in large writes and
+    /// kernel copies (``BlockStreams``). Inodes and extended attributes go through libext2fs.
     final class Populator {
         let fs: ext2_filsys
         let fd: Int32
@@ -35,7 +33,11 @@ extension Ext3 {
         let progress: ((PackProgress) -> Void)?
         var numbers: [ext2_ino_t] = []
         var maps: [BlockMapper?] = []
-        var blockCursor: blk64_t
+        /// Where the next blocks are looked for: `cursors[0]` for what goes through the batch
+        /// buffers (directories, small files, indirect blocks), `cursors[1]` for the data of
+        /// larger files, which the kernel copies (a region of its own after the first, so the
+        /// batches stay contiguous).
+        var cursors: [blk64_t] = [0, 0, 0]
         let lastBlock: blk64_t
         let buffer: UnsafeMutableRawBufferPointer
         static let bufferSize = 4 << 20
@@ -57,7 +59,7 @@ extension Ext3 {
             fd = open(imagePath, O_RDWR | O_CLOEXEC)
             guard fd >= 0 else { throw Error.system(operation: "open", path: imagePath, errno: errno) }
             let sb = fs.pointee.super!
-            blockCursor = blk64_t(sb.pointee.s_first_data_block)
+            cursors = Array(repeating: blk64_t(sb.pointee.s_first_data_block), count: 3)
             lastBlock = ext2fs_blocks_count(sb) - 1
             buffer = .allocate(byteCount: Populator.bufferSize, alignment: 4096)
             totalFiles = tree.nodes.filter { $0.kind == .regular }.count
@@ -73,13 +75,18 @@ extension Ext3 {
         func run(archive: TarReader?) throws {
             try numberInodes()
             maps = Array(repeating: nil, count: tree.nodes.count)
-            try writeDirectories()
-            try writeSymlinkBlocks()
-            if let archive {
-                try copyData(from: archive)
-            } else {
-                try copyFiles()
+            placeRegions()
+            let streams = try BlockStreams(fd: fd, path: path)
+            do {
+                try writeDirectories(streams)
+                try writeSymlinkBlocks(streams)
+                if archive == nil { try copyFiles(streams) }
+                try streams.finish()
+            } catch {
+                streams.abandon()
+                throw error
             }
+            if let archive { try copyData(from: archive) }
             try writeInodes()
             // Bitmaps, descriptors, superblock and cached inode-table blocks go to the file now,
             // without fsync: like tar or cp, the data is left to the kernel's writeback (an
@@ -230,7 +237,9 @@ extension Ext3 {
 
         // MARK: - Directories and symlinks
 
-        private func writeDirectories() throws {
+        /// Every directory's blocks, built whole in memory and laid one after another: they go
+        /// out through the batch buffers in large writes.
+        private func writeDirectories(_ streams: BlockStreams) throws {
             var parents = [Int](repeating: -1, count: tree.nodes.count)
             for (index, node) in tree.nodes.enumerated() where node.kind == .directory {
                 for child in node.children where tree.nodes[child.node].kind == .directory { parents[child.node] = index }
@@ -240,14 +249,14 @@ extension Ext3 {
                 let content = directoryContent(self: numbers[index], parent: parent, children: node.children)
                 var map = BlockMapper()
                 let blocks = UInt64(content.count / Ext3.blockSize)
-                let runs = try map.map(0..<blocks, allocator: allocate)
+                let runs = try map.map(0..<blocks, allocator: allocateLiteral)
+                try writePointerBlocks(map, streams)
                 try content.withUnsafeBytes { bytes in
                     for run in runs {
-                        try writeAll(UnsafeRawBufferPointer(rebasing: bytes[Int(run.logical) * Ext3.blockSize..<Int(run.logical + run.count) * Ext3.blockSize]),
-                                     at: run.physical * UInt64(Ext3.blockSize))
+                        try streams.write(UnsafeRawBufferPointer(rebasing: bytes[Int(run.logical) * Ext3.blockSize..<Int(run.logical + run.count) * Ext3.blockSize]),
+                                          at: run.physical)
                     }
                 }
-                try writeMapBlocks(map)
                 maps[index] = map
             }
         }
@@ -304,205 +313,93 @@ extension Ext3 {
         }
 
         /// Targets of 60 bytes or more live in a block of their own.
-        private func writeSymlinkBlocks() throws {
+        private func writeSymlinkBlocks(_ streams: BlockStreams) throws {
             for (index, node) in tree.nodes.enumerated() where node.kind == .symlink && node.target.count >= 60 {
                 var map = BlockMapper()
-                let runs = try map.map(0..<1, allocator: allocate)
-                var block = [UInt8](repeating: 0, count: Ext3.blockSize)
-                block.replaceSubrange(0..<node.target.count, with: node.target)
-                try block.withUnsafeBytes { try writeAll($0, at: runs[0].physical * UInt64(Ext3.blockSize)) }
+                let runs = try map.map(0..<1, allocator: allocateLiteral)
+                try node.target.withUnsafeBytes { try streams.write($0, at: runs[0].physical) }
                 maps[index] = map
             }
         }
 
         // MARK: - File data
 
-        /// From a directory: each file in tree order, its data ranges (all of it unless sparse).
-        private func copyFiles() throws {
-            defer {
-                if directory.fd >= 0 { close(directory.fd) }
-                for fd in retiredDirectories { close(fd) }
-            }
-            let writer = try DataWriter(fd: fd, path: path)
-            do {
-                try copyFiles(writer: writer)
-            } catch {
-                discardBatch()
-                try? writer.finish()
-                throw error
-            }
-            try writer.finish()
-        }
+        /// Files of at most this many blocks (no indirect block) are "small": their data has a
+        /// region of its own, where they lie one after another.
+        static let smallBlocks: UInt64 = 12
 
-        // Files come directory by directory: each is opened relative to its open directory. A
-        // directory left behind stays open until the batch that may still read from it is done.
-        private var directory: (path: ArraySlice<CChar>, fd: Int32) = ([], -1)
-        private var retiredDirectories: [Int32] = []
-
-        /// Where to open `source` from: its directory's descriptor and its name there, or -1
-        /// and the whole path.
-        private func locate(_ source: [CChar]) -> (directory: Int32, name: [CChar]) {
-            let slash = source.lastIndex(of: CChar(UInt8(ascii: "/"))) ?? -1
-            let parent = source[..<max(slash, 0)]
-            if slash > 0 && parent != directory.path {
-                if directory.fd >= 0 { retiredDirectories.append(directory.fd) }
-                directory = (parent, open(Array(parent) + [0], O_RDONLY | O_DIRECTORY | O_CLOEXEC))
-            }
-            guard slash > 0, directory.fd >= 0 else { return (-1, source) }
-            return (directory.fd, Array(source[(slash + 1)...]))
-        }
-
-        static func openFile(_ place: (directory: Int32, name: [CChar])) -> Int32 {
-            if place.directory < 0 { return Glibc.open(place.name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) }
-            return openat(place.directory, place.name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-        }
-
-        private func copyFiles(writer: DataWriter) throws {
+        /// Where each region starts: the literal one (directories, long symlinks and every
+        /// indirect block) first, then small files' data, then larger files' data; each with
+        /// room for what it gets, so it fills without gaps.
+        private func placeRegions() {
             let blockSize = UInt64(Ext3.blockSize)
-            for (index, node) in tree.nodes.enumerated() where node.kind == .regular {
-                guard case let .file(source, segments) = node.content else { continue }
-                if node.size > 0 {
-                    // A batch keeps the directories it reads from open: hand it over before it
-                    // holds many, so a tree of many directories stays far from the fd limit.
-                    if retiredDirectories.count >= Populator.openDirectoriesPerBatch { try flushBatch(writer) }
-                    let place = locate(source)
-                    var map = BlockMapper()
-                    let blocks = (node.size + blockSize - 1) / blockSize
-                    if segments == nil && blocks <= Populator.batchedBlocks {
-                        // Small files: read into the batch buffer at their block positions (they
-                        // lie one after the other), written out together in one large write.
-                        // The opens, reads and closes happen when the batch is handed over.
-                        for run in try map.map(0..<blocks, allocator: allocate) {
-                            try readIntoBatch(place, source: source, offset: run.logical * blockSize,
-                                              count: min(run.count * blockSize, node.size - run.logical * blockSize),
-                                              physical: run.physical, blocks: run.count, writer: writer)
-                        }
+            var literal: UInt64 = 0
+            var small: UInt64 = 0
+            for index in tree.nodes.indices {
+                switch tree.nodes[index].kind {
+                case .directory:
+                    let blocks = Tree.directoryBlocks(nameLengths: tree.nodes[index].children.map { $0.name.count })
+                    literal += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
+                case .symlink:
+                    if tree.nodes[index].target.count >= 60 { literal += 1 }
+                case .regular:
+                    guard case let .file(_, segments) = tree.nodes[index].content else { continue }
+                    let blocks = (tree.nodes[index].size + blockSize - 1) / blockSize
+                    if let segments {
+                        let data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
+                        literal += Geometry.mapBlocks(forFileBlocks: data) + 3 * UInt64(segments.count)
+                    } else if blocks <= Populator.smallBlocks {
+                        small += blocks
                     } else {
-                        // Larger ones: the kernel copies each run (the writer closes the file).
-                        try flushBatch(writer)
-                        let input = Populator.openFile(place)
-                        guard input >= 0 else { throw DataWriter.unreadable(source, errno) }
-                        do {
-                            for range in segments.map(Tree.blockRanges) ?? [0..<blocks] {
-                                for run in try map.map(range, allocator: allocate) {
-                                    let start = run.logical * blockSize
-                                    let end = min((run.logical + run.count) * blockSize, node.size)
-                                    guard end > start else { continue }
-                                    try writer.submit(.copy(fd: input, from: start, count: end - start, to: run.physical * blockSize, source: source))
-                                    bytesDone += end - start
-                                }
-                            }
-                        } catch {
-                            try? writer.submit(.close(fd: input))
-                            throw error
-                        }
-                        try writer.submit(.close(fd: input))
-                        try writeMapBlocks(map)
+                        literal += Geometry.mapBlocks(forFileBlocks: blocks)
+                    }
+                default:
+                    break
+                }
+            }
+            cursors[BlockStreams.Region.small.rawValue] = skipFree(literal, from: cursors[BlockStreams.Region.literal.rawValue])
+            cursors[BlockStreams.Region.copied.rawValue] = skipFree(small, from: cursors[BlockStreams.Region.small.rawValue])
+        }
+
+        /// From a directory: each file in tree order, its data ranges (all of it unless sparse).
+        private func copyFiles(_ streams: BlockStreams) throws {
+            let blockSize = UInt64(Ext3.blockSize)
+            for index in tree.nodes.indices where tree.nodes[index].kind == .regular {
+                guard case let .file(source, segments) = tree.nodes[index].content else { continue }
+                let size = tree.nodes[index].size
+                if size > 0 {
+                    var map = BlockMapper()
+                    let blocks = (size + blockSize - 1) / blockSize
+                    let small = segments == nil && blocks <= Populator.smallBlocks
+                    var runs: [(logical: UInt64, physical: UInt64, count: UInt64)] = []
+                    for range in segments.map(Tree.blockRanges) ?? [0..<blocks] {
+                        runs += try small ? map.map(range, allocator: allocateSmall)
+                            : map.map(range, allocator: allocateCopied, pointerAllocator: allocateLiteral)
+                    }
+                    try writePointerBlocks(map, streams)
+                    for run in runs {
+                        let start = run.logical * blockSize
+                        guard size > start else { continue }
+                        try streams.read(source, offset: start, count: min(run.count * blockSize, size - start), at: run.physical,
+                                         blocks: run.count, region: small ? .small : .copied)
+                        bytesDone += min(run.count * blockSize, size - start)
                     }
                     maps[index] = map
                 }
                 filesDone += 1
                 report()
             }
-            try flushBatch(writer)
         }
 
-        /// Files of at most this many blocks (all direct) go through the batch buffers.
-        static let batchedBlocks: UInt64 = 12
-        /// At most this many directories left behind are kept open for a batch's reads.
-        static let openDirectoriesPerBatch = 64
-
-        private func closeRetiredDirectories() {
-            for fd in retiredDirectories { close(fd) }
-            retiredDirectories.removeAll()
-        }
-        private var batchSlot: Int? = nil
-        private var batchStart: UInt64 = 0
-        private var batchLength = 0
-
-        /// One small file's part, to be read into the batch buffer at `at`, zero-padded to `room`.
-        struct BatchRead: Sendable {
-            /// Where to open it from (see ``locate(_:)``).
-            var directory: Int32
-            var name: [CChar]
-            var source: [CChar]
-            var offset: UInt64
-            var count: Int
-            var at: Int
-            var room: Int
-        }
-        private var batchReads: [BatchRead] = []
-
-        /// Takes `count` bytes of the file at `offset` into the batch, zero-padded to `blocks`
-        /// blocks, which go at `physical`: the batch is handed to the writer first when they do
-        /// not follow on from it or do not fit.
-        private func readIntoBatch(_ place: (directory: Int32, name: [CChar]), source: [CChar], offset: UInt64, count: UInt64,
-                                   physical: UInt64, blocks: UInt64, writer: DataWriter) throws {
-            let room = Int(blocks) * Ext3.blockSize
-            if let slot = batchSlot, physical != batchStart + UInt64(batchLength / Ext3.blockSize)
-                || batchLength + room > writer.buffers[slot].count {
-                try flushBatch(writer)
+        /// A file's or directory's indirect blocks.
+        private func writePointerBlocks(_ map: BlockMapper, _ streams: BlockStreams) throws {
+            for node in map.nodes {
+                try node.pointers.withUnsafeBytes { try streams.write($0, at: UInt64(node.block)) }
             }
-            if batchSlot == nil {
-                batchSlot = try writer.acquire()
-                batchStart = physical
-                batchLength = 0
-            }
-            batchReads.append(BatchRead(directory: place.directory, name: place.name, source: source, offset: offset,
-                                        count: Int(count), at: batchLength, room: room))
-            batchLength += room
-            bytesDone += count
         }
 
-        /// Opens and reads the batch's files into its buffer, on two threads (each file into its
-        /// own part of the buffer), and hands the buffer to the writer. The first file (in
-        /// tree order) that could not be read fails the run.
-        private func flushBatch(_ writer: DataWriter) throws {
-            guard let slot = batchSlot else {
-                // No batch reads from them: the directories left behind can go now.
-                closeRetiredDirectories()
-                return
-            }
-            batchSlot = nil
-            let reads = batchReads
-            batchReads.removeAll(keepingCapacity: true)
-            let failures = ParallelWork.map(reads, threads: 2) { read -> Error? in
-                let input = Populator.openFile((read.directory, read.name))
-                guard input >= 0 else { return DataWriter.unreadable(read.source, errno) }
-                defer { close(input) }
-                let base = writer.buffers[slot].baseAddress! + read.at
-                var done = 0
-                while done < read.count {
-                    let got = pread(input, base + done, read.count - done, off_t(read.offset) + off_t(done))
-                    if got < 0 {
-                        if errno == EINTR { continue }
-                        return DataWriter.unreadable(read.source, errno)
-                    }
-                    if got == 0 { return DataWriter.changed(read.source) }
-                    done += got
-                }
-                (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: read.room - done)
-                return nil
-            }
-            closeRetiredDirectories()
-            if let failure = failures.lazy.compactMap({ $0 }).first {
-                try? writer.submit(.release(slot: slot))
-                throw failure
-            }
-            try writer.submit(.write(slot: slot, length: batchLength, offset: batchStart * UInt64(Ext3.blockSize)))
-        }
-
-        /// Forgets a batch that will not be written (after a failure).
-        private func discardBatch() {
-            batchReads.removeAll()
-            batchSlot = nil
-        }
-
-        private func changed(_ source: [CChar]) -> Error {
-            Error.invalidConfiguration("\(Tree.display(source)) got shorter while it was being packed: pack a tree nothing is writing to")
-        }
-
-        /// From an archive: the entries' data in archive order, straight into their blocks.
+        /// From an archive: the entries' data in archive order, straight into their blocks (all
+        /// in the region of larger files, indirect blocks with their data).
         private func copyData(from reader: TarReader) throws {
             var byOrdinal: [Int: Int] = [:]
             for (index, node) in tree.nodes.enumerated() {
@@ -515,7 +412,7 @@ extension Ext3 {
                     try reader.readData(size: entry.size, buffer: buffer) { chunk, offset in
                         let first = offset / UInt64(Ext3.blockSize)
                         let blocks = (UInt64(chunk.count) + UInt64(Ext3.blockSize) - 1) / UInt64(Ext3.blockSize)
-                        for run in try map.map(first..<(first + blocks), allocator: allocate) {
+                        for run in try map.map(first..<(first + blocks), allocator: allocateCopied) {
                             let start = Int((run.logical - first) * UInt64(Ext3.blockSize))
                             let end = min(Int((run.logical - first + run.count) * UInt64(Ext3.blockSize)), chunk.count)
                             try writeAll(UnsafeRawBufferPointer(rebasing: chunk[start..<end]), at: run.physical * UInt64(Ext3.blockSize))
@@ -535,19 +432,35 @@ extension Ext3 {
 
         /// Claims up to `count` free blocks as runs, from the first free block at or after the
         /// cursor on (the image is fresh: this walks forward through free space).
-        private func allocate(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+        private func allocateLiteral(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+            try allocate(count, region: BlockStreams.Region.literal.rawValue)
+        }
+
+        private func allocateSmall(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+            try allocate(count, region: BlockStreams.Region.small.rawValue)
+        }
+
+        private func allocateCopied(_ count: UInt64) throws -> [(start: UInt64, count: UInt64)] {
+            try allocate(count, region: BlockStreams.Region.copied.rawValue)
+        }
+
+        /// Claims up to `count` free blocks as runs, from the first free block at or after the
+        /// region's cursor on (the image is fresh: this walks forward through free space,
+        /// starting over at the beginning when it reaches the end).
+        private func allocate(_ count: UInt64, region: Int) throws -> [(start: UInt64, count: UInt64)] {
             var runs: [(start: UInt64, count: UInt64)] = []
             var wanted = count
             var wrapped = false
             while wanted > 0 {
                 var start: blk64_t = 0
-                if blockCursor > lastBlock || ext2fs_find_first_zero_block_bitmap2(fs.pointee.block_map, blockCursor, lastBlock, &start) != 0 {
+                let cursor = cursors[region]
+                if cursor > lastBlock || ext2fs_find_first_zero_block_bitmap2(fs.pointee.block_map, cursor, lastBlock, &start) != 0 {
                     guard !wrapped else {
                         throw Error.library(operation: "allocate blocks", path: path, code: Int64(EXT2_ET_BLOCK_ALLOC_FAIL),
                                             message: Ext3.message(for: Int64(EXT2_ET_BLOCK_ALLOC_FAIL)))
                     }
                     wrapped = true
-                    blockCursor = blk64_t(fs.pointee.super.pointee.s_first_data_block)
+                    cursors[region] = blk64_t(fs.pointee.super.pointee.s_first_data_block)
                     continue
                 }
                 var end: blk64_t = 0
@@ -558,9 +471,25 @@ extension Ext3 {
                 ext2fs_block_alloc_stats_range(fs, start, blk_t(run), 1)
                 runs.append((start, run))
                 wanted -= run
-                blockCursor = start + run
+                cursors[region] = start + run
             }
             return runs
+        }
+
+        /// The block where `blocks` free blocks from `start` on have been passed.
+        private func skipFree(_ blocks: UInt64, from start: blk64_t) -> blk64_t {
+            var cursor = start
+            var left = blocks
+            while left > 0 && cursor <= lastBlock {
+                var free: blk64_t = 0
+                guard ext2fs_find_first_zero_block_bitmap2(fs.pointee.block_map, cursor, lastBlock, &free) == 0 else { break }
+                var used: blk64_t = 0
+                if ext2fs_find_first_set_block_bitmap2(fs.pointee.block_map, free, lastBlock, &used) != 0 { used = lastBlock + 1 }
+                let run = min(used - free, left)
+                left -= run
+                cursor = free + run
+            }
+            return cursor
         }
 
         private func writeMapBlocks(_ map: BlockMapper) throws {
@@ -613,14 +542,20 @@ extension Ext3 {
 
         /// Maps the logical blocks `range`, claiming blocks through `allocator`; returns the data
         /// runs as (logical, physical, count).
-        mutating func map(_ range: Range<UInt64>, allocator: (UInt64) throws -> [(start: UInt64, count: UInt64)])
+        /// Indirect blocks come from `pointerAllocator` when given.
+        mutating func map(_ range: Range<UInt64>, allocator: (UInt64) throws -> [(start: UInt64, count: UInt64)],
+                          pointerAllocator: ((UInt64) throws -> [(start: UInt64, count: UInt64)])? = nil)
             throws -> [(logical: UInt64, physical: UInt64, count: UInt64)] {
             guard !range.isEmpty else { return [] }
             let p = BlockMapper.perBlock
             // Indirect blocks first.
             var block = range.lowerBound
             while block < range.upperBound {
-                try ensurePath(block, allocator: allocator)
+                if let pointerAllocator {
+                    try ensurePath(block, allocator: pointerAllocator)
+                } else {
+                    try ensurePath(block, allocator: allocator)
+                }
                 block = block < 12 ? 12 : 12 + ((block - 12) / p + 1) * p
             }
             var result: [(logical: UInt64, physical: UInt64, count: UInt64)] = []
@@ -686,3 +621,4 @@ extension Ext3 {
         }
     }
 }
+

@@ -64,6 +64,15 @@ enum PackFixture {
         try write(root + "/empty", [])
         try write(root + "/one block", bytes(4096))
         try write(root + "/dir with spaces/ünïcödé ✓/naïve file", bytes(10_000))
+        // Files that take an indirect block yet are read through the batch buffers (up to 256
+        // blocks), one just above that, and a directory whose entries take more than 12 blocks.
+        try write(root + "/medium.bin", bytes(100 * 4096 + 77))
+        try write(root + "/batch limit.bin", bytes(256 * 4096))
+        try write(root + "/above limit.bin", bytes(256 * 4096 + 1))
+        try fm.createDirectory(atPath: root + "/wide", withIntermediateDirectories: true)
+        for index in 0..<250 {
+            try write(root + "/wide/" + String(repeating: "n", count: 200) + " \(index)", [])
+        }
         // 1,300 blocks: direct, single and double indirect blocks.
         try write(root + "/large.bin", bytes(1300 * 4096 + 123))
         // A sparse file: 8 MiB with data only at 1 MiB and at the end.
@@ -142,6 +151,7 @@ enum PackFixture {
     /// Every entry under `root` as stat, readlink, the bytes and getfattr see it.
     static func snapshot(_ root: String) throws -> [String: Entry] {
         var result: [String: Entry] = [:]
+        let allXattrs = try xattrs(root)
         for relative in try entries(root) {
             let path = root + "/" + relative
             var info = stat()
@@ -150,8 +160,7 @@ enum PackFixture {
             var target: String? = nil
             if type == S_IFLNK { target = try FileManager.default.destinationOfSymbolicLink(atPath: path) }
             let content = type == S_IFREG ? try Data(contentsOf: URL(fileURLWithPath: path)) : nil
-            let attributes = try run(["getfattr", "-h", "-d", "-m", "-", "-e", "hex", "--absolute-names", "--", path], timeout: 30)
-            let xattrs = attributes.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") && !$0.isEmpty }.map(String.init).sorted()
+            let xattrs = allXattrs[path, default: []]
             result[relative] = Entry(
                 type: type, mode: info.st_mode & 0o7777, uid: info.st_uid, gid: info.st_gid,
                 mtime: info.st_mtim.tv_sec, mtimeNanoseconds: info.st_mtim.tv_nsec,
@@ -159,6 +168,41 @@ enum PackFixture {
                 rdev: UInt64(info.st_rdev), target: target, content: content, xattrs: xattrs)
         }
         return result
+    }
+
+    /// Every extended attribute under `root` (symlinks not followed), by path, as one recursive
+    /// getfattr dump shows them (`name=0x...` lines, sorted).
+    static func xattrs(_ root: String) throws -> [String: [String]] {
+        let dump = try run(["getfattr", "-R", "-P", "-h", "-d", "-m", "-", "-e", "hex", "--absolute-names", "--", root], timeout: 60)
+        try must(dump.status == 0, "getfattr -R \(root): \(dump.stderr)")
+        var result: [String: [String]] = [:]
+        var current: String? = nil
+        for line in dump.stdout.split(separator: "\n") {
+            if line.hasPrefix("# file: ") {
+                current = unescape(String(line.dropFirst("# file: ".count)))
+            } else if let current, !line.isEmpty, !line.hasPrefix("#") {
+                result[current, default: []].append(String(line))
+            }
+        }
+        return result.mapValues { $0.sorted() }
+    }
+
+    /// getfattr's file names with their `\ooo` escapes (spaces, non-ASCII bytes) undone.
+    static func unescape(_ text: String) -> String {
+        var bytes: [UInt8] = []
+        let input = Array(text.utf8)
+        var index = 0
+        while index < input.count {
+            if input[index] == UInt8(ascii: "\\"), index + 3 < input.count,
+               let value = UInt8(String(decoding: input[(index + 1)...(index + 3)], as: UTF8.self), radix: 8) {
+                bytes.append(value)
+                index += 4
+            } else {
+                bytes.append(input[index])
+                index += 1
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// glibc's makedev (a macro Swift does not import).

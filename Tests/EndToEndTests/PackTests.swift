@@ -54,6 +54,10 @@ struct PackTests {
         try PackFixture.make(source)
         let expected = try PackFixture.snapshot(source)
         #expect(expected.count > 250)
+        // The oracle sees the fixture's attributes (in the inode, in a block, non-ASCII names).
+        #expect(expected["one block"]?.xattrs.count == 2)
+        #expect(expected["many/a"]?.xattrs.first?.hasPrefix("user.big=0x7878") == true)
+        #expect(expected["dir with spaces/ünïcödé ✓/naïve file"]?.xattrs.count == 1)
         let (result, _) = try packAndCompare(source, image: directory.file("tree.ext3"), expected: expected, in: directory)
         let lines = result.stdout.split(separator: "\n")
         #expect(lines.first?.hasPrefix("sized from the tree: -s ") == true, "\(result.stdout)")
