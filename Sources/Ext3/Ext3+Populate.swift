@@ -98,6 +98,7 @@ extension Ext3 {
 
         // MARK: - Inodes
 
+        /// Numbers the tree's inodes: the free ones in order (on a fresh image, a run without gaps).
         private func numberInodes() throws {
             numbers = [ext2_ino_t](repeating: 0, count: tree.nodes.count)
             numbers[0] = upper
@@ -115,29 +116,71 @@ extension Ext3 {
             }
         }
 
+        /// The tree's inodes straight into the inode tables, a group's worth per write (their
+        /// numbers run on without gaps: see ``numberInodes()``); then upper/ and the extended
+        /// attributes through libext2fs. libext2fs has read no block of those tables but the
+        /// first one (the inodes it made), so only the first and last blocks of each write can
+        /// be in its cache, and they are written through it too.
         private func writeInodes() throws {
             let now = Timestamp.now
-            for index in tree.nodes.indices {
-                let node = tree.nodes[index]
-                var raw = [UInt8](repeating: 0, count: Ext3.inodeSize)
-                if index == 0 {
-                    // upper/: keep its owner, mode and times; give it the new directory blocks.
-                    try raw.withUnsafeMutableBytes { bytes in
-                        try check(ext2fs_read_inode_full(fs, upper, bytes.baseAddress!.assumingMemoryBound(to: ext2_inode.self),
-                                                         Int32(bytes.count)), "read inode \(upper)", path: path)
+            // What libext2fs has cached goes to the file first, so the reads below see it.
+            try check(fs.pointee.io.pointee.manager.pointee.flush(fs.pointee.io), "write the filesystem metadata", path: path)
+            let perGroup = UInt64(fs.pointee.super.pointee.s_inodes_per_group)
+            let perBlock = UInt64(Ext3.blockSize / Ext3.inodeSize)
+            var index = 1
+            while index < tree.nodes.count {
+                let first = UInt64(numbers[index]) - 1
+                let group = first / perGroup
+                var end = index + 1
+                while end < tree.nodes.count && numbers[end] == numbers[end - 1] + 1 && (UInt64(numbers[end]) - 1) / perGroup == group {
+                    end += 1
+                }
+                let slot = first % perGroup
+                let firstBlock = slot / perBlock
+                let blocks = (slot + UInt64(end - index) - 1) / perBlock - firstBlock + 1
+                let table = ext2fs_inode_table_loc(fs, dgrp_t(group)) + firstBlock
+                var buffer = [UInt8](repeating: 0, count: Int(blocks) * Ext3.blockSize)
+                try buffer.withUnsafeMutableBytes { bytes in
+                    // The first and last blocks may hold inodes made before (lost+found,
+                    // upper/...): read them as they are now, past libext2fs's block cache.
+                    for block in Set([0, blocks - 1]) {
+                        let part = UnsafeMutableRawBufferPointer(rebasing: bytes[Int(block) * Ext3.blockSize..<Int(block + 1) * Ext3.blockSize])
+                        guard pread(fd, part.baseAddress!, part.count, off_t((table + block) * UInt64(Ext3.blockSize))) == part.count else {
+                            throw Error.system(operation: "read the inode table", path: path, errno: errno == 0 ? EIO : errno)
+                        }
                     }
-                    // The block ext2fs_mkdir gave it goes back to the free pool.
-                    let old = raw.withUnsafeBytes { $0.load(fromByteOffset: 40, as: UInt32.self) }
-                    if old != 0 { ext2fs_block_alloc_stats2(fs, blk64_t(old), -1) }
+                    for node in index..<end {
+                        let offset = Int(slot - firstBlock * perBlock + UInt64(node - index)) * Ext3.inodeSize
+                        let raw = UnsafeMutableRawBufferPointer(rebasing: bytes[offset..<offset + Ext3.inodeSize])
+                        raw.initializeMemory(as: UInt8.self, repeating: 0)
+                        try fill(raw.baseAddress!.assumingMemoryBound(to: ext2_inode_large.self), node: tree.nodes[node], index: node, now: now)
+                    }
+                    try writeAll(UnsafeRawBufferPointer(bytes), at: table * UInt64(Ext3.blockSize))
+                    // The cache may hold an older copy of those two blocks: give it the new one.
+                    for block in Set([0, blocks - 1]) {
+                        try check(io_channel_write_blk64(fs.pointee.io, table + block, 1, bytes.baseAddress! + Int(block) * Ext3.blockSize),
+                                  "write the inode table", path: path)
+                    }
                 }
-                try raw.withUnsafeMutableBytes { bytes in
-                    let inode = bytes.baseAddress!.assumingMemoryBound(to: ext2_inode_large.self)
-                    try fill(inode, node: node, index: index, now: now)
-                    try check(ext2fs_write_inode_full(fs, numbers[index], UnsafeMutableRawPointer(inode).assumingMemoryBound(to: ext2_inode.self),
-                                                      Int32(bytes.count)),
-                              "write inode \(numbers[index])", path: path)
-                }
-                if !node.xattrs.isEmpty { try writeXattrs(node.xattrs, inode: numbers[index], index: index) }
+                index = end
+            }
+
+            // libext2fs keeps the inode-table block it read last: it is stale now.
+            try check(ext2fs_flush_icache(fs), "reset the inode cache", path: path)
+
+            // upper/: keep its owner, mode and times; give it the new directory blocks.
+            var raw = [UInt8](repeating: 0, count: Ext3.inodeSize)
+            try raw.withUnsafeMutableBytes { bytes in
+                let inode = bytes.baseAddress!.assumingMemoryBound(to: ext2_inode.self)
+                try check(ext2fs_read_inode_full(fs, upper, inode, Int32(bytes.count)), "read inode \(upper)", path: path)
+                // The block ext2fs_mkdir gave it goes back to the free pool.
+                let old = bytes.load(fromByteOffset: 40, as: UInt32.self)
+                if old != 0 { ext2fs_block_alloc_stats2(fs, blk64_t(old), -1) }
+                try fill(bytes.baseAddress!.assumingMemoryBound(to: ext2_inode_large.self), node: tree.nodes[0], index: 0, now: now)
+                try check(ext2fs_write_inode_full(fs, upper, inode, Int32(bytes.count)), "write inode \(upper)", path: path)
+            }
+            for index in tree.nodes.indices where !tree.nodes[index].xattrs.isEmpty {
+                try writeXattrs(tree.nodes[index].xattrs, inode: numbers[index], index: index)
             }
         }
 

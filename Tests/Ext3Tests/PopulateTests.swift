@@ -100,6 +100,42 @@ struct PopulateTests {
         #expect(entry.size == 5 << 30)
     }
 
+    /// Inodes are written a group's table at a time, around what libext2fs made and cached
+    /// before (the first table block) and what it writes after (upper/, extended attributes):
+    /// entries spread over several groups, with attributes on inodes in the first and last
+    /// blocks of each group's part, all come out whole.
+    @Test(.requires(executable: "setfattr")) func inodesAcrossGroupsKeepTheirAttributes() throws {
+        let directory = try TempDirectory("populate-inodes")
+        let source = directory.file("src")
+        try FileManager.default.createDirectory(atPath: source, withIntermediateDirectories: true)
+        let count = 2500
+        var tagged: [Int] = []
+        for index in 0..<count {
+            let path = String(format: "%@/f%04d", source, index)
+            #expect(FileManager.default.createFile(atPath: path, contents: Data(Self.pattern(index % 7 * 100, seed: 5))))
+            if index % 97 == 0 || index % 100 == 99 || index == count - 1 {
+                let set = try run(["setfattr", "-h", "-n", "user.n", "-v", "value \(index)", path], timeout: 30)
+                #expect(set.status == 0, "\(set)")
+                tagged.append(index)
+            }
+        }
+        let packSource = try Ext3.PackSource(path: source)
+        // 600 MiB: five groups of about 600 inodes each.
+        let plan = try packSource.plan(sizeBytes: 600 << 20, inodes: 3000)
+        let formatter = try Ext3.Formatter(.init(sizeBytes: plan.sizeBytes, minimumInodes: plan.inodes))
+        #expect(formatter.geometry.groupCount >= 4)
+        let image = directory.file("groups.ext3")
+        _ = try formatter.create(at: image, packing: packSource)
+        #expect(try FixtureImage.isClean(image), "e2fsck -fn \(image)")
+        for index in tagged {
+            let name = String(format: "f%04d", index)
+            let value = try Self.debugfs(image, "ea_get /upper/\(name) user.n")
+            #expect(value.contains("value \(index)"), "\(name): \(value)")
+        }
+        let last = try #require(try Ext3.Image(path: image).entry(at: String(format: "/upper/f%04d", count - 1)))
+        #expect(last.size == UInt64((count - 1) % 7 * 100))
+    }
+
     @Test(.requires(executable: "tar")) func gnuLongNamesAndPaxTimesFromTar() throws {
         let directory = try TempDirectory("populate-tar")
         let source = directory.file("src")
