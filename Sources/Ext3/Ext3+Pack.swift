@@ -59,7 +59,7 @@ extension Ext3 {
         /// Bytes the tree takes in an image.
         public var bytesNeeded: UInt64 { blocksNeeded * UInt64(Ext3.blockSize) }
         /// Regular files (hard links once) and their bytes.
-        public var fileCount: Int { tree.nodes.filter { $0.kind == .regular }.count }
+        public var fileCount: Int { tree.regularFileCount }
         public var fileBytes: UInt64 { tree.fileBytes }
 
         /// `env.ext3` for `env/`, `data.ext3` for `data.tar.gz`, `data.tgz` or `data.tar`.
