@@ -64,7 +64,7 @@ extension Ext3.Tree {
             var subdirectories: UInt32 = 0
             // Entries are kept last name first: taking them off the end goes in name order and
             // moves each one out instead of copying it.
-            while let entry = listing.entries.popLast() {
+            while var entry = listing.entries.popLast() {
                 if let key = entry.hardLink, let existing = hardLinks[key] {
                     tree.nodes[existing].links += 1
                     if tree.nodes[existing].links > linkLimit {
@@ -73,13 +73,13 @@ extension Ext3.Tree {
                     tree.nodes[directoryNode].children.append((entry.name, existing))
                     continue
                 }
-                let node: Node
-                switch entry.outcome {
-                case .failed(let failure): throw failure
-                case .unreadable(let code):
-                    unreadable.append((display(listing.path, entry.name), code))
+                // Moved out, not copied (a copy retains and releases each of its arrays).
+                guard let node = entry.node.take() else {
+                    switch entry.problem {
+                    case .failed(let failure): throw failure
+                    case .unreadable(let code): unreadable.append((display(listing.path, entry.name), code))
+                    }
                     continue
-                case .node(let read): node = read
                 }
                 let index = tree.nodes.count
                 let isDirectory = node.kind == .directory
@@ -118,13 +118,14 @@ extension Ext3.Tree {
     /// One entry as read, with everything the tree needs from it, or what went wrong first (in
     /// the order a one-thread walk meets it: name, stat, then the rest).
     struct ListedEntry: Sendable {
-        enum Outcome: Sendable {
-            case node(Node)
+        enum Problem: Sendable, Swift.Error {
             case unreadable(Int32)
             case failed(Ext3.Error)
         }
         var name: [UInt8]
-        var outcome: Outcome = .unreadable(EIO)
+        /// The entry as read; nil when `problem` says why not.
+        var node: Node? = nil
+        var problem: Problem = .unreadable(EIO)
         /// Set for a non-directory with more than one name.
         var hardLink: HardLinkKey? = nil
         /// A directory read without a problem: its own entries are read next...
@@ -271,23 +272,27 @@ extension Ext3.Tree {
                     do {
                         try checkName(entry.name, in: display(directoryPath, entry.name))
                     } catch {
-                        entry.outcome = .failed(error as? Ext3.Error ?? .other("\(error)"))
+                        entry.problem = .failed(error as? Ext3.Error ?? .other("\(error)"))
                         listing.entries.append(entry)
                         continue
                     }
                 }
                 var info = stat()
                 guard fstatat(directoryFD, name, &info, AT_SYMLINK_NOFOLLOW) == 0 else {
-                    entry.outcome = .unreadable(errno)
+                    entry.problem = .unreadable(errno)
                     listing.entries.append(entry)
                     continue
                 }
                 if info.st_mode & S_IFMT != S_IFDIR && info.st_nlink > 1 {
                     entry.hardLink = HardLinkKey(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
                 }
-                entry.outcome = readEntry(info, in: directoryPath, directoryFD: directoryFD, name: name, nameBytes: nameBytes,
-                                          euid: euid, relativeXattrs: relativeXattrs)
-                if case .node = entry.outcome, info.st_mode & S_IFMT == S_IFDIR { entry.isDirectory = true }
+                do throws(ListedEntry.Problem) {
+                    entry.node = try readEntry(info, in: directoryPath, directoryFD: directoryFD, name: name, nameBytes: nameBytes,
+                                               euid: euid, relativeXattrs: relativeXattrs)
+                    entry.isDirectory = info.st_mode & S_IFMT == S_IFDIR
+                } catch {
+                    entry.problem = error
+                }
                 listing.entries.append(entry)
             }
         }
@@ -297,7 +302,7 @@ extension Ext3.Tree {
     /// The node for the entry `name` of the open directory `directoryFD`, whose stat is `info`.
     private static func readEntry(_ info: stat, in directoryPath: [CChar], directoryFD: Int32,
                                   name: UnsafePointer<CChar>, nameBytes: UnsafeRawBufferPointer,
-                                  euid: uid_t, relativeXattrs: Bool) -> ListedEntry.Outcome {
+                                  euid: uid_t, relativeXattrs: Bool) throws(ListedEntry.Problem) -> Node {
         var node = node(from: info)
         // The full path: a regular file's content is opened by it later.
         var path: [CChar]? = node.kind == .regular ? join(directoryPath, nameBytes) : nil
@@ -310,19 +315,19 @@ extension Ext3.Tree {
                 node.xattrs = try path!.withUnsafeBufferPointer { try readXattrs(.path($0.baseAddress!), display: shown()) }
             }
         } catch let failure as Ext3.Error {
-            return .failed(failure)
+            throw .failed(failure)
         } catch {
-            return .failed(.other("\(error)"))
+            throw .failed(.other("\(error)"))
         }
         switch node.kind {
         case .regular:
             if !canRead(info, euid: euid) && faccessat(directoryFD, name, R_OK, AT_EACCESS) != 0 {
-                return .unreadable(EACCES)
+                throw .unreadable(EACCES)
             }
             var segments: [Range<UInt64>]? = nil
             if UInt64(info.st_blocks) * 512 < UInt64(info.st_size) {
                 let fd = openat(directoryFD, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-                guard fd >= 0 else { return .unreadable(errno) }
+                guard fd >= 0 else { throw .unreadable(errno) }
                 segments = dataSegments(fd, size: UInt64(info.st_size))
                 close(fd)
             }
@@ -334,16 +339,16 @@ extension Ext3.Tree {
                 guard length >= 0 else { return nil }
                 return Array(UnsafeRawBufferPointer(start: buffer.baseAddress!, count: length))
             }
-            guard let target else { return .unreadable(errno) }
+            guard let target else { throw .unreadable(errno) }
             node.target = target
             node.size = UInt64(target.count)
             if target.count >= Ext3.blockSize {
-                return .failed(.invalidConfiguration("\(shown()): symbolic link target longer than \(Ext3.blockSize - 1) bytes"))
+                throw .failed(.invalidConfiguration("\(shown()): symbolic link target longer than \(Ext3.blockSize - 1) bytes"))
             }
         default:
             break
         }
-        return .node(node)
+        return node
     }
 
     struct HardLinkKey: Hashable, Sendable {
