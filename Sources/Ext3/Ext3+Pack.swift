@@ -37,6 +37,7 @@ extension Ext3 {
 
         /// Also makes these directories under upper/ (nested paths fine), where the tree has none.
         public mutating func addDirectories(_ paths: [String], owner: Owner) throws {
+            guard !paths.isEmpty else { return }
             defer { blocksNeeded = tree.blocksNeeded }
             let now = Timestamp.now
             for path in paths {
