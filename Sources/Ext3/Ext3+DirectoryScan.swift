@@ -43,19 +43,20 @@ extension Ext3.Tree {
             && (cext2fs_listxattrat(AT_FDCWD, base, nil, 0) >= 0 || (errno != ENOSYS && errno != EPERM))
         let euid = geteuid()
         let threads = max(1, min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 4))
-        var listings = DirectoryReader.readAll(root: base, threads: threads) {
+        // The directories are read on the other threads and on this one, which puts the tree
+        // together from the listings as they come.
+        let reader = DirectoryReader(root: base, helpers: threads - 1) {
             readDirectory($0, euid: euid, relativeXattrs: relative)
         }
+        defer { reader.stop() }
 
         var tree = Ext3.Tree(root: node(from: info))
-        tree.nodes.reserveCapacity(1 + listings.reduce(0) { $0 + $1.entries.count })
         var unreadable: [(path: String, errno: Int32)] = []
         var hardLinks: [HardLinkKey: Int] = [:]
         // (directory node, the number of its listing)
         var pending: [(node: Int, listing: Int)] = [(0, 0)]
         while let (directoryNode, number) = pending.popLast() {
-            var listing = Listing()
-            swap(&listing, &listings[number])
+            var listing = reader.take(number)
             guard listing.errno == 0 else {
                 unreadable.append((display(listing.path), listing.errno))
                 continue
@@ -134,24 +135,38 @@ extension Ext3.Tree {
         var listing = 0
     }
 
-    /// Reads every directory of the tree on `threads` threads: each takes a directory nobody
-    /// has read yet, reads it and hands out its subdirectories, so that no thread waits while
-    /// another still has directories to give (a level with one big directory does not hold
-    /// the others up).
+    /// Reads every directory of the tree: each thread takes a directory nobody has read yet,
+    /// reads it and hands out its subdirectories, so that no thread waits while another still
+    /// has directories to give (a level with one big directory does not hold the others up).
+    /// The thread that puts the tree together reads too: when the listing it needs next is not
+    /// there yet, it reads that directory itself (or another, if someone is already on it)
+    /// instead of waiting. Subdirectories are handed out first name first, so they are read
+    /// roughly in the order the tree is put together.
     final class DirectoryReader: @unchecked Sendable {
         private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        /// Signalled when there are directories to read, a listing is in, or nothing is left.
         private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
         /// Directories not read yet (NUL-terminated paths) and the number of their listing.
         private var waiting: [(number: Int, path: [CChar])]
-        /// Every listing by number (the root is 0): empty until read.
-        private var listings: [Listing] = [Listing()]
+        /// Every listing by number (the root is 0): nil until read, and again once taken.
+        private var listings: [Listing?] = [nil]
         /// Threads reading a directory now (they may hand out more).
         private var busy = 0
+        /// Set by ``stop()``: read nothing more.
+        private var stopped = false
+        private let read: @Sendable ([CChar]) -> Listing
+        private let helpers = DispatchGroup()
 
-        private init(root: [CChar]) {
+        /// Starts reading the tree at `root` (NUL-terminated) on `helpers` threads besides the
+        /// one that calls ``take(_:)``.
+        init(root: [CChar], helpers count: Int, _ read: @escaping @Sendable ([CChar]) -> Listing) {
             waiting = [(0, root)]
+            self.read = read
             pthread_mutex_init(lock, nil)
             pthread_cond_init(wake, nil)
+            for _ in 0..<max(0, count) {
+                DispatchQueue.global().async(group: helpers) { self.work() }
+            }
         }
 
         deinit {
@@ -161,52 +176,72 @@ extension Ext3.Tree {
             lock.deallocate()
         }
 
-        /// Every directory's listing by number: 0 is `root`, and a directory entry's `listing`
-        /// is the number of its own.
-        static func readAll(root: [CChar], threads: Int, _ read: @Sendable ([CChar]) -> Listing) -> [Listing] {
-            let reader = DirectoryReader(root: root)
-            if threads <= 1 {
-                reader.work(read)
-            } else {
-                DispatchQueue.concurrentPerform(iterations: threads) { _ in reader.work(read) }
+        /// The listing with this number (0 is the root; a directory entry's `listing` is its
+        /// own), read here if nobody has started on it. Each is taken once.
+        func take(_ number: Int) -> Listing {
+            pthread_mutex_lock(lock)
+            defer { pthread_mutex_unlock(lock) }
+            while listings[number] == nil {
+                // The one needed if it is still waiting (it was handed out lately: look near
+                // the end), else any.
+                if let position = waiting.indices.reversed().prefix(64).first(where: { waiting[$0].number == number }) {
+                    readLocked(waiting.remove(at: position))
+                } else if let job = waiting.popLast() {
+                    readLocked(job)
+                } else {
+                    pthread_cond_wait(wake, lock)
+                }
             }
-            pthread_mutex_lock(reader.lock)
-            defer { pthread_mutex_unlock(reader.lock) }
-            return reader.listings
+            return listings[number].take()!
         }
 
-        private func work(_ read: ([CChar]) -> Listing) {
+        /// Stops handing out directories and waits for the other threads to finish.
+        func stop() {
+            pthread_mutex_lock(lock)
+            stopped = true
+            waiting.removeAll()
+            pthread_cond_broadcast(wake)
+            pthread_mutex_unlock(lock)
+            helpers.wait()
+        }
+
+        private func work() {
             pthread_mutex_lock(lock)
             while true {
-                guard let job = waiting.popLast() else {
-                    if busy == 0 {
-                        // Nothing left and nobody can hand out more: everyone is done.
-                        pthread_cond_broadcast(wake)
-                        pthread_mutex_unlock(lock)
-                        return
-                    }
+                if !stopped, let job = waiting.popLast() {
+                    readLocked(job)
+                } else if stopped || busy == 0 {
+                    // Nothing left and nobody can hand out more.
+                    pthread_cond_broadcast(wake)
+                    pthread_mutex_unlock(lock)
+                    return
+                } else {
                     pthread_cond_wait(wake, lock)
-                    continue
                 }
-                busy += 1
-                pthread_mutex_unlock(lock)
-                var listing = read(job.path)
-                // Entries are last name first: the first subdirectory is pushed last and so is
-                // read next, depth first.
-                var subdirectories: [(entry: Int, path: [CChar])] = []
-                for index in listing.entries.indices where listing.entries[index].isDirectory {
-                    subdirectories.append((index, Ext3.Tree.join(job.path, listing.entries[index].name)))
-                }
-                pthread_mutex_lock(lock)
-                busy -= 1
-                for (index, path) in subdirectories {
-                    listing.entries[index].listing = listings.count
-                    waiting.append((listings.count, path))
-                    listings.append(Listing())
-                }
-                listings[job.number] = listing
-                if !subdirectories.isEmpty { pthread_cond_broadcast(wake) }
             }
+        }
+
+        /// Reads one directory (unlocked meanwhile), then hands out its subdirectories and
+        /// stores its listing. Called and returns with the lock held.
+        private func readLocked(_ job: (number: Int, path: [CChar])) {
+            busy += 1
+            pthread_mutex_unlock(lock)
+            var listing = read(job.path)
+            // Entries are last name first: the first subdirectory is pushed last and so is
+            // read next, depth first.
+            var subdirectories: [(entry: Int, path: [CChar])] = []
+            for index in listing.entries.indices where listing.entries[index].isDirectory {
+                subdirectories.append((index, Ext3.Tree.join(job.path, listing.entries[index].name)))
+            }
+            pthread_mutex_lock(lock)
+            busy -= 1
+            for (index, path) in subdirectories {
+                listing.entries[index].listing = listings.count
+                waiting.append((listings.count, path))
+                listings.append(nil)
+            }
+            listings[job.number] = listing
+            pthread_cond_broadcast(wake)
         }
     }
 
