@@ -10,10 +10,10 @@ extension Ext3.Tree {
     /// hard links within the tree as one inode; the data ranges of sparse files. Nothing is
     /// read from regular files except where they are sparse. Entries are sorted by name.
     ///
-    /// Directories are read on a few threads at once (each entry costs a few system calls, all
-    /// relative to the open directory); the tree is then put together on this thread, in
-    /// depth-first name order, exactly as a one-thread walk would have: the same node order,
-    /// hard links and errors.
+    /// Directories are read on a few threads at once, this one included (each entry costs a
+    /// few system calls, all relative to the open directory); this thread puts the tree
+    /// together as the listings come in, in depth-first name order, exactly as a one-thread
+    /// walk would have: the same node order, hard links and errors.
     ///
     /// Files and directories this process cannot read are collected and reported together.
     public static func scan(directory root: String) throws -> Ext3.Tree {
