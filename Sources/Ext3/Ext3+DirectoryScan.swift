@@ -46,7 +46,7 @@ extension Ext3.Tree {
         // The directories are read on the other threads and on this one, which puts the tree
         // together from the listings as they come.
         let reader = DirectoryReader(root: base, helpers: threads - 1) {
-            readDirectory($0, euid: euid, relativeXattrs: relative)
+            readDirectory($0, descriptor: $1, euid: euid, relativeXattrs: relative, openSubdirectories: $2)
         }
         defer { reader.stop() }
 
@@ -131,8 +131,10 @@ extension Ext3.Tree {
         var hardLink: HardLinkKey? = nil
         /// A directory read without a problem: its own entries are read next...
         var isDirectory = false
-        /// ...into the listing with this number.
+        /// ...into the listing with this number...
         var listing = 0
+        /// ...from this descriptor, opened relative to its parent (-1: by its path).
+        var descriptor: Int32 = -1
     }
 
     /// Reads every directory of the tree: each thread takes a directory nobody has read yet,
@@ -147,20 +149,30 @@ extension Ext3.Tree {
         /// Signalled when there are directories to read, a listing is in, or nothing is left.
         private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
         /// Directories not read yet (NUL-terminated paths) and the number of their listing.
-        private var waiting: [(number: Int, path: [CChar])]
+        private var waiting: [Job]
+        /// A directory to read: its listing's number, NUL-terminated path, and a descriptor
+        /// opened relative to its parent while that was read (-1: none).
+        typealias Job = (number: Int, path: [CChar], descriptor: Int32)
+        /// Descriptors opened ahead for waiting directories, and the most there may be: opening
+        /// by name relative to the parent saves the kernel a walk down the whole path, and the
+        /// limit keeps a wide tree within a low open-file limit.
+        private var held = 0
+        private static let holdLimit = 32
         /// Every listing by number (the root is 0): nil until read, and again once taken.
         private var listings: [Listing?] = [nil]
         /// Threads reading a directory now (they may hand out more).
         private var busy = 0
         /// Set by ``stop()``: read nothing more.
         private var stopped = false
-        private let read: @Sendable ([CChar]) -> Listing
+        private let read: @Sendable ([CChar], Int32, Int) -> Listing
         private let helpers = DispatchGroup()
 
         /// Starts reading the tree at `root` (NUL-terminated) on `helpers` threads besides the
         /// one that calls ``take(_:)``.
-        init(root: [CChar], helpers count: Int, _ read: @escaping @Sendable ([CChar]) -> Listing) {
-            waiting = [(0, root)]
+        /// `read(path, descriptor, n)` reads one directory (from `descriptor` if it is not -1)
+        /// and may open up to `n` of its subdirectories ahead (their entries' `descriptor`).
+        init(root: [CChar], helpers count: Int, _ read: @escaping @Sendable ([CChar], Int32, Int) -> Listing) {
+            waiting = [(0, root, -1)]
             self.read = read
             pthread_mutex_init(lock, nil)
             pthread_cond_init(wake, nil)
@@ -199,6 +211,8 @@ extension Ext3.Tree {
         func stop() {
             pthread_mutex_lock(lock)
             stopped = true
+            for job in waiting where job.descriptor >= 0 { close(job.descriptor) }
+            held = 0
             waiting.removeAll()
             pthread_cond_broadcast(wake)
             pthread_mutex_unlock(lock)
@@ -223,10 +237,13 @@ extension Ext3.Tree {
 
         /// Reads one directory (unlocked meanwhile), then hands out its subdirectories and
         /// stores its listing. Called and returns with the lock held.
-        private func readLocked(_ job: (number: Int, path: [CChar])) {
+        private func readLocked(_ job: Job) {
             busy += 1
+            if job.descriptor >= 0 { held -= 1 }
+            let ahead = min(Self.holdLimit - held, 8)
+            held += ahead
             pthread_mutex_unlock(lock)
-            var listing = read(job.path)
+            var listing = read(job.path, job.descriptor, ahead)
             // Entries are last name first: the first subdirectory is pushed last and so is
             // read next, depth first.
             var subdirectories: [(entry: Int, path: [CChar])] = []
@@ -236,10 +253,18 @@ extension Ext3.Tree {
             pthread_mutex_lock(lock)
             busy -= 1
             for (index, path) in subdirectories {
+                var descriptor = listing.entries[index].descriptor
+                listing.entries[index].descriptor = -1
+                if descriptor >= 0 && stopped {
+                    close(descriptor)  // nobody will read it
+                    descriptor = -1
+                }
+                if descriptor >= 0 { held += 1 }
                 listing.entries[index].listing = listings.count
-                waiting.append((listings.count, path))
+                waiting.append((listings.count, path, descriptor))
                 listings.append(nil)
             }
+            held -= ahead
             listings[job.number] = listing
             pthread_cond_broadcast(wake)
         }
@@ -267,12 +292,20 @@ extension Ext3.Tree {
         display(join(directory, name))
     }
 
-    /// Lists the directory at `directoryPath` (NUL-terminated) and reads each entry: stat,
-    /// extended attributes, symlink target and holes of sparse files, all relative to the open
-    /// directory (extended attributes by full path where `relativeXattrs` is false).
-    static func readDirectory(_ directoryPath: [CChar], euid: uid_t, relativeXattrs: Bool) -> Listing {
+    /// Lists the directory at `directoryPath` (NUL-terminated; read from `descriptor` unless it
+    /// is -1) and reads each entry: stat, extended attributes, symlink target and holes of
+    /// sparse files, all relative to the open directory (extended attributes by full path where
+    /// `relativeXattrs` is false). Opens up to `openSubdirectories` of its first subdirectories
+    /// (by name) into their entries' `descriptor`.
+    static func readDirectory(_ directoryPath: [CChar], descriptor: Int32 = -1, euid: uid_t, relativeXattrs: Bool,
+                              openSubdirectories: Int = 0) -> Listing {
         var listing = Listing(path: directoryPath)
-        guard let stream = opendir(directoryPath) else {
+        var opened: OpaquePointer? = nil
+        if descriptor >= 0 {
+            opened = fdopendir(descriptor)
+            if opened == nil { close(descriptor) }
+        }
+        guard let stream = opened ?? opendir(directoryPath) else {
             listing.errno = errno
             return listing
         }
@@ -299,6 +332,15 @@ extension Ext3.Tree {
             // Last name first (byte order, as strcmp compares: a name never holds a NUL).
             spans.sort { strcmp((start + $0.start).assumingMemoryBound(to: CChar.self),
                                 (start + $1.start).assumingMemoryBound(to: CChar.self)) > 0 }
+            // Subdirectories (entry index, name), last name first.
+            var directories: [(entry: Int, name: UnsafePointer<CChar>)] = []
+            defer {
+                // The first names are read first: open those ahead. One that cannot be opened
+                // here is opened by its path later, which reports why.
+                for (index, name) in directories.suffix(openSubdirectories) {
+                    listing.entries[index].descriptor = openat(directoryFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                }
+            }
             for span in spans {
                 let nameBytes = UnsafeRawBufferPointer(rebasing: bytes[span.start..<(span.start + span.count)])
                 let name = (start + span.start).assumingMemoryBound(to: CChar.self)
@@ -325,6 +367,7 @@ extension Ext3.Tree {
                     entry.node = try readEntry(info, in: directoryPath, directoryFD: directoryFD, name: name, nameBytes: nameBytes,
                                                euid: euid, relativeXattrs: relativeXattrs)
                     entry.isDirectory = info.st_mode & S_IFMT == S_IFDIR
+                    if entry.isDirectory { directories.append((listing.entries.count, name)) }
                 } catch {
                     entry.problem = error
                 }

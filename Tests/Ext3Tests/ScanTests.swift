@@ -143,5 +143,10 @@ struct ScanTests {
             let device = try #require(names["/null-like"])
             #expect(tree.nodes[device].kind == .characterDevice && tree.nodes[device].major == 1 && tree.nodes[device].minor == 3)
         }
+        // No directory of the tree is left open (subdirectories are opened ahead of reading).
+        let open = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap {
+            try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/" + $0)
+        }
+        #expect(open.filter { $0.hasPrefix(root) }.isEmpty, "\(open)")
     }
 }
