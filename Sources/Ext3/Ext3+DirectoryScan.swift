@@ -29,7 +29,8 @@ extension Ext3.Tree {
         case byPath
     }
 
-    static func scan(directory root: String, xattrCalls: XattrCalls) throws -> Ext3.Tree {
+    /// `threads`: how many read directories (default: one a core, at most 4).
+    static func scan(directory root: String, xattrCalls: XattrCalls, threads: Int? = nil) throws -> Ext3.Tree {
         var info = stat()
         guard lstat(root, &info) == 0 else {
             throw Ext3.Error.system(operation: "read", path: root, errno: errno)
@@ -42,7 +43,7 @@ extension Ext3.Tree {
         let relative = xattrCalls == .relativeWhereAvailable
             && (cext2fs_listxattrat(AT_FDCWD, base, nil, 0) >= 0 || (errno != ENOSYS && errno != EPERM))
         let euid = geteuid()
-        let threads = max(1, min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 4))
+        let threads = max(1, threads ?? min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 4))
         // The directories are read on the other threads and on this one, which puts the tree
         // together from the listings as they come.
         let reader = DirectoryReader(root: base, helpers: threads - 1) {

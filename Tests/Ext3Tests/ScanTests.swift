@@ -114,17 +114,19 @@ struct ScanTests {
         let expected = try Self.expectedOrder(root)
         #expect(expected.count > 500)
 
-        for calls in [Ext3.Tree.XattrCalls.relativeWhereAvailable, .byPath] {
-            let tree = try Ext3.Tree.scan(directory: root + "//", xattrCalls: calls)
+        // As on this machine; by path on one thread; on four threads.
+        for (calls, threads) in [(Ext3.Tree.XattrCalls.relativeWhereAvailable, nil), (.byPath, 1), (.relativeWhereAvailable, 4)] {
+            let tree = try Ext3.Tree.scan(directory: root + "//", xattrCalls: calls, threads: threads)
+            let label = "\(calls), \(threads.map { "\($0) threads" } ?? "a thread a core")"
             let (byNode, names) = Self.paths(tree)
-            #expect(byNode.map { $0 ?? "?" } == expected, "\(calls)")
+            #expect(byNode.map { $0 ?? "?" } == expected, "\(label)")
             for (index, node) in tree.nodes.enumerated() {
                 let path = byNode[index] ?? "?"
                 if let (name, value) = xattrs[path] {
                     #expect(node.xattrs.count == 1 && node.xattrs.first?.name == name && node.xattrs.first?.value == value,
-                            "\(calls) \(path): \(node.xattrs)")
+                            "\(label) \(path): \(node.xattrs)")
                 } else {
-                    #expect(node.xattrs.isEmpty, "\(calls) \(path): \(node.xattrs)")
+                    #expect(node.xattrs.isEmpty, "\(label) \(path): \(node.xattrs)")
                 }
             }
             // One node for the three names of `a`, with three links; its content is read by the first path.
@@ -133,10 +135,10 @@ struct ScanTests {
             #expect(tree.nodes[shared].links == 3)
             if case let .file(path, segments) = tree.nodes[shared].content {
                 #expect(path == Array((root + "/deep/level 0/level 1/level 2/level 3/level 4/level 5/level 6/level 7/level 8/level 9/level 10/level 11/level 12/level 13/level 14/level 15/level 16/level 17/level 18/level 19/level 20/level 21/level 22/level 23/level 24/hard a").utf8CString),
-                        "\(calls): \(Ext3.Tree.display(path))")
+                        "\(label): \(Ext3.Tree.display(path))")
                 #expect(segments == nil)
             } else {
-                Issue.record("\(calls): /names/a is not a file")
+                Issue.record("\(label): /names/a is not a file")
             }
             let link = try #require(names["/wide/link"])
             #expect(tree.nodes[link].kind == .symlink && tree.nodes[link].target == Array("../names/B".utf8))
