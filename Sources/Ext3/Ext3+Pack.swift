@@ -8,7 +8,11 @@ extension Ext3 {
     public struct PackSource: Sendable {
         public let path: String
         public let kind: SourceKind
-        var tree: Tree
+        /// Changed only through ``addDirectories(_:owner:)``, which keeps `blocksNeeded` up to date.
+        private(set) var tree: Tree
+        /// Blocks the tree takes (data, indirect blocks, directories, long symlinks, xattr
+        /// blocks): worked out once, as a pack asks for it several times.
+        public private(set) var blocksNeeded: UInt64
 
         /// Inodes taken in every image before any packed file: 1 to 10 reserved, lost+found,
         /// upper/ and work/.
@@ -28,10 +32,13 @@ extension Ext3 {
             case .directory: tree = try Tree.scan(directory: path)
             case .tar, .gzipTar: tree = try Tree.scan(archive: path, kind: kind)
             }
+            blocksNeeded = tree.blocksNeeded
         }
 
         /// Also makes these directories under upper/ (nested paths fine), where the tree has none.
         public mutating func addDirectories(_ paths: [String], owner: Owner) throws {
+            guard !paths.isEmpty else { return }
+            defer { blocksNeeded = tree.blocksNeeded }
             let now = Timestamp.now
             for path in paths {
                 var current = 0
@@ -54,12 +61,10 @@ extension Ext3 {
 
         /// Inodes the tree takes (files, directories, links...; hard links once).
         public var inodesNeeded: UInt64 { UInt64(tree.inodeCount) }
-        /// Blocks the tree takes (data, indirect blocks, directories, long symlinks, xattr blocks).
-        public var blocksNeeded: UInt64 { tree.blocksNeeded }
         /// Bytes the tree takes in an image.
         public var bytesNeeded: UInt64 { blocksNeeded * UInt64(Ext3.blockSize) }
         /// Regular files (hard links once) and their bytes.
-        public var fileCount: Int { tree.nodes.filter { $0.kind == .regular }.count }
+        public var fileCount: Int { tree.regularFileCount }
         public var fileBytes: UInt64 { tree.fileBytes }
 
         /// `env.ext3` for `env/`, `data.ext3` for `data.tar.gz`, `data.tgz` or `data.tar`.

@@ -34,6 +34,12 @@ extension Ext3 {
             case file(path: [CChar], segments: [Range<UInt64>]?)
             /// The data of the archive's entry with this ordinal.
             case archive(ordinal: Int)
+
+            /// The data ranges of a sparse file on disk.
+            var segments: [Range<UInt64>]? {
+                if case let .file(_, segments) = self { return segments }
+                return nil
+            }
         }
 
         struct Node: Sendable {
@@ -67,7 +73,17 @@ extension Ext3 {
         /// Files, directories and other entries (inodes; hard links count once), without the root.
         public var inodeCount: Int { nodes.count - 1 }
         /// Bytes of regular-file data (hard links count once).
-        public var fileBytes: UInt64 { nodes.reduce(0) { $0 + ($1.kind == .regular ? $1.size : 0) } }
+        public var fileBytes: UInt64 {
+            nodes.withUnsafeBufferPointer { nodes in
+                var total: UInt64 = 0
+                for index in nodes.indices where nodes[index].kind == .regular { total += nodes[index].size }
+                return total
+            }
+        }
+        /// Regular files (hard links count once).
+        var regularFileCount: Int {
+            nodes.withUnsafeBufferPointer { nodes in nodes.indices.reduce(0) { $0 + (nodes[$1].kind == .regular ? 1 : 0) } }
+        }
 
         /// Blocks the tree takes in an image: file data (only the allocated parts of sparse
         /// files) with their indirect blocks, directory blocks, long symlinks and extended
@@ -75,31 +91,35 @@ extension Ext3 {
         public var blocksNeeded: UInt64 {
             var total: UInt64 = 0
             let block = UInt64(Ext3.blockSize)
-            for node in nodes {
-                switch node.kind {
-                case .regular:
-                    var data = (node.size + block - 1) / block
-                    var runs: UInt64 = 1
-                    if case let .file(_, segments?) = node.content {
-                        data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
-                        runs = UInt64(segments.count)
+            // Each node read where it lies: copying one out (a dozen arrays retained and
+            // released) cost more than the sum, and this runs for every node of a large tree.
+            nodes.withUnsafeBufferPointer { nodes in
+                for index in nodes.indices {
+                    switch nodes[index].kind {
+                    case .regular:
+                        var data = (nodes[index].size + block - 1) / block
+                        var runs: UInt64 = 1
+                        if let segments = nodes[index].content.segments {
+                            data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
+                            runs = UInt64(segments.count)
+                        }
+                        if data > 0 { total += data + Geometry.mapBlocks(forFileBlocks: data) + (runs > 1 ? 3 * runs : 0) }
+                    case .directory:
+                        let blocks = Tree.directoryBlocks(nameLengths: nodes[index].children.lazy.map { $0.name.count })
+                        total += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
+                    case .symlink:
+                        if nodes[index].target.count >= 60 { total += 1 }
+                    default:
+                        break
                     }
-                    if data > 0 { total += data + Geometry.mapBlocks(forFileBlocks: data) + (runs > 1 ? 3 * runs : 0) }
-                case .directory:
-                    let blocks = Tree.directoryBlocks(nameLengths: node.children.map { $0.name.count })
-                    total += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
-                case .symlink:
-                    if node.target.count >= 60 { total += 1 }
-                default:
-                    break
+                    if !nodes[index].xattrs.isEmpty && !Tree.xattrsFitInInode(nodes[index].xattrs) { total += 1 }
                 }
-                if !node.xattrs.isEmpty && !Tree.xattrsFitInInode(node.xattrs) { total += 1 }
             }
             return total
         }
 
         /// Blocks a directory with entries of these name lengths takes (plus `.` and `..`).
-        static func directoryBlocks(nameLengths: [Int]) -> UInt64 {
+        static func directoryBlocks(nameLengths: some Sequence<Int>) -> UInt64 {
             var blocks: UInt64 = 1
             var used = 12 + 12  // . and ..
             for length in nameLengths {
