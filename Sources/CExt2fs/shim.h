@@ -113,6 +113,17 @@ static inline long long cext2fs_getxattrat(int dfd, const char *name, const char
 #endif
 }
 
+// fallocate(2) with mode 0 (GNU-only name): reserve the blocks of a byte range of a file, so
+// writing into it later does not allocate page by page. 0, or -1 with errno set.
+static inline int cext2fs_fallocate(int fd, long long offset, long long length) {
+#ifdef SYS_fallocate
+    return (int)syscall(SYS_fallocate, fd, 0, (off_t)offset, (off_t)length);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
 // copy_file_range(2): the kernel copies between the files, no user-space buffer. Returns the
 // bytes copied, or -1 with errno set.
 static inline long long cext2fs_copy_file_range(int in, long long *in_offset, int out, long long *out_offset, size_t length) {

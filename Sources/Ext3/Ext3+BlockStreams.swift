@@ -13,10 +13,10 @@ extension Ext3 {
     /// - `.small`: small files' data, read into a buffer when the batch is handed over (on two
     ///   threads, each file into its own part), written with one pwrite per batch;
     /// - `.copied`: larger files' data, copied by the kernel (copy_file_range, or reads and
-    ///   writes where it cannot) on two threads when the batch is handed over.
+    ///   writes where it cannot), opened by path.
     ///
-    /// The buffers are written on the ``DataWriter``'s thread while the next batches are
-    /// gathered and read. Files are opened relative to their open directory; a
+    /// Every write to the image happens on the ``DataWriter``'s thread while the next batches
+    /// are gathered and read. Files are opened relative to their open directory; a
     /// directory left behind stays open until the batches that may still read from it are
     /// handed over.
     final class BlockStreams {
@@ -24,9 +24,6 @@ extension Ext3 {
             case literal = 0, small = 1, copied = 2
         }
 
-        /// A larger file's data is copied in pieces of at most this many bytes (spread over both
-        /// threads).
-        static let pieceBytes = 1 << 20
         /// At most this many directories left behind are kept open for a batch's reads.
         static let openDirectoriesPerBatch = 64
 
@@ -90,22 +87,19 @@ extension Ext3 {
         }
 
         /// `count` bytes of the file `source` (a NUL-terminated path) from `offset`, to go at
-        /// block `physical` and the `blocks` blocks after it (zeros after `count`).
+        /// block `physical` and the `blocks` blocks after it (zeros after `count`): read into
+        /// the small files' batch, or copied by the writing thread.
         func read(_ source: [CChar], offset: UInt64, count: UInt64, at physical: UInt64, blocks: UInt64, region: Region) throws {
+            if region == .copied {
+                try writer.submit(.copy(source: source, from: offset, count: count, to: physical * UInt64(Ext3.blockSize)))
+                return
+            }
             if retiredDirectories.count >= BlockStreams.openDirectoriesPerBatch { try flushData() }
             let place = locate(source)
-            let pieceBlocks = UInt64(BlockStreams.pieceBytes / Ext3.blockSize)
-            var done: UInt64 = 0
-            var block: UInt64 = 0
-            while block < blocks {
-                let pieceLength = min(pieceBlocks, blocks - block)
-                let pieceCount = min(count - done, pieceLength * UInt64(Ext3.blockSize))
-                let at = try reserve(region, physical: physical + block, blocks: pieceLength)
-                batches[region.rawValue].reads.append(Read(directory: place.directory, name: place.name, source: source, offset: offset + done,
-                                                           count: Int(pieceCount), at: at, room: Int(pieceLength) * Ext3.blockSize))
-                done += pieceCount
-                block += pieceLength
-            }
+            precondition(Int(blocks) * Ext3.blockSize <= batchBytes, "a small file's run fits a batch")
+            let at = try reserve(.small, physical: physical, blocks: blocks)
+            batches[Region.small.rawValue].reads.append(Read(directory: place.directory, name: place.name, source: source, offset: offset,
+                                                             count: Int(count), at: at, room: Int(blocks) * Ext3.blockSize))
         }
 
         /// Room for `blocks` blocks at `physical` at the end of the region's batch (handed over
@@ -161,32 +155,16 @@ extension Ext3 {
             try writer.submit(.write(slot: slot, length: Int(batch.blocks) * Ext3.blockSize, offset: batch.start * UInt64(Ext3.blockSize)))
         }
 
-        /// Hands both data batches over (their reads done), then closes the directories left behind.
+        /// Hands the small files' batch over (its reads done), then closes the directories left behind.
         private func flushData() throws {
             defer { closeRetiredDirectories() }
-            for region in [Region.small, Region.copied] {
-                let batch = batches[region.rawValue]
-                batches[region.rawValue] = Batch()
-                if batch.blocks > 0 { try flush(batch, region: region) }
-            }
+            let batch = batches[Region.small.rawValue]
+            batches[Region.small.rawValue] = Batch()
+            if batch.blocks > 0 { try flush(batch) }
         }
 
-        private func flush(_ batch: Batch, region: Region) throws {
+        private func flush(_ batch: Batch) throws {
             let offset = batch.start * UInt64(Ext3.blockSize)
-            if region == .copied {
-                // On the reading threads, each piece copied by the kernel as it is opened: a
-                // descriptor or two open at a time, whatever the batch holds.
-                let fd = self.fd
-                let path = self.path
-                let failures = ParallelWork.map(batch.reads, threads: 2) { read -> Error? in
-                    let input = BlockStreams.open(read)
-                    guard input >= 0 else { return DataWriter.unreadable(read.source, errno) }
-                    defer { close(input) }
-                    return BlockStreams.copy(read, from: input, to: fd, at: offset + UInt64(read.at), path: path)
-                }
-                if let failure = failures.lazy.compactMap({ $0 }).first { throw failure }
-                return
-            }
             let slot = try writer.acquire()
             let address = UInt(bitPattern: writer.buffers[slot].baseAddress!)
             let failures = ParallelWork.map(batch.reads, threads: 2) { read in
@@ -221,48 +199,6 @@ extension Ext3 {
                 done += got
             }
             (target + done).initializeMemory(as: UInt8.self, repeating: 0, count: read.room - done)
-            return nil
-        }
-
-        /// The read's bytes from `input` into the image file at `at`: copy_file_range, or
-        /// reads and writes where the kernel cannot.
-        private static func copy(_ read: Read, from input: Int32, to fd: Int32, at: UInt64, path: String) -> Error? {
-            var sourceOffset = Int64(read.offset)
-            var targetOffset = Int64(at)
-            var left = read.count
-            while left > 0 {
-                let copied = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, left)
-                if copied > 0 {
-                    left -= Int(copied)
-                    continue
-                }
-                if copied == 0 { return DataWriter.changed(read.source) }
-                let code = errno
-                if code == EINTR { continue }
-                if [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) { break }  // not here: read and write
-                if code == ENOSPC || code == EDQUOT { return Error.system(operation: "write", path: path, errno: code) }
-                return DataWriter.unreadable(read.source, code)
-            }
-            guard left > 0 else { return nil }
-            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: left, alignment: 4096)
-            defer { scratch.deallocate() }
-            var got = 0
-            while got < left {
-                let count = pread(input, scratch.baseAddress! + got, left - got, off_t(sourceOffset) + off_t(got))
-                if count < 0 {
-                    if errno == EINTR { continue }
-                    return DataWriter.unreadable(read.source, errno)
-                }
-                if count == 0 { return DataWriter.changed(read.source) }
-                got += count
-            }
-            do {
-                try Ext3.writeFully(fd, UnsafeRawBufferPointer(scratch), at: UInt64(targetOffset), path: path)
-            } catch let failure as Error {
-                return failure
-            } catch {
-                return .other("\(error)")
-            }
             return nil
         }
 

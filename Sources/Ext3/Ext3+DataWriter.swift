@@ -4,13 +4,17 @@ import Glibc
 #endif
 
 extension Ext3 {
-    /// Writes filled batch buffers into the image (one pwrite each) on a thread of its own, so
-    /// gathering and reading the next batches overlaps with writing the last ones. Jobs run in
-    /// the order given; the first failure is kept, later jobs are skipped, and ``finish()``
-    /// throws it.
+    /// Writes into the image on a thread of its own, so gathering and reading the next batches
+    /// overlaps with writing the last ones: filled batch buffers (one pwrite each) and larger
+    /// files, copied by the kernel (copy_file_range, or reads and writes where it cannot).
+    /// Jobs run in the order given; the first failure is kept, later jobs are skipped, and
+    /// ``finish()`` throws it.
     final class DataWriter: @unchecked Sendable {
         enum Job {
             case write(slot: Int, length: Int, offset: UInt64)
+            /// Copies `count` bytes of the file at `source` (NUL-terminated) from `from` to the
+            /// image at `to`.
+            case copy(source: [CChar], from: UInt64, count: UInt64, to: UInt64)
             /// Gives a buffer slot back unwritten.
             case release(slot: Int)
         }
@@ -112,6 +116,8 @@ extension Ext3 {
                     pthread_mutex_lock(lock)
                     freeSlots.append(slot)
                     pthread_mutex_unlock(lock)
+                case let .copy(source, from, count, to):
+                    if !failed { problem = DataWriter.copy(source, from: from, count: count, to: fd, at: to, path: path) }
                 case let .release(slot):
                     pthread_mutex_lock(lock)
                     freeSlots.append(slot)
@@ -126,6 +132,51 @@ extension Ext3 {
 
         func writeAll(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
             try Ext3.writeFully(fd, bytes, at: offset, path: path)
+        }
+
+        /// `count` bytes of the file at `source` from `from`, into `fd` at `at`.
+        static func copy(_ source: [CChar], from: UInt64, count: UInt64, to fd: Int32, at: UInt64, path: String) -> Error? {
+            let input = open(source, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard input >= 0 else { return unreadable(source, errno) }
+            defer { close(input) }
+            var sourceOffset = Int64(from)
+            var targetOffset = Int64(at)
+            var left = count
+            while left > 0 {
+                let copied = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
+                if copied > 0 {
+                    left -= UInt64(copied)
+                    continue
+                }
+                if copied == 0 { return changed(source) }
+                let code = errno
+                if code == EINTR { continue }
+                if [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) { break }  // not here: read and write
+                if code == ENOSPC || code == EDQUOT { return Error.system(operation: "write", path: path, errno: code) }
+                return unreadable(source, code)
+            }
+            guard left > 0 else { return nil }
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(left, 1 << 20)), alignment: 4096)
+            defer { scratch.deallocate() }
+            while left > 0 {
+                let got = pread(input, scratch.baseAddress, Int(min(left, UInt64(scratch.count))), off_t(sourceOffset))
+                if got < 0 {
+                    if errno == EINTR { continue }
+                    return unreadable(source, errno)
+                }
+                if got == 0 { return changed(source) }
+                do {
+                    try Ext3.writeFully(fd, UnsafeRawBufferPointer(rebasing: scratch[..<got]), at: UInt64(targetOffset), path: path)
+                } catch let failure as Error {
+                    return failure
+                } catch {
+                    return .other("\(error)")
+                }
+                sourceOffset += Int64(got)
+                targetOffset += Int64(got)
+                left -= UInt64(got)
+            }
+            return nil
         }
 
         static func unreadable(_ source: [CChar], _ code: Int32) -> Error {

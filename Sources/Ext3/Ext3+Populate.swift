@@ -118,13 +118,12 @@ extension Ext3 {
 
         /// The tree's inodes straight into the inode tables, a group's worth per write (their
         /// numbers run on without gaps: see ``numberInodes()``); then upper/ and the extended
-        /// attributes through libext2fs. libext2fs has read no block of those tables but the
-        /// first one (the inodes it made), so only the first and last blocks of each write can
-        /// be in its cache, and they are written through it too.
+        /// attributes through libext2fs. The other inodes sharing the first and last blocks are
+        /// read through libext2fs (it may hold newer copies than the file), and those two blocks
+        /// are written through it too, so no older copy in its cache outlives them; it has read
+        /// no other block of the tables.
         private func writeInodes() throws {
             let now = Timestamp.now
-            // What libext2fs has cached goes to the file first, so the reads below see it.
-            try check(fs.pointee.io.pointee.manager.pointee.flush(fs.pointee.io), "write the filesystem metadata", path: path)
             let perGroup = UInt64(fs.pointee.super.pointee.s_inodes_per_group)
             let perBlock = UInt64(Ext3.blockSize / Ext3.inodeSize)
             var index = 1
@@ -141,12 +140,17 @@ extension Ext3 {
                 let table = ext2fs_inode_table_loc(fs, dgrp_t(group)) + firstBlock
                 var buffer = [UInt8](repeating: 0, count: Int(blocks) * Ext3.blockSize)
                 try buffer.withUnsafeMutableBytes { bytes in
-                    // The first and last blocks may hold inodes made before (lost+found,
-                    // upper/...): read them as they are now, past libext2fs's block cache.
-                    for block in Set([0, blocks - 1]) {
-                        let part = UnsafeMutableRawBufferPointer(rebasing: bytes[Int(block) * Ext3.blockSize..<Int(block + 1) * Ext3.blockSize])
-                        guard pread(fd, part.baseAddress!, part.count, off_t((table + block) * UInt64(Ext3.blockSize))) == part.count else {
-                            throw Error.system(operation: "read the inode table", path: path, errno: errno == 0 ? EIO : errno)
+                    // The other inodes of the first and last blocks (lost+found, upper/... or
+                    // unused ones) as libext2fs has them now.
+                    let groupStart = group * perGroup + 1
+                    for block in Set([firstBlock, firstBlock + blocks - 1]) {
+                        for other in block * perBlock..<(block + 1) * perBlock {
+                            let number = groupStart + other
+                            guard number < UInt64(numbers[index]) || number > UInt64(numbers[end - 1]),
+                                  number <= UInt64(fs.pointee.super.pointee.s_inodes_count) else { continue }
+                            let offset = Int(other - firstBlock * perBlock) * Ext3.inodeSize
+                            try check(ext2fs_read_inode_full(fs, ext2_ino_t(number), (bytes.baseAddress! + offset).assumingMemoryBound(to: ext2_inode.self),
+                                                             Int32(Ext3.inodeSize)), "read inode \(number)", path: path)
                         }
                     }
                     for node in index..<end {
@@ -373,11 +377,16 @@ extension Ext3 {
 
         /// Where each region starts: the literal one (directories, long symlinks and every
         /// indirect block) first, then small files' data, then larger files' data; each with
-        /// room for what it gets, so it fills without gaps.
+        /// room for what it gets, so it fills without gaps. The free blocks the regions will
+        /// take are reserved in the image file first (fallocate): writing into reserved blocks
+        /// costs the host filesystem far less than allocating them page by page. The image
+        /// file only grows by what the pack writes anyway (where fallocate is refused, as on
+        /// some network filesystems, nothing changes but the speed).
         private func placeRegions() {
             let blockSize = UInt64(Ext3.blockSize)
             var literal: UInt64 = 0
             var small: UInt64 = 0
+            var copied: UInt64 = 0
             for index in tree.nodes.indices {
                 switch tree.nodes[index].kind {
                 case .directory:
@@ -386,22 +395,35 @@ extension Ext3 {
                 case .symlink:
                     if tree.nodes[index].target.count >= 60 { literal += 1 }
                 case .regular:
-                    guard case let .file(_, segments) = tree.nodes[index].content else { continue }
                     let blocks = (tree.nodes[index].size + blockSize - 1) / blockSize
-                    if let segments {
+                    switch tree.nodes[index].content {
+                    case .file(_, let segments?):
                         let data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
                         literal += Geometry.mapBlocks(forFileBlocks: data) + 3 * UInt64(segments.count)
-                    } else if blocks <= Populator.smallBlocks {
-                        small += blocks
-                    } else {
-                        literal += Geometry.mapBlocks(forFileBlocks: blocks)
+                        copied += data
+                    case .file(_, nil):
+                        if blocks <= Populator.smallBlocks {
+                            small += blocks
+                        } else {
+                            literal += Geometry.mapBlocks(forFileBlocks: blocks)
+                            copied += blocks
+                        }
+                    case .archive:
+                        // From an archive everything goes to the last region, indirect blocks too.
+                        copied += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
+                    case .none:
+                        break
                     }
                 default:
                     break
                 }
             }
-            cursors[BlockStreams.Region.small.rawValue] = skipFree(literal, from: cursors[BlockStreams.Region.literal.rawValue])
-            cursors[BlockStreams.Region.copied.rawValue] = skipFree(small, from: cursors[BlockStreams.Region.small.rawValue])
+            let literalStart = cursors[BlockStreams.Region.literal.rawValue]
+            let smallStart = freeRuns(literal, from: literalStart, reserve: true)
+            let copiedStart = freeRuns(small, from: smallStart, reserve: true)
+            _ = freeRuns(copied, from: copiedStart, reserve: true)
+            cursors[BlockStreams.Region.small.rawValue] = smallStart
+            cursors[BlockStreams.Region.copied.rawValue] = copiedStart
         }
 
         /// From a directory: each file in tree order, its data ranges (all of it unless sparse).
@@ -519,8 +541,10 @@ extension Ext3 {
             return runs
         }
 
-        /// The block where `blocks` free blocks from `start` on have been passed.
-        private func skipFree(_ blocks: UInt64, from start: blk64_t) -> blk64_t {
+        /// The block where `blocks` free blocks from `start` on have been passed; with
+        /// `reserve`, those blocks are reserved in the image file on the way (failures are
+        /// left to the writes, which say what went wrong).
+        private func freeRuns(_ blocks: UInt64, from start: blk64_t, reserve: Bool) -> blk64_t {
             var cursor = start
             var left = blocks
             while left > 0 && cursor <= lastBlock {
@@ -529,6 +553,9 @@ extension Ext3 {
                 var used: blk64_t = 0
                 if ext2fs_find_first_set_block_bitmap2(fs.pointee.block_map, free, lastBlock, &used) != 0 { used = lastBlock + 1 }
                 let run = min(used - free, left)
+                if reserve {
+                    _ = cext2fs_fallocate(fd, Int64(free * UInt64(Ext3.blockSize)), Int64(run * UInt64(Ext3.blockSize)))
+                }
                 left -= run
                 cursor = free + run
             }
@@ -664,4 +691,5 @@ extension Ext3 {
         }
     }
 }
+
 
