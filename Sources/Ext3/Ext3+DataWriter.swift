@@ -32,7 +32,7 @@ extension Ext3 {
         private var thread = pthread_t()
         private var running = false
 
-        init(fd: Int32, path: String, slots: Int = 3, slotSize: Int = 8 << 20) throws {
+        init(fd: Int32, path: String, slots: Int, slotSize: Int) throws {
             self.fd = fd
             self.path = path
             buffers = (0..<slots).map { _ in .allocate(byteCount: slotSize, alignment: 4096) }
