@@ -64,8 +64,8 @@ enum PackFixture {
         try write(root + "/empty", [])
         try write(root + "/one block", bytes(4096))
         try write(root + "/dir with spaces/ünïcödé ✓/naïve file", bytes(10_000))
-        // Files that take an indirect block yet are read through the batch buffers (up to 256
-        // blocks), one just above that, and a directory whose entries take more than 12 blocks.
+        // Files past the 12 direct blocks (their data copied by the kernel, their indirect
+        // block written with the directories), and a directory of more than 12 blocks.
         try write(root + "/medium.bin", bytes(100 * 4096 + 77))
         try write(root + "/batch limit.bin", bytes(256 * 4096))
         try write(root + "/above limit.bin", bytes(256 * 4096 + 1))
