@@ -30,7 +30,8 @@ extension Ext3 {
         let fd: Int32
         let path: String
         private let writer: DataWriter
-        private var batches = [Batch(), Batch(), Batch()]
+        /// The literal and small regions' batches, by ``Region`` (the copied region has none).
+        private var batches = [Batch(), Batch()]
         private var directory: (path: ArraySlice<CChar>, fd: Int32) = ([], -1)
         private var retiredDirectories: [Int32] = []
         private var finished = false
@@ -97,7 +98,7 @@ extension Ext3 {
                 try writer.submit(.copy(source: source, from: offset, count: count, to: physical * UInt64(Ext3.blockSize)))
                 return
             }
-            if retiredDirectories.count >= BlockStreams.openDirectoriesPerBatch { try flushData() }
+            if retiredDirectories.count >= BlockStreams.openDirectoriesPerBatch { try flushSmall() }
             let place = locate(source)
             precondition(Int(blocks) * Ext3.blockSize <= batchBytes, "a small file's run fits a batch")
             let at = try reserve(.small, physical: physical, blocks: blocks)
@@ -110,7 +111,7 @@ extension Ext3 {
         private func reserve(_ region: Region, physical: UInt64, blocks: UInt64) throws -> Int {
             let batch = batches[region.rawValue]
             if batch.blocks > 0 && (physical != batch.start + batch.blocks || Int(batch.blocks + blocks) * Ext3.blockSize > batchBytes) {
-                if region == .literal { try flushLiteral() } else { try flushData() }
+                if region == .literal { try flushLiteral() } else { try flushSmall() }
             }
             if batches[region.rawValue].blocks == 0 { batches[region.rawValue].start = physical }
             let at = Int(batches[region.rawValue].blocks) * Ext3.blockSize
@@ -126,7 +127,7 @@ extension Ext3 {
             guard !finished else { return }
             do {
                 try flushLiteral()
-                try flushData()
+                try flushSmall()
             } catch {
                 abandon()
                 throw error
@@ -140,7 +141,7 @@ extension Ext3 {
         func abandon() {
             guard !finished else { return }
             finished = true
-            batches = [Batch(), Batch(), Batch()]
+            batches = [Batch(), Batch()]
             try? writer.finish()
             release()
         }
@@ -158,16 +159,13 @@ extension Ext3 {
             try writer.submit(.write(slot: slot, length: Int(batch.blocks) * Ext3.blockSize, offset: batch.start * UInt64(Ext3.blockSize)))
         }
 
-        /// Hands the small files' batch over (its reads done), then closes the directories left behind.
-        private func flushData() throws {
+        /// Reads the small files' batch into a buffer, on two threads, and hands it over; then
+        /// closes the directories left behind.
+        private func flushSmall() throws {
             defer { closeRetiredDirectories() }
             let batch = batches[Region.small.rawValue]
             batches[Region.small.rawValue] = Batch()
-            if batch.blocks > 0 { try flush(batch) }
-        }
-
-        private func flush(_ batch: Batch) throws {
-            let offset = batch.start * UInt64(Ext3.blockSize)
+            guard batch.blocks > 0 else { return }
             let slot = try writer.acquire()
             let address = UInt(bitPattern: writer.buffers[slot].baseAddress!)
             let failures = ParallelWork.map(batch.reads, threads: 2) { read in
@@ -177,7 +175,7 @@ extension Ext3 {
                 try? writer.submit(.release(slot: slot))
                 throw failure
             }
-            try writer.submit(.write(slot: slot, length: Int(batch.blocks) * Ext3.blockSize, offset: offset))
+            try writer.submit(.write(slot: slot, length: Int(batch.blocks) * Ext3.blockSize, offset: batch.start * UInt64(Ext3.blockSize)))
         }
 
         private static func open(_ read: Read) -> Int32 {
@@ -210,16 +208,14 @@ extension Ext3 {
         /// Where to open `source` from: its directory's descriptor and its name there, or -1
         /// and the whole path.
         private func locate(_ source: [CChar]) -> (directory: Int32, name: [CChar]) {
-            var terminated = source
-            if terminated.last != 0 { terminated.append(0) }
-            let slash = terminated.lastIndex(of: CChar(UInt8(ascii: "/"))) ?? -1
-            let parent = terminated[..<max(slash, 0)]
+            let slash = source.lastIndex(of: CChar(UInt8(ascii: "/"))) ?? -1
+            let parent = source[..<max(slash, 0)]
             if slash > 0 && parent != directory.path {
                 if directory.fd >= 0 { retiredDirectories.append(directory.fd) }
                 directory = (parent, Glibc.open(Array(parent) + [0], O_RDONLY | O_DIRECTORY | O_CLOEXEC))
             }
-            guard slash > 0, directory.fd >= 0 else { return (-1, terminated) }
-            return (directory.fd, Array(terminated[(slash + 1)...]))
+            guard slash > 0, directory.fd >= 0 else { return (-1, source) }
+            return (directory.fd, Array(source[(slash + 1)...]))
         }
 
         private func closeRetiredDirectories() {

@@ -22,6 +22,9 @@ extension Ext3 {
         let fd: Int32
         let path: String
         let buffers: [UnsafeMutableRawBufferPointer]
+        /// For copies where copy_file_range cannot be used.
+        private let scratch: UnsafeMutableRawBufferPointer
+        private var copyFileRange = true
         private var freeSlots: [Int]
         private var jobs: [Job] = []
         private var head = 0
@@ -36,6 +39,7 @@ extension Ext3 {
             self.fd = fd
             self.path = path
             buffers = (0..<slots).map { _ in .allocate(byteCount: slotSize, alignment: 4096) }
+            scratch = .allocate(byteCount: 1 << 20, alignment: 4096)
             freeSlots = Array(0..<slots)
             pthread_mutex_init(lock, nil)
             pthread_cond_init(changed, nil)
@@ -54,6 +58,7 @@ extension Ext3 {
 
         deinit {
             for buffer in buffers { buffer.deallocate() }
+            scratch.deallocate()
             pthread_cond_destroy(changed)
             pthread_mutex_destroy(lock)
             lock.deallocate()
@@ -117,7 +122,9 @@ extension Ext3 {
                     freeSlots.append(slot)
                     pthread_mutex_unlock(lock)
                 case let .copy(source, from, count, to):
-                    if !failed { problem = DataWriter.copy(source, from: from, count: count, to: fd, at: to, path: path) }
+                    if !failed {
+                        do { try copy(source, from: from, count: count, at: to) } catch let caught { problem = caught }
+                    }
                 case let .release(slot):
                     pthread_mutex_lock(lock)
                     freeSlots.append(slot)
@@ -134,49 +141,44 @@ extension Ext3 {
             try Ext3.writeFully(fd, bytes, at: offset, path: path)
         }
 
-        /// `count` bytes of the file at `source` from `from`, into `fd` at `at`.
-        static func copy(_ source: [CChar], from: UInt64, count: UInt64, to fd: Int32, at: UInt64, path: String) -> Error? {
+        /// `count` bytes of the file at `source` from `from`, into the image at `at`: the
+        /// kernel copies, or reads and writes through the scratch buffer where it cannot (then
+        /// for every later file too).
+        private func copy(_ source: [CChar], from: UInt64, count: UInt64, at: UInt64) throws {
             let input = open(source, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            guard input >= 0 else { return unreadable(source, errno) }
+            guard input >= 0 else { throw DataWriter.unreadable(source, errno) }
             defer { close(input) }
             var sourceOffset = Int64(from)
             var targetOffset = Int64(at)
             var left = count
-            while left > 0 {
+            while copyFileRange && left > 0 {
                 let copied = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
                 if copied > 0 {
                     left -= UInt64(copied)
                     continue
                 }
-                if copied == 0 { return changed(source) }
+                if copied == 0 { throw DataWriter.changed(source) }
                 let code = errno
                 if code == EINTR { continue }
-                if [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) { break }  // not here: read and write
-                if code == ENOSPC || code == EDQUOT { return Error.system(operation: "write", path: path, errno: code) }
-                return unreadable(source, code)
+                if [EXDEV, EINVAL, ENOSYS, EOPNOTSUPP, EBADF].contains(code) {
+                    copyFileRange = false
+                    break
+                }
+                if code == ENOSPC || code == EDQUOT { throw Error.system(operation: "write", path: path, errno: code) }
+                throw DataWriter.unreadable(source, code)
             }
-            guard left > 0 else { return nil }
-            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(left, 1 << 20)), alignment: 4096)
-            defer { scratch.deallocate() }
             while left > 0 {
                 let got = pread(input, scratch.baseAddress, Int(min(left, UInt64(scratch.count))), off_t(sourceOffset))
                 if got < 0 {
                     if errno == EINTR { continue }
-                    return unreadable(source, errno)
+                    throw DataWriter.unreadable(source, errno)
                 }
-                if got == 0 { return changed(source) }
-                do {
-                    try Ext3.writeFully(fd, UnsafeRawBufferPointer(rebasing: scratch[..<got]), at: UInt64(targetOffset), path: path)
-                } catch let failure as Error {
-                    return failure
-                } catch {
-                    return .other("\(error)")
-                }
+                if got == 0 { throw DataWriter.changed(source) }
+                try writeAll(UnsafeRawBufferPointer(rebasing: scratch[..<got]), at: UInt64(targetOffset))
                 sourceOffset += Int64(got)
                 targetOffset += Int64(got)
                 left -= UInt64(got)
             }
-            return nil
         }
 
         static func unreadable(_ source: [CChar], _ code: Int32) -> Error {

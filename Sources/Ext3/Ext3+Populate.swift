@@ -33,10 +33,8 @@ extension Ext3 {
         let progress: ((PackProgress) -> Void)?
         var numbers: [ext2_ino_t] = []
         var maps: [BlockMapper?] = []
-        /// Where the next blocks are looked for: `cursors[0]` for what goes through the batch
-        /// buffers (directories, small files, indirect blocks), `cursors[1]` for the data of
-        /// larger files, which the kernel copies (a region of its own after the first, so the
-        /// batches stay contiguous).
+        /// Where each region's next blocks are looked for, by ``BlockStreams/Region`` (see
+        /// ``placeRegions()``).
         var cursors: [blk64_t] = [0, 0, 0]
         let lastBlock: blk64_t
         let buffer: UnsafeMutableRawBufferPointer
@@ -371,10 +369,6 @@ extension Ext3 {
 
         // MARK: - File data
 
-        /// Files of at most this many blocks (no indirect block) are "small": their data has a
-        /// region of its own, where they lie one after another.
-        static let smallBlocks: UInt64 = 12
-
         /// Where each region starts: the literal one (directories, long symlinks and every
         /// indirect block) first, then small files' data, then larger files' data; each with
         /// room for what it gets, so it fills without gaps. The free blocks the regions will
@@ -383,45 +377,10 @@ extension Ext3 {
         /// file only grows by what the pack writes anyway (where fallocate is refused, as on
         /// some network filesystems, nothing changes but the speed).
         private func placeRegions() {
-            let blockSize = UInt64(Ext3.blockSize)
-            var literal: UInt64 = 0
-            var small: UInt64 = 0
-            var copied: UInt64 = 0
-            for index in tree.nodes.indices {
-                switch tree.nodes[index].kind {
-                case .directory:
-                    let blocks = Tree.directoryBlocks(nameLengths: tree.nodes[index].children.map { $0.name.count })
-                    literal += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
-                case .symlink:
-                    if tree.nodes[index].target.count >= 60 { literal += 1 }
-                case .regular:
-                    let blocks = (tree.nodes[index].size + blockSize - 1) / blockSize
-                    switch tree.nodes[index].content {
-                    case .file(_, let segments?):
-                        let data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
-                        literal += Geometry.mapBlocks(forFileBlocks: data) + 3 * UInt64(segments.count)
-                        copied += data
-                    case .file(_, nil):
-                        if blocks <= Populator.smallBlocks {
-                            small += blocks
-                        } else {
-                            literal += Geometry.mapBlocks(forFileBlocks: blocks)
-                            copied += blocks
-                        }
-                    case .archive:
-                        // From an archive everything goes to the last region, indirect blocks too.
-                        copied += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
-                    case .none:
-                        break
-                    }
-                default:
-                    break
-                }
-            }
-            let literalStart = cursors[BlockStreams.Region.literal.rawValue]
-            let smallStart = freeRuns(literal, from: literalStart, reserve: true)
-            let copiedStart = freeRuns(small, from: smallStart, reserve: true)
-            _ = freeRuns(copied, from: copiedStart, reserve: true)
+            let needs = tree.blockNeeds
+            let smallStart = freeRuns(needs.literal, from: cursors[BlockStreams.Region.literal.rawValue], reserve: true)
+            let copiedStart = freeRuns(needs.small, from: smallStart, reserve: true)
+            _ = freeRuns(needs.copied, from: copiedStart, reserve: true)
             cursors[BlockStreams.Region.small.rawValue] = smallStart
             cursors[BlockStreams.Region.copied.rawValue] = copiedStart
         }
@@ -435,7 +394,7 @@ extension Ext3 {
                 if size > 0 {
                     var map = BlockMapper()
                     let blocks = (size + blockSize - 1) / blockSize
-                    let small = segments == nil && blocks <= Populator.smallBlocks
+                    let small = segments == nil && blocks <= Tree.smallFileBlocks
                     var runs: [(logical: UInt64, physical: UInt64, count: UInt64)] = []
                     for range in segments.map(Tree.blockRanges) ?? [0..<blocks] {
                         runs += try small ? map.map(range, allocator: allocateSmall)
@@ -445,9 +404,9 @@ extension Ext3 {
                     for run in runs {
                         let start = run.logical * blockSize
                         guard size > start else { continue }
-                        try streams.read(source, offset: start, count: min(run.count * blockSize, size - start), at: run.physical,
-                                         blocks: run.count, region: small ? .small : .copied)
-                        bytesDone += min(run.count * blockSize, size - start)
+                        let count = min(run.count * blockSize, size - start)
+                        try streams.read(source, offset: start, count: count, at: run.physical, blocks: run.count, region: small ? .small : .copied)
+                        bytesDone += count
                     }
                     maps[index] = map
                 }

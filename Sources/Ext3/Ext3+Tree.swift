@@ -88,8 +88,27 @@ extension Ext3 {
         /// Blocks the tree takes in an image: file data (only the allocated parts of sparse
         /// files) with their indirect blocks, directory blocks, long symlinks and extended
         /// attribute blocks. An upper bound: what gets written is never more.
-        public var blocksNeeded: UInt64 {
-            var total: UInt64 = 0
+        public var blocksNeeded: UInt64 { blockNeeds.total }
+
+        /// Files of at most this many blocks (no indirect block) are small: a pack gives their
+        /// data a region of its own, where they lie one after another.
+        static let smallFileBlocks: UInt64 = 12
+
+        /// ``blocksNeeded`` by the region of the image a pack puts them in.
+        struct BlockNeeds {
+            /// Directories, long symlinks and every indirect block.
+            var literal: UInt64 = 0
+            /// Small files' data (dense files of at most ``smallFileBlocks`` blocks, read from a directory).
+            var small: UInt64 = 0
+            /// Larger and sparse files' data, and everything of files read from an archive.
+            var copied: UInt64 = 0
+            /// Extended attribute blocks (libext2fs places them).
+            var attributes: UInt64 = 0
+            var total: UInt64 { literal + small + copied + attributes }
+        }
+
+        var blockNeeds: BlockNeeds {
+            var needs = BlockNeeds()
             let block = UInt64(Ext3.blockSize)
             // Each node read where it lies: copying one out (a dozen arrays retained and
             // released) cost more than the sum, and this runs for every node of a large tree.
@@ -97,25 +116,33 @@ extension Ext3 {
                 for index in nodes.indices {
                     switch nodes[index].kind {
                     case .regular:
-                        var data = (nodes[index].size + block - 1) / block
-                        var runs: UInt64 = 1
-                        if let segments = nodes[index].content.segments {
-                            data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
-                            runs = UInt64(segments.count)
+                        let blocks = (nodes[index].size + block - 1) / block
+                        switch nodes[index].content {
+                        case .file(_, let segments?):
+                            // A run anywhere in the file may need its own chain of indirect blocks.
+                            let data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
+                            if data > 0 { needs.literal += Geometry.mapBlocks(forFileBlocks: data) + 3 * UInt64(segments.count) }
+                            needs.copied += data
+                        case .file(_, nil) where blocks <= Tree.smallFileBlocks:
+                            needs.small += blocks
+                        case .file(_, nil):
+                            needs.literal += Geometry.mapBlocks(forFileBlocks: blocks)
+                            needs.copied += blocks
+                        case .archive, .none:
+                            needs.copied += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
                         }
-                        if data > 0 { total += data + Geometry.mapBlocks(forFileBlocks: data) + (runs > 1 ? 3 * runs : 0) }
                     case .directory:
                         let blocks = Tree.directoryBlocks(nameLengths: nodes[index].children.lazy.map { $0.name.count })
-                        total += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
+                        needs.literal += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
                     case .symlink:
-                        if nodes[index].target.count >= 60 { total += 1 }
+                        if nodes[index].target.count >= 60 { needs.literal += 1 }
                     default:
                         break
                     }
-                    if !nodes[index].xattrs.isEmpty && !Tree.xattrsFitInInode(nodes[index].xattrs) { total += 1 }
+                    if !nodes[index].xattrs.isEmpty && !Tree.xattrsFitInInode(nodes[index].xattrs) { needs.attributes += 1 }
                 }
             }
-            return total
+            return needs
         }
 
         /// Blocks a directory with entries of these name lengths takes (plus `.` and `..`).

@@ -10,7 +10,7 @@ import TestSupport
     let directory: TempDirectory
     init() throws {
         directory = try TempDirectory("plan")
-        for name in ["a.ext3", "b.ext3", "c.ext3"] { FileManager.default.createFile(atPath: directory.file(name), contents: nil) }
+        for name in ["a.ext3", "b.ext3", "c.ext3"] { _ = FileManager.default.createFile(atPath: directory.file(name), contents: nil) }
     }
 
     func plan(_ overlays: [String], mode: NativePlan.Mode = .kernel, command: JobCommand = .argv(["true"])) throws -> NativePlan {
