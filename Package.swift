@@ -13,6 +13,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // The only place C leaks in: libext2fs + com_err, with a shim for what Swift imports badly.
@@ -21,19 +22,26 @@ let package = Package(
             pkgConfig: "ext2fs",
             providers: [.apt(["libext2fs-dev"])]
         ),
-        // Linux calls Swift cannot make (prctl, ioctl, capset) and the code between fork and exec.
-        .systemLibrary(name: "CLinux"),
+        // C that must be C: the code between fork and exec, the PID-namespace init, and thin
+        // wrappers for calls Swift cannot make (prctl, ioctl, GNU-only and new syscalls).
+        .target(name: "CLinux"),
+        // The one place for the OS: typed errno, owned descriptors, pipes, waiting with
+        // deadlines, running programs, mounts/loops/namespaces, OFD locks, threads.
+        .target(
+            name: "LinuxSupport",
+            dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // zlib, for gzip-compressed tar archives (create-overlay --from).
         .systemLibrary(
             name: "CZlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
         // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
-        .target(name: "Ext3", dependencies: ["CExt2fs", "CZlib"]),
+        .target(name: "Ext3", dependencies: ["CExt2fs", "CZlib", "LinuxSupport"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
-        .target(name: "Overlay", dependencies: ["Ext3"]),
+        .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "CLinux"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport", "CLinux"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",

@@ -1,3 +1,4 @@
+import LinuxSupport
 import CExt2fs
 #if canImport(Glibc)
 import Glibc
@@ -152,7 +153,7 @@ extension Ext3 {
             var targetOffset = Int64(at)
             var left = count
             while copyFileRange && left > 0 {
-                let copied = cext2fs_copy_file_range(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
+                let copied = FileCalls.copyFileRange(input, &sourceOffset, fd, &targetOffset, Int(min(left, 1 << 30)))
                 if copied > 0 {
                     left -= UInt64(copied)
                     continue

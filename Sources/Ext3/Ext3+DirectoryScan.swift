@@ -1,3 +1,4 @@
+import LinuxSupport
 import CExt2fs
 import Dispatch
 #if canImport(Glibc)
@@ -41,7 +42,7 @@ extension Ext3.Tree {
 
         // Asked once: a kernel without listxattrat says ENOSYS (a seccomp filter may say EPERM).
         let relative = xattrCalls == .relativeWhereAvailable
-            && (cext2fs_listxattrat(AT_FDCWD, base, nil, 0) >= 0 || (errno != ENOSYS && errno != EPERM))
+            && (FileCalls.listxattrat(AT_FDCWD, base, nil, 0) >= 0 || (errno != ENOSYS && errno != EPERM))
         let euid = geteuid()
         let threads = max(1, threads ?? min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 4))
         // The directories are read on the other threads and on this one, which puts the tree
@@ -460,8 +461,8 @@ extension Ext3.Tree {
             ctime: Ext3.Timestamp(seconds: Int64(info.st_ctim.tv_sec), nanoseconds: UInt32(info.st_ctim.tv_nsec)))
         if kind == .regular { node.size = UInt64(info.st_size) }
         if kind == .characterDevice || kind == .blockDevice {
-            node.major = UInt32(cext2fs_major(UInt64(info.st_rdev)))
-            node.minor = UInt32(cext2fs_minor(UInt64(info.st_rdev)))
+            node.major = UInt32(FileCalls.major(UInt64(info.st_rdev)))
+            node.minor = UInt32(FileCalls.minor(UInt64(info.st_rdev)))
         }
         return node
     }
@@ -471,12 +472,12 @@ extension Ext3.Tree {
         var segments: [Range<UInt64>] = []
         var offset: off_t = 0
         while UInt64(offset) < size {
-            let data = off_t(cext2fs_seek_data(fd, Int64(offset)))
+            let data = off_t(FileCalls.seekData(fd, Int64(offset)))
             if data < 0 {
                 if errno == ENXIO { break }
                 return [0..<size]  // no SEEK_DATA here: treat as dense
             }
-            var hole = off_t(cext2fs_seek_hole(fd, Int64(data)))
+            var hole = off_t(FileCalls.seekHole(fd, Int64(data)))
             if hole < 0 { hole = off_t(size) }
             let end = min(UInt64(hole), size)
             if end > UInt64(data) { segments.append(UInt64(data)..<end) }
@@ -494,15 +495,15 @@ extension Ext3.Tree {
 
         func list(_ buffer: UnsafeMutablePointer<CChar>?, _ size: Int) -> Int {
             switch self {
-            case let .relative(directory, name): Int(cext2fs_listxattrat(directory, name, buffer, size))
-            case let .path(path): llistxattr(path, buffer, size)
+            case let .relative(directory, name): Int(FileCalls.listxattrat(directory, name, buffer, size))
+            case let .path(path): FileCalls.llistxattr(path, buffer, size)
             }
         }
 
         func get(_ attribute: UnsafePointer<CChar>, _ buffer: UnsafeMutableRawPointer?, _ size: Int) -> Int {
             switch self {
-            case let .relative(directory, name): Int(cext2fs_getxattrat(directory, name, attribute, buffer, size))
-            case let .path(path): lgetxattr(path, attribute, buffer, size)
+            case let .relative(directory, name): Int(FileCalls.getxattrat(directory, name, attribute, buffer, size))
+            case let .path(path): FileCalls.lgetxattr(path, attribute, buffer, size)
             }
         }
     }

@@ -1,3 +1,4 @@
+import LinuxSupport
 import CExt2fs
 #if canImport(Glibc)
 import Glibc
@@ -322,7 +323,7 @@ extension Ext3 {
         /// rename(2) that never replaces: renameat2(RENAME_NOREPLACE), or where the filesystem
         /// lacks it, link(2) then unlink(2).
         static func moveNoReplace(_ source: String, to target: String) throws {
-            if cext2fs_rename_noreplace(source, target) == 0 { return }
+            if FileCalls.renameNoReplace(source, target) == 0 { return }
             let code = errno
             if code == EEXIST { throw Error.exists(path: target) }
             guard code == EINVAL || code == ENOSYS || code == ENOTSUP || code == EOPNOTSUPP else {

@@ -1,3 +1,4 @@
+import LinuxSupport
 import CExt2fs
 #if canImport(Glibc)
 import Glibc
@@ -513,7 +514,7 @@ extension Ext3 {
                 if ext2fs_find_first_set_block_bitmap2(fs.pointee.block_map, free, lastBlock, &used) != 0 { used = lastBlock + 1 }
                 let run = min(used - free, left)
                 if reserve {
-                    _ = cext2fs_fallocate(fd, Int64(free * UInt64(Ext3.blockSize)), Int64(run * UInt64(Ext3.blockSize)))
+                    _ = FileCalls.fallocate(fd, offset: Int64(free * UInt64(Ext3.blockSize)), length: Int64(run * UInt64(Ext3.blockSize)))
                 }
                 left -= run
                 cursor = free + run

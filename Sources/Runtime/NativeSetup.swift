@@ -187,10 +187,10 @@ struct Setup {
             try writeFile("/proc/self/uid_map", "\(plan.identity.uid) \(plan.identity.uid) 1\n")
             try writeFile("/proc/self/gid_map", "\(plan.identity.gid) \(plan.identity.gid) 1\n")
         }
-        guard clinux_mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0 else {
+        guard mount(nil, "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0 else {
             throw Failure(text: "cannot make the mounts private: \(Self.errorText())")
         }
-        guard clinux_mount("tmpfs", plan.staging, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755") == 0 else {
+        guard mount("tmpfs", plan.staging, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755") == 0 else {
             throw Failure(text: "cannot mount a tmpfs on \(plan.staging): \(Self.errorText())")
         }
         if let hostCopy = plan.hostCopy {
@@ -199,10 +199,10 @@ struct Setup {
             // bind / without its (locked) submounts. Then the staging tmpfs comes off the copy,
             // which shows the host's own directory there.
             try makeDirectories(hostCopy)
-            guard clinux_mount("/", hostCopy, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
+            guard mount("/", hostCopy, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
                 throw Failure(text: "cannot bind / to \(hostCopy) for the overlay: \(Self.errorText())")
             }
-            guard clinux_umount(hostCopy + plan.staging, Int32(MNT_DETACH)) == 0 else {
+            guard umount2(hostCopy + plan.staging, Int32(MNT_DETACH)) == 0 else {
                 throw Failure(text: "cannot unmount \(hostCopy + plan.staging): \(Self.errorText())")
             }
         }
@@ -261,7 +261,7 @@ struct Setup {
         let readOnly = plan.upperDir == nil
         switch plan.mode {
         case .kernel:
-            guard clinux_mount("overlay", plan.root, "overlay", readOnly ? UInt(MS_RDONLY) : 0, plan.overlayOptions) == 0 else {
+            guard mount("overlay", plan.root, "overlay", readOnly ? UInt(MS_RDONLY) : 0, plan.overlayOptions) == 0 else {
                 throw Failure(text: "cannot mount the overlay (\(plan.overlayOptions)): \(Self.errorText())")
             }
         case .fuse:
@@ -270,7 +270,7 @@ struct Setup {
         }
         for bind in plan.binds {
             let target = plan.root + bind.destination
-            guard clinux_mount(bind.source, target, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
+            guard mount(bind.source, target, nil, UInt(MS_BIND | MS_REC), nil) == 0 else {
                 throw Failure(text: "cannot bind \(bind.source) to \(bind.destination): \(Self.errorText())")
             }
             if bind.readOnly {
@@ -282,7 +282,7 @@ struct Setup {
                                            (2048, MS_NODIRATIME), (4096, MS_RELATIME)]
                 var flags = UInt(MS_BIND | MS_REMOUNT | MS_RDONLY)
                 for (bit, flag) in kept where UInt(info.f_flag) & bit != 0 { flags |= UInt(flag) }
-                guard clinux_mount(nil, target, nil, flags, nil) == 0 else {
+                guard mount(nil, target, nil, flags, nil) == 0 else {
                     throw Failure(text: "cannot make the bind of \(bind.source) read-only: \(Self.errorText())")
                 }
             }
@@ -306,7 +306,7 @@ struct Setup {
         guard device >= 0 else { throw Failure(text: "cannot attach \(path) to a loop device: \(Self.errorText(-device))") }
         // The device stays attached while it is open or mounted; autoclear frees it after.
         defer { close(device) }
-        let result = clinux_mount("/dev/loop\(number)", target, type, flags | (readOnly ? UInt(MS_RDONLY) : 0), data)
+        let result = mount("/dev/loop\(number)", target, type, flags | (readOnly ? UInt(MS_RDONLY) : 0), data)
         guard result == 0 else { throw Failure(text: "cannot mount \(path) (\(type)): \(Self.errorText())") }
     }
 
@@ -536,7 +536,7 @@ struct Setup {
     /// exits themselves; after 5 seconds they get SIGTERM (top first: the overlay driver keeps
     /// the image drivers busy until it exits), after 15 SIGKILL.
     mutating func tearDown() {
-        _ = clinux_umount(plan.staging, Int32(MNT_DETACH))
+        _ = umount2(plan.staging, Int32(MNT_DETACH))
         guard !daemons.isEmpty else { return }
         var remaining = daemons.map { (pid: $0.pid, exited: clinux_pidfd_open($0.pid)) }
         defer { for entry in remaining where entry.exited >= 0 { close(entry.exited) } }

@@ -1,15 +1,11 @@
-#ifndef CLINUX_SHIM_H
-#define CLINUX_SHIM_H
-
-// Linux calls the native runtime needs that Swift cannot make itself: variadic ones (prctl,
-// ioctl, syscall) and the code between fork and exec, which must not allocate.
+#define _GNU_SOURCE
+#include "CLinux.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -18,7 +14,6 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/types.h>
 #include <sys/wait.h>
 #include <linux/capability.h>
 #include <linux/loop.h>
@@ -26,25 +21,17 @@
 
 extern char **environ;
 
-static inline int clinux_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
-static inline int clinux_flag_newns(void) { return 0x00020000; }   // CLONE_NEWNS
-static inline int clinux_flag_newuser(void) { return 0x10000000; } // CLONE_NEWUSER
-static inline int clinux_flag_newpid(void) { return 0x20000000; }  // CLONE_NEWPID
+int clinux_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
+int clinux_flag_newns(void) { return CLONE_NEWNS; }
+int clinux_flag_newuser(void) { return CLONE_NEWUSER; }
+int clinux_flag_newpid(void) { return CLONE_NEWPID; }
 
-static inline int clinux_mount(const char *source, const char *target, const char *type,
-                               unsigned long flags, const char *data) {
-    return mount(source, target, type, flags, data);
-}
-static inline int clinux_umount(const char *target, int flags) { return umount2(target, flags); }
-
-/// fork(): the child's pid in the parent, 0 in the child, -errno on failure.
-static inline pid_t clinux_fork(void) {
+pid_t clinux_fork(void) {
     pid_t pid = fork();
     return pid < 0 ? -errno : pid;
 }
 
-/// A descriptor that polls readable when child `pid` exits (Linux 5.3+); -1 without pidfds.
-static inline int clinux_pidfd_open(pid_t pid) {
+int clinux_pidfd_open(pid_t pid) {
 #ifdef SYS_pidfd_open
     return (int)syscall(SYS_pidfd_open, pid, 0);
 #else
@@ -53,8 +40,7 @@ static inline int clinux_pidfd_open(pid_t pid) {
 #endif
 }
 
-/// Sends `sig` to the process `pidfd` refers to (never to a later process with its pid).
-static inline int clinux_pidfd_send_signal(int pidfd, int sig) {
+int clinux_pidfd_send_signal(int pidfd, int sig) {
 #ifdef SYS_pidfd_send_signal
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 #else
@@ -64,16 +50,10 @@ static inline int clinux_pidfd_send_signal(int pidfd, int sig) {
 #endif
 }
 
-/// The signal this process gets when its parent dies (0 for none).
-static inline int clinux_set_parent_death_signal(int sig) {
+int clinux_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);
 }
-
-/// Attaches `path` to a free loop device with autoclear (and read-only when asked), limited to
-/// [offset, offset + sizelimit) (0 = to the end). Returns the open loop device descriptor (the
-/// caller mounts `/dev/loopN` and then closes it: autoclear frees the device when the mount
-/// goes) and writes N to *number; -errno on failure.
-static inline int clinux_loop_attach(const char *path, int readonly, uint64_t offset,
+int clinux_loop_attach(const char *path, int readonly, uint64_t offset,
                                      uint64_t sizelimit, int *number) {
     int backing = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (backing < 0) return -errno;
@@ -113,31 +93,7 @@ static inline int clinux_loop_attach(const char *path, int readonly, uint64_t of
     return -EBUSY;
 }
 
-/// What a child does between fork and exec. Strings and arrays stay owned by the caller.
-struct clinux_child {
-    const char *root;          // chroot here first (NULL: stay)
-    const char *cwd;           // then chdir here (NULL: stay)
-    int change_ids;            // setgroups/setgid/setuid to the values below
-    uid_t uid;
-    gid_t gid;
-    int ngroups;
-    const gid_t *groups;
-    int ambient_sys_admin;     // keep CAP_SYS_ADMIN across exec (a FUSE daemon in a user namespace)
-    int death_signal;          // signal when the parent dies (0: none)
-    int null_stdio;            // stdin/stdout to /dev/null (daemons); stderr kept
-    int new_process_group;     // setpgid(0, 0)
-    const char *file;          // execvp: looked up on the PATH of envp
-    char *const *argv;
-    char **envp;
-    int error_fd;              // close-on-exec pipe: receives {step, errno} when a step fails
-    int init_process;          // first process of a new PID namespace: see clinux_spawn
-    const char *proc_target;   // with init_process: mount the namespace's /proc here
-};
-
-/// Steps reported through error_fd.
-enum { CLINUX_STEP_ROOT = 1, CLINUX_STEP_CWD, CLINUX_STEP_IDS, CLINUX_STEP_CAPS, CLINUX_STEP_EXEC };
-
-static inline void clinux_child_fail(int fd, int step) {
+static void clinux_child_fail(int fd, int step) {
     int report[2] = { step, errno };
     ssize_t ignored = write(fd, report, sizeof report);
     (void)ignored;
@@ -147,14 +103,14 @@ static inline void clinux_child_fail(int fd, int step) {
 // The init process of a job's PID namespace passes signals on: SIGUSR1/SIGUSR2 to the job, the
 // others (SIGINT, SIGTERM, SIGHUP, SIGQUIT) to every process in the namespace, as a terminal's
 // Ctrl-C reaches a whole foreground job and a batch system's SIGTERM all of a job's processes.
-static volatile pid_t clinux_init_job = 0;
+static volatile sig_atomic_t clinux_init_job = 0;
 static void clinux_init_forward(int sig) {
     if (clinux_init_job <= 0) return;
     if (sig == SIGUSR1 || sig == SIGUSR2) kill(clinux_init_job, sig);
     else kill(-1, sig);
 }
 
-static inline void clinux_child_run(const struct clinux_child *c, pid_t parent);
+static void clinux_child_run(const struct clinux_child *c, pid_t parent);
 
 /// fork(); the child applies `c` and execs. Returns the child's pid, or -errno.
 ///
@@ -163,7 +119,7 @@ static inline void clinux_child_run(const struct clinux_child *c, pid_t parent);
 /// passes SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to it, reaps whatever is
 /// orphaned, and exits with the job's status (128+N for signal N). When it exits, the kernel
 /// kills every process left in the namespace: nothing the job started outlives the run.
-static inline pid_t clinux_spawn(const struct clinux_child *c) {
+pid_t clinux_spawn(const struct clinux_child *c) {
     pid_t parent = getpid();
     // For init: a pipe whose write end this process keeps open (and so holds until it exits),
     // so that init can tell whether it is still there once its parent-death signal is set.
@@ -228,7 +184,7 @@ static inline pid_t clinux_spawn(const struct clinux_child *c) {
     }
 }
 
-static inline void clinux_child_run(const struct clinux_child *c, pid_t parent) {
+static void clinux_child_run(const struct clinux_child *c, pid_t parent) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -270,4 +226,3 @@ static inline void clinux_child_run(const struct clinux_child *c, pid_t parent) 
     clinux_child_fail(c->error_fd, CLINUX_STEP_EXEC);
 }
 
-#endif

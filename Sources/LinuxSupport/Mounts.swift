@@ -1,0 +1,58 @@
+internal import CLinux
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Namespaces, mounts and loop devices.
+public enum Mounts {
+    public struct Namespaces: OptionSet, Sendable {
+        public let rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+        public static let mount = Namespaces(rawValue: clinux_flag_newns())
+        public static let user = Namespaces(rawValue: clinux_flag_newuser())
+        public static let pid = Namespaces(rawValue: clinux_flag_newpid())
+    }
+
+    /// unshare(2).
+    public static func unshare(_ namespaces: Namespaces) throws(SystemError) {
+        guard clinux_unshare(namespaces.rawValue) == 0 else { throw SystemError("unshare") }
+    }
+
+    /// mount(2); the error names `target`.
+    public static func mount(_ source: String?, on target: String, type: String? = nil, flags: UInt = 0,
+                             options: String? = nil) throws(SystemError) {
+        guard Glibc.mount(source, target, type, flags, options) == 0 else { throw SystemError("mount", path: target) }
+    }
+
+    /// umount2(2).
+    public static func unmount(_ target: String, flags: Int32 = 0) throws(SystemError) {
+        guard umount2(target, flags) == 0 else { throw SystemError("unmount", path: target) }
+    }
+
+    /// Attaches `path` to a free loop device (autoclear; read-only when asked), limited to
+    /// [offset, offset + size) (size 0: to the end). Returns the open device and its path: the
+    /// device stays attached while it is open or mounted, and is freed after.
+    public static func attachLoop(_ path: String, readOnly: Bool, offset: UInt64 = 0,
+                                  size: UInt64 = 0) throws(SystemError) -> LoopDevice {
+        var number: Int32 = -1
+        let fd = clinux_loop_attach(path, readOnly ? 1 : 0, offset, size, &number)
+        guard fd >= 0 else { throw SystemError("attach to a loop device", path: path, errno: Errno(rawValue: -fd)) }
+        return LoopDevice(descriptor: OwnedDescriptor(adopting: fd), path: "/dev/loop\(number)")
+    }
+
+    /// mkdir -p with mode 0755.
+    public static func makeDirectories(_ path: String) throws(SystemError) {
+        var current = ""
+        for part in path.split(separator: "/") {
+            current += "/" + part
+            if mkdir(current, 0o755) != 0 && Glibc.errno != EEXIST { throw SystemError("make the directory", path: current) }
+        }
+    }
+}
+
+/// An attached loop device, held open: it stays attached while open or mounted (autoclear).
+public struct LoopDevice: ~Copyable {
+    public var descriptor: OwnedDescriptor
+    public var path: String
+}

@@ -1,0 +1,94 @@
+internal import CLinux
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starting a program with fork and exec, with what must happen in between done by C code
+/// that does not allocate (chroot, chdir, ids, capabilities, parent-death signal), and, for
+/// the first process of a new PID namespace, a small init that passes signals on.
+public struct ChildSpec: Sendable {
+    public var argv: [String]
+    /// nil: this process's environment.
+    public var environment: [String: String]?
+    /// chroot here first.
+    public var root: String?
+    /// Then chdir here (falling back to /).
+    public var directory: String?
+    /// setgroups/setgid/setuid to these.
+    public var identity: (uid: UInt32, gid: UInt32, groups: [UInt32])?
+    /// Keep CAP_SYS_ADMIN across exec (a FUSE driver in a user namespace).
+    public var ambientSysAdmin = false
+    /// Signal when the parent dies (0: none).
+    public var deathSignal: Int32 = 0
+    /// Standard input and output to /dev/null (drivers); standard error kept.
+    public var nullStandardIO = false
+    public var newProcessGroup = false
+    /// The first process of the PID namespace this process unshared: an init that mounts the
+    /// namespace's /proc at `procTarget`, runs the program as its child, passes SIGINT,
+    /// SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on, reaps orphans and exits with the
+    /// program's status (128+N for signal N).
+    public var initProcess = false
+    public var procTarget: String?
+
+    public init(argv: [String]) { self.argv = argv }
+
+    /// The step that failed in the child before its program ran.
+    public enum Step: Int32, Sendable {
+        case root = 1, directory, identity, capabilities, exec
+    }
+
+    public enum Outcome: Sendable {
+        case started(Int32)
+        /// A step failed in the child, which has been reaped.
+        case failed(Step, Errno)
+    }
+
+    /// fork + exec. The strings are leaked on purpose: the callers are short-lived setup
+    /// processes that exec or exit soon.
+    public func spawn() throws(SystemError) -> Outcome {
+        let errors = try Pipe()
+        let cArgs = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: argv.count + 1)
+        for (i, word) in argv.enumerated() { cArgs[i] = strdup(word) }
+        cArgs[argv.count] = nil
+        let env = environment ?? currentEnvironment()
+        let cEnv = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: env.count + 1)
+        for (i, entry) in env.enumerated() { cEnv[i] = strdup("\(entry.key)=\(entry.value)") }
+        cEnv[env.count] = nil
+        let groups = (identity?.groups ?? []).map { gid_t($0) }
+        let cRoot = root.flatMap { strdup($0) }
+        let cDirectory = directory.flatMap { strdup($0) }
+        let cProc = procTarget.flatMap { strdup($0) }
+        let pid = groups.withUnsafeBufferPointer { groupPointer -> Int32 in
+            var child = clinux_child()
+            child.root = UnsafePointer(cRoot)
+            child.cwd = UnsafePointer(cDirectory)
+            child.change_ids = identity == nil ? 0 : 1
+            child.uid = identity?.uid ?? 0
+            child.gid = identity?.gid ?? 0
+            child.ngroups = Int32(groups.count)
+            child.groups = groupPointer.baseAddress
+            child.ambient_sys_admin = ambientSysAdmin ? 1 : 0
+            child.death_signal = deathSignal
+            child.null_stdio = nullStandardIO ? 1 : 0
+            child.new_process_group = newProcessGroup ? 1 : 0
+            child.file = UnsafePointer(cArgs[0])
+            child.argv = UnsafePointer(cArgs)
+            child.envp = cEnv
+            child.error_fd = errors.writeEnd.rawValue
+            child.init_process = initProcess ? 1 : 0
+            child.proc_target = UnsafePointer(cProc)
+            return clinux_spawn(&child)
+        }
+        let readEnd = errors.readEnd
+        errors.writeEnd.close()
+        let reportFD = readEnd.rawValue
+        var report = [Int32](repeating: 0, count: 2)
+        let n = pid > 0 ? report.withUnsafeMutableBytes { (try? IO.read(reportFD, into: $0.baseAddress!, count: 8)) ?? 0 } : 0
+        readEnd.close()
+        guard pid > 0 else { throw SystemError("start", path: argv[0], errno: Errno(rawValue: -pid)) }
+        guard n == 8 else { return .started(pid) }
+        _ = Children.wait(pid)
+        return .failed(Step(rawValue: report[0]) ?? .exec, Errno(rawValue: report[1]))
+    }
+}
