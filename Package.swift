@@ -46,7 +46,7 @@ let package = Package(
         .target(
             name: "OverlayCommands",
             dependencies: [
-                "Ext3", "Overlay", "Runtime",
+                "Ext3", "Overlay", "Runtime", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -166,7 +166,7 @@ extension Ext3 {
                 throw Error.exists(path: path)
             } else {
                 let code = errno
-                throw Error.system(operation: "create the image file", path: path, errno: code)
+                throw Error.cannotCreate(path: path, errno: code)
             }
             do {
                 defer { close(fd) }

@@ -1,3 +1,4 @@
+import LinuxSupport
 import CExt2fs
 
 /// Swift API over libext2fs for ext3 overlay images: format, populate, read, inspect.
@@ -12,7 +13,7 @@ public enum Ext3 {
     public static let inodeSize = 256
 
     /// Errors from this library. Each case names the thing it is about.
-    public enum Error: Swift.Error, Equatable, CustomStringConvertible, Sendable {
+    public enum Error: UserFacingError, Equatable, Sendable {
         /// A libext2fs call failed: the operation, the path it was about, and com_err's message.
         case library(operation: String, path: String, code: Int64, message: String)
         /// The configuration is not one we can build (why, in words a user can act on).
@@ -21,6 +22,8 @@ public enum Ext3 {
         case notExt(path: String)
         /// The target already exists; we never touch it.
         case exists(path: String)
+        /// The image file could not be created in its directory.
+        case cannotCreate(path: String, errno: Int32)
         /// A system call failed.
         case system(operation: String, path: String, errno: Int32)
         /// A path inside the image does not exist.
@@ -44,6 +47,8 @@ public enum Ext3 {
                 return "\(path): not an ext2/ext3/ext4 filesystem image"
             case let .exists(path):
                 return "\(path) already exists; choose another name with -o or remove it first"
+            case let .cannotCreate(path, code):
+                return "\(path): create the image file: \(Ext3.errnoString(code))"
             case let .system(operation, path, code):
                 return "\(path): \(operation): \(Ext3.errnoString(code))"
             case let .noSuchPath(image, path):

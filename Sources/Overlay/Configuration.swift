@@ -1,3 +1,4 @@
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -187,16 +188,4 @@ public struct Configuration: Equatable, Sendable {
     }
 }
 
-/// The environment of this process, as a dictionary.
-public func currentEnvironment() -> [String: String] {
-    var result: [String: String] = [:]
-    var pointer = environ
-    while let entry = pointer.pointee {
-        let text = String(cString: entry)
-        if let eq = text.firstIndex(of: "=") {
-            result[String(text[..<eq])] = String(text[text.index(after: eq)...])
-        }
-        pointer += 1
-    }
-    return result
-}
+

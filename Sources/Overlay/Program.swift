@@ -1,3 +1,4 @@
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -54,21 +55,3 @@ public enum Program {
     }
 }
 
-/// Finds an executable on `PATH` (as `execvp` would), then in `alsoIn` (e2fsprogs lives in
-/// /usr/sbin and /sbin, often off an ordinary user's PATH).
-public func findExecutable(_ name: String, path: String? = nil, alsoIn extra: [String] = []) -> String? {
-    if name.contains("/") { return isExecutableFile(name) ? name : nil }
-    let searchPath = path ?? getenv("PATH").map { String(cString: $0) } ?? "/usr/local/bin:/usr/bin:/bin"
-    for dir in searchPath.split(separator: ":").map(String.init) + extra where !dir.isEmpty {
-        let candidate = "\(dir)/\(name)"
-        if isExecutableFile(candidate) { return candidate }
-    }
-    return nil
-}
-
-/// A regular file this process may execute.
-public func isExecutableFile(_ path: String) -> Bool {
-    var info = stat()
-    guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return false }
-    return access(path, X_OK) == 0
-}

@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// Image sizes as users type them: MiB by default (`500`), or with a unit (`500M`, `5G`, `1T`).
 /// 1 MiB = 1,048,576 bytes, as Apptainer's `--size`.
 public struct ImageSize: Equatable, Sendable, CustomStringConvertible {
@@ -49,25 +51,11 @@ public struct ImageSize: Equatable, Sendable, CustomStringConvertible {
 
     /// Bytes in the units people read: `500 MiB`, `5.0 GiB`.
     public static func human(_ bytes: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var value = Double(bytes)
-        var index = 0
-        while value >= 1024, index < units.count - 1 {
-            value /= 1024
-            index += 1
-        }
-        if index == 0 { return "\(bytes) B" }
-        if value == value.rounded() { return "\(Int(value)) \(units[index])" }
-        return String(format1: value) + " " + units[index]
+        Units.humanBytes(bytes)
     }
 }
 
 extension String {
-    init(format1 value: Double) {
-        let tenths = Int((value * 10).rounded())
-        self = "\(tenths / 10).\(tenths % 10)"
-    }
-
     func trimmingWhitespace() -> String {
         var s = Substring(self)
         while let f = s.first, f.isWhitespace { s = s.dropFirst() }

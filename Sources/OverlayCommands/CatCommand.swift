@@ -1,4 +1,5 @@
 import ArgumentParser
+import LinuxSupport
 import Overlay
 
 #if canImport(Glibc)
@@ -25,28 +26,19 @@ public struct CatCommand: ParsableCommand {
     public var path: String
 
     public func run() throws {
-        do {
-            let browser = try ImageBrowser(image)
-            if let warning = browser.staleWarning { printError(warning) }
-            try browser.cat(path) { bytes in
-                var offset = 0
-                while offset < bytes.count {
-                    let n = bytes.withUnsafeBytes { write(1, $0.baseAddress! + offset, $0.count - offset) }
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        throw OverlayError.message("cannot write to standard output: \(String(cString: strerror(errno)))")
-                    }
-                    offset += n
-                }
+        let browser = try ImageBrowser(image)
+        if let warning = browser.staleWarning { printError(warning) }
+        try browser.cat(path) { bytes in
+            do {
+                try IO.writeAll(1, bytes)
+            } catch let error as SystemError {
+                throw CommandFailure("cannot write to standard output: \(error.errno)")
             }
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
         }
     }
 }
 
 /// A line on standard error.
 func printError(_ line: String) {
-    var text = Array((line + "\n").utf8)
-    _ = write(2, &text, text.count)
+    IO.writeLine(line)
 }

@@ -23,12 +23,7 @@ public struct CheckCommand: ParsableCommand {
     public var repair = false
 
     public func run() throws {
-        let report: ImageMaintenance.Report
-        do {
-            report = try ImageMaintenance.check(image, repair: repair)
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        }
+        let report = try ImageMaintenance.check(image, repair: repair)
         guard report.clean else { throw CommandFailure(report.line) }
         print(report.line)
     }

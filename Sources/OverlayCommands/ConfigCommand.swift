@@ -1,3 +1,4 @@
+import LinuxSupport
 import ArgumentParser
 import Overlay
 import Runtime
@@ -30,12 +31,7 @@ public struct ConfigCommand: ParsableCommand {
         var flags: [Configuration.Key: String] = [:]
         if let container { flags[.container] = container }
         if let runtime { flags[.runtime] = runtime }
-        let settings: Configuration
-        do {
-            settings = try Configuration.load(environment: currentEnvironment(), flags: flags)
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        }
+        let settings = try Configuration.load(environment: currentEnvironment(), flags: flags)
         for line in Self.report(settings) { print(line) }
         if let value = settings.runtime.value, RuntimeKind(rawValue: value) == nil {
             throw CommandFailure("unknown runtime '\(value)' (from \(settings.runtime.source)): use auto, native, singularity or apptainer")

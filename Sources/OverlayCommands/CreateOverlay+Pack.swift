@@ -1,3 +1,4 @@
+import LinuxSupport
 import ArgumentParser
 import Ext3
 import Overlay
@@ -10,21 +11,12 @@ extension CreateOverlay {
     /// `--from SRC`: read the tree, choose or check the size, build and fill the image.
     func pack(_ source: String) throws {
         let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: currentEnvironment())
-        var tree: Ext3.PackSource
-        let plan: Ext3.PackSource.Plan
-        let formatter: Ext3.Formatter
-        do {
-            tree = try Ext3.PackSource(path: source)
-            try tree.addDirectories(createDirectories, owner: owner.layout)
-            plan = try tree.plan(sizeBytes: try size.map { try ImageSize(parsing: $0).bytes }, inodes: try fileCount()?.inodes)
-            formatter = try Ext3.Formatter(Ext3.Formatter.Configuration(
-                sizeBytes: plan.sizeBytes, minimumInodes: plan.inodes, owner: owner.layout,
-                directories: [], imageOwner: owner.image))
-        } catch let error as Ext3.Error {
-            throw CommandFailure(error.description)
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        }
+        var tree = try Ext3.PackSource(path: source)
+        try tree.addDirectories(createDirectories, owner: owner.layout)
+        let plan = try tree.plan(sizeBytes: size?.bytes, inodes: files?.inodes)
+        let formatter = try Ext3.Formatter(Ext3.Formatter.Configuration(
+            sizeBytes: plan.sizeBytes, minimumInodes: plan.inodes, owner: owner.layout,
+            directories: [], imageOwner: owner.image))
         let target = output ?? tree.defaultImageName
         if !json && (plan.sizeChosen || plan.inodesChosen) {
             print(CreateOverlay.choiceLine(tree, plan: plan, inodes: formatter.geometry.inodeCount))
@@ -36,7 +28,7 @@ extension CreateOverlay {
             progress?.finish()
         } catch let error as Ext3.Error {
             progress?.finish()
-            if case .invalidConfiguration(let text) = error { throw CommandFailure(text) }
+            if case .invalidConfiguration = error { throw error }
             throw CommandFailure(CreateOverlay.explain(error, target: target))
         }
         if json {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Ext3
+import LinuxSupport
 import Overlay
 
 #if canImport(Glibc)
@@ -39,13 +40,15 @@ public struct CreateOverlay: ParsableCommand {
 
     @Option(name: .shortAndLong,
             help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G). With --from: default, from the tree.",
-                               valueName: "size"))
-    public var size: String?
+                               valueName: "size"),
+            transform: { try ImageSize(parsing: $0) })
+    public var size: ImageSize?
 
     @Option(name: [.customShort("n"), .customLong("files")],
             help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB; with --from, from the tree.",
-                               valueName: "thousands"))
-    public var files: String?
+                               valueName: "thousands"),
+            transform: { try FileCount(parsing: $0) })
+    public var files: FileCount?
 
     @Option(name: [.customShort("o"), .customLong("output")],
             help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3; with --from, <src name>.ext3).",
@@ -69,27 +72,19 @@ public struct CreateOverlay: ParsableCommand {
 
     public func validate() throws {
         if let output, output.isEmpty || output.hasSuffix("/") {
-            throw ValidationError("-o '\(output)' names no file: give the image's file name, e.g. -o env.ext3")
+            throw UsageError("-o '\(output)' names no file: give the image's file name, e.g. -o env.ext3")
         }
         if from?.isEmpty == true {
-            throw ValidationError("--from needs a directory or a tar archive to pack")
+            throw UsageError("--from needs a directory or a tar archive to pack")
         }
-        do {
-            if from != nil {
-                _ = try size.map(ImageSize.init(parsing:))
-                _ = try fileCount()
-            } else {
-                _ = try formatter()
-            }
-        } catch let error as OverlayError {
-            throw ValidationError(error.description)
-        }
+        if from == nil { _ = try formatter() }
     }
 
     public func run() throws {
         if let from { return try pack(from) }
         let formatter = try formatter()
-        let target = try output ?? OverlayName.defaultName(size: try ImageSize(parsing: size ?? ""), files: try fileCount())
+        let size = ImageSize(bytes: formatter.configuration.sizeBytes, typed: self.size?.typed)
+        let target = output ?? OverlayName.defaultName(size: size, files: files)
         let summary: Ext3.Summary
         do {
             summary = try formatter.create(at: target)
@@ -101,32 +96,26 @@ public struct CreateOverlay: ParsableCommand {
 
     // MARK: - Pieces the tests reach
 
-    func fileCount() throws -> FileCount? {
-        try files.map(FileCount.init(parsing:))
-    }
-
-    /// The validated formatter for these options (no I/O). Throws OverlayError for sizes and
-    /// counts, ValidationError for what does not fit.
+    /// The validated formatter for these options (no I/O). Throws ``UsageError`` for a missing
+    /// size and for what does not fit.
     func formatter(environment: [String: String] = currentEnvironment()) throws -> Ext3.Formatter {
-        guard let typed = size else {
-            throw ValidationError("no size given: give the image size with -s, e.g. -s 500 for 500 MiB (or pack a tree with --from)")
+        guard let size else {
+            throw UsageError("no size given: give the image size with -s, e.g. -s 500 for 500 MiB (or pack a tree with --from)")
         }
-        let size = try ImageSize(parsing: typed)
-        let count = try fileCount()
         let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: environment)
         let configuration = Ext3.Formatter.Configuration(
-            sizeBytes: size.bytes, minimumInodes: count?.inodes, owner: owner.layout,
+            sizeBytes: size.bytes, minimumInodes: files?.inodes, owner: owner.layout,
             directories: createDirectories, imageOwner: owner.image)
         do {
             return try Ext3.Formatter(configuration)
         } catch let error as Ext3.Error {
-            if case .invalidConfiguration = error, let count {
+            if case .invalidConfiguration = error, let files {
                 let most = Ext3.Geometry.maximumInodes(sizeBytes: size.bytes)
-                if most < count.inodes {
-                    throw ValidationError(CreateOverlay.tooManyFiles(count, size: size, most: most))
+                if most < files.inodes {
+                    throw UsageError(CreateOverlay.tooManyFiles(files, size: size, most: most))
                 }
             }
-            throw ValidationError(error.description)
+            throw UsageError(error.description)
         }
     }
 
@@ -163,15 +152,15 @@ public struct CreateOverlay: ParsableCommand {
     /// One line for a failure, naming the thing and what to do.
     static func explain(_ error: Ext3.Error, target: String) -> String {
         switch error {
-        case let .system(operation, _, code) where operation == "create the image file":
+        case let .cannotCreate(_, code):
             let directory = directory(of: target)
             switch code {
             case ENOENT:
                 return "cannot create \(target): directory \(directory) does not exist; create it or choose another place with -o"
             case EACCES, EPERM, EROFS:
-                return "cannot create \(target): directory \(directory) is not writable (\(String(cString: strerror(code)))); choose another place with -o"
+                return "cannot create \(target): directory \(directory) is not writable (\(Ext3.errnoString(code))); choose another place with -o"
             default:
-                return "cannot create \(target) in \(directory): \(String(cString: strerror(code)))"
+                return "cannot create \(target) in \(directory): \(Ext3.errnoString(code))"
             }
         case let .system(_, _, code) where code == ENOSPC || code == EDQUOT:
             return noSpace(target, code)
@@ -179,7 +168,7 @@ public struct CreateOverlay: ParsableCommand {
             return noSpace(target, Int32(code))
         case let .system(operation, _, code):
             // The path is the hidden temporary file, which is gone: name the target instead.
-            return "cannot create \(target): \(operation): \(String(cString: strerror(code)))"
+            return "cannot create \(target): \(operation): \(Ext3.errnoString(code))"
         case let .library(operation, _, _, message):
             return "cannot create \(target): \(operation): \(message)"
         default:
@@ -195,25 +184,13 @@ public struct CreateOverlay: ParsableCommand {
     }
 
     static func noSpace(_ target: String, _ code: Int32) -> String {
-        "cannot create \(target): \(String(cString: strerror(code))); free some space or create it elsewhere with -o"
+        "cannot create \(target): \(Ext3.errnoString(code)); free some space or create it elsewhere with -o"
     }
 
-    /// `1,234,567`.
-    static func grouped(_ value: UInt64) -> String {
-        let digits = Array(String(value))
-        var out = ""
-        for (index, digit) in digits.enumerated() {
-            if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
-            out.append(digit)
-        }
-        return out
-    }
+    static func grouped(_ value: UInt64) -> String { Units.grouped(value) }
 
-    /// Parses and runs; every failure is one line on stderr. A missing -s says how to give one.
+    /// Parses and runs; every failure is one line on stderr.
     public static func main() {
-        OneLineErrors.main(Self.self) { text in
-            text.hasPrefix("Missing expected argument '--size")
-                ? "no size given: give the image size with -s, e.g. -s 500 for 500 MiB" : nil
-        }
+        OneLineErrors.main(Self.self)
     }
 }

@@ -24,12 +24,7 @@ public struct InfoCommand: ParsableCommand {
     public var json = false
 
     public func run() throws {
-        let info: ImageInfo
-        do {
-            info = try ImageInfo.inspect(image)
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        }
+        let info = try ImageInfo.inspect(image)
         if json {
             print(info.json)
         } else {

@@ -27,12 +27,8 @@ public struct LsCommand: ParsableCommand {
     public var long = false
 
     public func run() throws {
-        do {
-            let browser = try ImageBrowser(image)
-            if let warning = browser.staleWarning { printError(warning) }
-            for line in try browser.list(path, long: long) { print(line) }
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        }
+        let browser = try ImageBrowser(image)
+        if let warning = browser.staleWarning { printError(warning) }
+        for line in try browser.list(path, long: long) { print(line) }
     }
 }

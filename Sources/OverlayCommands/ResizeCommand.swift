@@ -18,14 +18,11 @@ public struct ResizeCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
     public var image: String
 
-    @Option(name: .shortAndLong, help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G).", valueName: "size"))
-    public var size: String
+    @Option(name: .shortAndLong, help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G).", valueName: "size"),
+            transform: { try ImageSize(parsing: $0) })
+    public var size: ImageSize
 
     public func run() throws {
-        do {
-            print(try ImageMaintenance.grow(image, to: try ImageSize(parsing: size)))
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        }
+        print(try ImageMaintenance.grow(image, to: size))
     }
 }

@@ -1,3 +1,4 @@
+import LinuxSupport
 import Overlay
 
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import LinuxSupport
 import CLinux
 import Overlay
 

@@ -1,3 +1,4 @@
+import LinuxSupport
 import Overlay
 
 /// Something that can run a ``Job``: mount its overlay stack on its container and run its
@@ -18,7 +19,7 @@ public enum RuntimeKind: String, CaseIterable, Sendable {
     case auto, native, singularity, apptainer
 }
 
-public enum RuntimeError: Error, CustomStringConvertible, Equatable, Sendable {
+public enum RuntimeError: UserFacingError, Equatable, Sendable {
     case unavailable(String)
     case failed(String)
 

@@ -1,3 +1,4 @@
+import LinuxSupport
 import Overlay
 
 /// Picks the runtime: `auto` takes Apptainer, else Singularity, when on PATH, native otherwise.

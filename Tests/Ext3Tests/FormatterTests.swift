@@ -159,8 +159,8 @@ struct FormatterTests {
         let error = #expect(throws: Ext3.Error.self) {
             _ = try Ext3.Formatter(.init(sizeBytes: 64 * Self.mebibyte)).create(at: target)
         }
-        guard case let .system(_, _, code) = error else {
-            Issue.record("expected a system error, got \(String(describing: error))")
+        guard case let .cannotCreate(_, code) = error else {
+            Issue.record("expected a cannot-create error, got \(String(describing: error))")
             return
         }
         #expect(code == ENOENT)

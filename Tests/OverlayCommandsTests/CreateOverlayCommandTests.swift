@@ -9,8 +9,8 @@ import Ext3
     @Test func parsesTheSeedInterface() throws {
         let command = try CreateOverlay.parse(["-s", "500", "-n", "700", "-o", "env.ext3", "--create-dir", "opt/conda",
                                                "--create-dir", "data", "--fakeroot", "--json"])
-        #expect(command.size == "500")
-        #expect(command.files == "700")
+        #expect(command.size?.bytes == 500 << 20)
+        #expect(command.files?.inodes == 700_000)
         #expect(command.output == "env.ext3")
         #expect(command.createDirectories == ["opt/conda", "data"])
         #expect(command.fakeroot && command.json)
@@ -71,10 +71,10 @@ import Ext3
     }
 
     @Test func failuresToCreateNameTheDirectory() {
-        let denied = CreateOverlay.explain(.system(operation: "create the image file", path: "/x/.a.tmp", errno: EACCES),
+        let denied = CreateOverlay.explain(.cannotCreate(path: "/x/.a.tmp", errno: EACCES),
                                            target: "/x/a.ext3")
         #expect(denied == "cannot create /x/a.ext3: directory /x is not writable (Permission denied); choose another place with -o")
-        let missing = CreateOverlay.explain(.system(operation: "create the image file", path: ".a.tmp", errno: ENOENT),
+        let missing = CreateOverlay.explain(.cannotCreate(path: ".a.tmp", errno: ENOENT),
                                             target: "a.ext3")
         #expect(missing.contains("directory . does not exist"))
         #expect(CreateOverlay.explain(.exists(path: "a.ext3"), target: "a.ext3").contains("already exists"))
