@@ -1,6 +1,8 @@
+import LinuxSupport
+
 /// Errors of the overlay domain. Each description is one line that names the thing and says
 /// what to do.
-public enum OverlayError: Error, Equatable, CustomStringConvertible, Sendable {
+public enum OverlayError: UserFacingError, Equatable, Sendable {
     case invalidSize(String)
     case invalidFileCount(String)
     case invalidOverlaySpec(String)
@@ -12,6 +14,10 @@ public enum OverlayError: Error, Equatable, CustomStringConvertible, Sendable {
     case containerNotFound(String)
     case unknownContainer(String)
     case commandFileMissing(String)
+    /// One image file given twice in a stack (by the same path, or two paths to one file).
+    case sameImageTwice(first: String, second: String)
+    /// A command file that cannot be run as one: what it is instead.
+    case unusableCommandFile(path: String, why: String)
     case message(String)
 
     public var description: String {
@@ -44,6 +50,11 @@ public enum OverlayError: Error, Equatable, CustomStringConvertible, Sendable {
             return "container '\(path)' is not a SIF file, a squashfs image or a directory"
         case let .commandFileMissing(path):
             return "command file '\(path)' not found: give an existing file with -f"
+        case let .sameImageTwice(first, second):
+            let named = first == second ? "'\(first)' is given twice" : "'\(first)' and '\(second)' are the same image file"
+            return "\(named): an image can be in a stack only once; give it with a single -o"
+        case let .unusableCommandFile(path, why):
+            return "command file '\(path)' \(why): give a text file of shell commands with -f"
         case let .message(text):
             return text
         }

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One `-o` argument: an image path and how it is mounted.
 public struct OverlaySpec: Equatable, Sendable, CustomStringConvertible {
     public enum Mode: String, Sendable { case writable = "rw", readOnly = "ro" }
@@ -30,6 +34,17 @@ public struct OverlaySpec: Equatable, Sendable, CustomStringConvertible {
     public var description: String { mode == .readOnly ? "\(path):ro" : path }
 }
 
+/// One `-o` argument as written: `IMG`, `IMG:ro` or `IMG:rw`; the mode is nil when not given
+/// (the position in the stack decides).
+public struct OverlayArgument: Equatable, Sendable {
+    public var path: String
+    public var mode: OverlaySpec.Mode?
+
+    public init(parsing text: String) throws {
+        (path, mode) = try OverlaySpec.parse(text)
+    }
+}
+
 /// The overlays of one run, validated by Apptainer's stacking rule: the first `-o` is writable
 /// unless it says `:ro`; every later one is read-only; a later one asking for `:rw` is an error.
 public struct OverlayStack: Equatable, Sendable {
@@ -37,10 +52,15 @@ public struct OverlayStack: Equatable, Sendable {
     public let specs: [OverlaySpec]
 
     public init(arguments: [String]) throws {
+        try self.init(parsed: arguments.map(OverlayArgument.init(parsing:)))
+    }
+
+    /// The stack for `-o` arguments already parsed one by one.
+    public init(parsed arguments: [OverlayArgument]) throws {
         guard !arguments.isEmpty else { throw OverlayError.noOverlays }
         var specs: [OverlaySpec] = []
         for (index, argument) in arguments.enumerated() {
-            let (path, mode) = try OverlaySpec.parse(argument)
+            let (path, mode) = (argument.path, argument.mode)
             if index == 0 {
                 specs.append(OverlaySpec(path: path, mode: mode ?? .writable, explicit: mode != nil))
             } else {
@@ -57,6 +77,22 @@ public struct OverlayStack: Equatable, Sendable {
             throw OverlayError.secondWritable(spec.path)
         }
         self.specs = specs
+    }
+
+    /// Refuses an image file given twice, by the same path or by two paths to one file (a
+    /// symbolic or hard link): mounted twice it would be two filesystems over one file. Images
+    /// that do not exist are left for the runtime's checks to name.
+    public func checkDistinctImages() throws {
+        var seen: [(device: UInt64, inode: UInt64, path: String)] = []
+        for spec in specs {
+            var info = stat()
+            guard stat(spec.path, &info) == 0 else { continue }
+            let key = (device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+            if let first = seen.first(where: { $0.device == key.device && $0.inode == key.inode }) {
+                throw OverlayError.sameImageTwice(first: first.path, second: spec.path)
+            }
+            seen.append((key.device, key.inode, spec.path))
+        }
     }
 
     /// The writable overlay, if the first one is writable.

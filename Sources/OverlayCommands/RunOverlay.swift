@@ -26,16 +26,16 @@ public struct RunOverlay: ParsableCommand {
 
     public func validate() throws {
         switch (file, command.isEmpty) {
-        case (nil, true): throw ValidationError("nothing to run: give a command file with -f FILE, or a command after --")
-        case (.some, false): throw ValidationError("give either -f FILE or a command after --, not both")
+        case (nil, true): throw UsageError("nothing to run: give a command file with -f FILE, or a command after --")
+        case (.some, false): throw UsageError("give either -f FILE or a command after --, not both")
         default: break
         }
     }
 
     public func run() throws {
         if let file {
-            // One line, without the usage a ValidationError would add: the command line is fine.
-            guard fileExists(file) else { throw CommandFailure(OverlayError.commandFileMissing(file).description) }
+            // A failure (exit 1), not a usage error: the command line is fine.
+            try CommandFile.check(file)
             try stack.execute(.file(file))
         } else {
             try stack.execute(.argv(command))
@@ -64,11 +64,3 @@ public struct MountOverlay: ParsableCommand {
     }
 }
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-func fileExists(_ path: String) -> Bool {
-    var info = stat()
-    return stat(path, &info) == 0
-}

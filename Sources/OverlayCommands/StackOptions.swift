@@ -1,3 +1,4 @@
+import LinuxSupport
 import ArgumentParser
 import Overlay
 import Runtime
@@ -12,8 +13,9 @@ public struct StackOptions: ParsableArguments {
 
     @Option(name: .shortAndLong, parsing: .singleValue,
             help: ArgumentHelp("Overlay image; the first is writable unless it ends in :ro, the rest are read-only. Repeat to stack.",
-                               valueName: "image[:ro]"))
-    public var overlay: [String] = []
+                               valueName: "image[:ro]"),
+            transform: { try OverlayArgument(parsing: $0) })
+    public var overlay: [OverlayArgument] = []
 
     @Option(name: .shortAndLong,
             help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, /, or for Singularity a URI such as docker://ubuntu (default: $OVERLAY_CONTAINER, else container in the config file, else / for the native runtime; Singularity needs one; see overlay config).",
@@ -21,12 +23,19 @@ public struct StackOptions: ParsableArguments {
     public var container: String?
 
     @Option(name: [.customShort("B"), .customLong("bind")], parsing: .singleValue,
-            help: ArgumentHelp("Bind a host path into the container. Repeatable.", valueName: "src[:dst[:ro]]"))
-    public var bind: [String] = []
+            help: ArgumentHelp("Bind a host path into the container. Repeatable.", valueName: "src[:dst[:ro]]"),
+            transform: { try Bind(parsing: $0) })
+    public var bind: [Bind] = []
 
     @Option(help: ArgumentHelp("Runtime: auto (Apptainer/Singularity when on PATH, else native), native, singularity, apptainer (default: $OVERLAY_RUNTIME, else runtime in the config file, else auto).",
-                               valueName: "runtime"))
-    public var runtime: String?
+                               valueName: "runtime"),
+            transform: { text in
+                guard let kind = RuntimeKind(rawValue: text) else {
+                    throw UsageError("unknown runtime '\(text)': use auto, native, singularity or apptainer")
+                }
+                return kind
+            })
+    public var runtime: RuntimeKind?
 
     @Option(name: .customLong("runtime-option"), parsing: .unconditionalSingleValue,
             help: ArgumentHelp("Pass an option to Singularity/Apptainer as is, e.g. --runtime-option=--nv. Repeatable.",
@@ -37,16 +46,7 @@ public struct StackOptions: ParsableArguments {
     public var dryRun = false
 
     public func validate() throws {
-        if overlay.isEmpty { throw ValidationError(OverlayError.noOverlays.description) }
-        do {
-            _ = try OverlayStack(arguments: overlay)
-            for b in bind { _ = try Bind(parsing: b) }
-        } catch let error as OverlayError {
-            throw ValidationError(error.description)
-        }
-        if let runtime, RuntimeKind(rawValue: runtime) == nil {
-            throw ValidationError("unknown runtime '\(runtime)': use auto, native, singularity or apptainer")
-        }
+        _ = try OverlayStack(parsed: overlay)
     }
 
     /// The effective settings: the flags, else the environment, else the configuration files
@@ -54,7 +54,7 @@ public struct StackOptions: ParsableArguments {
     public func configuration(environment: [String: String] = currentEnvironment()) throws -> Configuration {
         var flags: [Configuration.Key: String] = [:]
         if let container { flags[.container] = container }
-        if let runtime { flags[.runtime] = runtime }
+        if let runtime { flags[.runtime] = runtime.rawValue }
         return try Configuration.load(environment: environment, flags: flags)
     }
 
@@ -74,13 +74,13 @@ public struct StackOptions: ParsableArguments {
 
     /// Builds the validated job for `command`.
     public func job(command: JobCommand, environment: [String: String] = currentEnvironment()) throws -> Job {
-        let stack = try OverlayStack(arguments: overlay)
+        let stack = try OverlayStack(parsed: overlay)
+        try stack.checkDistinctImages()
         let configuration = try configuration(environment: environment)
         let kind = try Self.runtimeKind(from: configuration)
         let reference = try Self.container(configuration.container,
                                            forSingularity: RuntimeSelection.choosesSingularity(kind))
-        let binds = try bind.map(Bind.init(parsing:))
-        return Job(stack: stack, container: reference, binds: binds, command: command,
+        return Job(stack: stack, container: reference, binds: bind, command: command,
                    workingDirectory: currentDirectory(), runtimeOptions: runtimeOptions)
     }
 
@@ -116,6 +116,27 @@ public struct StackOptions: ParsableArguments {
         }
     }
 
+    /// Why the native runtime does not take `--runtime-option=OPTION`, and what to do instead:
+    /// the options are Singularity/Apptainer's, and ignoring one silently would run the job
+    /// without what it asked for.
+    static func nativeRefusal(_ option: String) -> String {
+        let name = option.split(separator: "=", maxSplits: 1).first.map(String.init) ?? option
+        let advice: String
+        switch name {
+        case "--nv", "--rocm":
+            advice = "it does not set up GPUs; run with --runtime apptainer where Apptainer is installed"
+        case "--fakeroot", "-f":
+            advice = "it runs the job as you (as root, run-overlay as root); for a root-owned overlay use create-overlay --fakeroot with Apptainer"
+        case "--writable-tmpfs":
+            advice = "give a writable overlay as the first -o instead: it keeps what the job writes"
+        case "--contain", "-c", "--containall", "-C", "--cleanenv", "-e":
+            advice = "it always binds /sys, /dev, /tmp, $HOME and the working directory and keeps your environment; use --runtime apptainer for \(name)"
+        default:
+            advice = "it takes no Singularity/Apptainer options; use --runtime apptainer or singularity, or leave the option out"
+        }
+        return "--runtime-option=\(option) is not supported by the native runtime: \(advice)"
+    }
+
     /// `scheme://...`, as Singularity writes image sources.
     static func isURI(_ text: String) -> Bool {
         guard let colon = text.firstIndex(of: ":"), text[colon...].hasPrefix("://") else { return false }
@@ -128,27 +149,18 @@ public struct StackOptions: ParsableArguments {
 
     /// Runs (or, with --dry-run, prints) the job; exits with the job's status.
     func execute(_ command: JobCommand) throws {
-        do {
-            let job = try job(command: command)
-            let runtime = try RuntimeSelection.make(try runtimeKind())
-            if dryRun {
-                for line in try runtime.plan(for: job) { print(line) }
-                return
-            }
-            let status = try runtime.run(job)
-            if status != 0 { throw ExitCode(status) }
-        } catch let error as OverlayError {
-            throw CommandFailure(error.description)
-        } catch let error as RuntimeError {
-            throw CommandFailure(error.description)
+        let job = try job(command: command)
+        let runtime = try RuntimeSelection.make(try runtimeKind())
+        if runtime is NativeRuntime, let option = runtimeOptions.first {
+            throw CommandFailure(Self.nativeRefusal(option))
         }
+        if dryRun {
+            for line in try runtime.plan(for: job) { print(line) }
+            return
+        }
+        let status = try runtime.run(job)
+        if status != 0 { throw ExitCode(status) }
     }
-}
-
-/// A one-line failure: printed as `error: <text>`, exit status 1.
-public struct CommandFailure: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }
 
 func currentDirectory() -> String {

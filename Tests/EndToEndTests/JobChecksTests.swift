@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// What run-overlay refuses before it mounts anything, the same way as root and as an ordinary
+/// user: one line, exit status 1, no mount, loop device or process left, the images untouched.
+@Suite(.requiresRoot, .requires(executable: "mke2fs"), .requires(executable: "debugfs"))
+struct JobChecksTests {
+    @Test func theSameImageTwiceIsSaidPlainlyAsRootAndAsAUser() throws {
+        let scene = try NativeScene()
+        let user = try TestUser.ensure()
+        let image = try scene.userOverlay("a.ext3", for: user)
+        symlink(image, scene.file("alias.ext3"))
+        link(image, scene.file("hard.ext3"))
+        let before = try Data(contentsOf: URL(fileURLWithPath: image))
+        let cases: [([String], String)] = [
+            (["-o", "a.ext3", "-o", "a.ext3"], "'a.ext3' is given twice"),
+            (["-o", "a.ext3:ro", "-o", "a.ext3:ro"], "'a.ext3' is given twice"),
+            (["-o", "a.ext3:ro", "-o", "alias.ext3"], "'a.ext3' and 'alias.ext3' are the same image file"),
+            (["-o", "hard.ext3", "-o", "a.ext3:ro"], "'hard.ext3' and 'a.ext3' are the same image file"),
+        ]
+        for (arguments, message) in cases {
+            let asRoot = try scene.run("run-overlay", arguments + ["--", "true"])
+            let asUser = try user.run([product("run-overlay"), "--runtime", "native"] + arguments + ["--", "true"],
+                                      currentDirectory: scene.directory.path, environment: scene.configIsolation)
+            for result in [asRoot, asUser] {
+                #expect(result.status == 1, "\(arguments): \(result)")
+                #expect(result.stderr.contains(message), "\(arguments): \(result.stderr)")
+                #expect(result.stderr.contains("an image can be in a stack only once"), "\(result.stderr)")
+                #expect(result.stderr.split(separator: "\n").count == 1, "\(arguments): \(result.stderr)")
+            }
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before)
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+
+    @Test func aCommandFileThatIsNoScriptIsRefusedBeforeBashSeesIt() throws {
+        let scene = try NativeScene()
+        try scene.overlay("env.ext3")
+        try FileManager.default.createDirectory(atPath: scene.file("jobs"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: "/bin/true", toPath: scene.file("program"))
+        try "echo unreadable\n".write(toFile: scene.file("secret.txt"), atomically: true, encoding: .utf8)
+        chmod(scene.file("secret.txt"), 0o000)
+        chmod(scene.directory.path, 0o755)
+        let user = try TestUser.ensure()
+        let before = try scene.directory.listing()
+        let cases: [(String, String)] = [
+            ("jobs", "command file 'jobs' is a directory"),
+            ("program", "command file 'program' is a binary file, not a text file of commands"),
+        ]
+        for (file, message) in cases {
+            let result = try scene.run("run-overlay", ["-o", "env.ext3:ro", "-f", file])
+            #expect(result.status == 1, "\(file): \(result)")
+            #expect(result.stderr == "Error: \(message): give a text file of shell commands with -f\n", "\(result.stderr)")
+        }
+        // Unreadable by the user who runs the job.
+        let unreadable = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3") + ":ro",
+                                       "-f", "secret.txt"], currentDirectory: scene.directory.path,
+                                      environment: scene.configIsolation)
+        #expect(unreadable.status == 1, "\(unreadable)")
+        #expect(unreadable.stderr.contains("command file 'secret.txt' cannot be read (Permission denied)"), "\(unreadable.stderr)")
+        // Nothing ran: no junk file from a binary's bytes run as commands.
+        #expect(try scene.directory.listing() == before)
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+
+    @Test func singularityOptionsAreRefusedByTheNativeRuntimeInOneLine() throws {
+        let scene = try NativeScene()
+        try scene.overlay("env.ext3")
+        let cases: [(String, String)] = [
+            ("--nv", "it does not set up GPUs"),
+            ("--fakeroot", "it runs the job as you"),
+            ("--writable-tmpfs", "give a writable overlay as the first -o instead"),
+            ("--bogus", "it takes no Singularity/Apptainer options"),
+        ]
+        for (option, advice) in cases {
+            for dryRun in [[], ["--dry-run"]] {
+                let result = try scene.run("run-overlay", ["-o", "env.ext3:ro", "--runtime-option=\(option)"] + dryRun + ["--", "true"])
+                #expect(result.status == 1, "\(option): \(result)")
+                #expect(result.stderr.hasPrefix("Error: --runtime-option=\(option) is not supported by the native runtime: \(advice)"),
+                        "\(result.stderr)")
+                #expect(result.stderr.split(separator: "\n").count == 1)
+                #expect(result.stdout.isEmpty)
+            }
+        }
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+
+    @Test func errorLinesCarryNoRawControlBytes() throws {
+        let scene = try NativeScene()
+        // A name as hostile images and archives carry it: OSC title, clear screen, BEL.
+        let hostile = "evil\u{1B}]0;pwned\u{07}\u{1B}[2J.ext3"
+        let result = try scene.run("run-overlay", ["-o", hostile, "--", "true"])
+        #expect(result.status == 1, "\(result)")
+        #expect(!result.stderr.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" }, "\(result.stderr.debugDescription)")
+        #expect(result.stderr.contains("evil\\e]0;pwned\\x07\\e[2J.ext3"), "\(result.stderr.debugDescription)")
+    }
+}
