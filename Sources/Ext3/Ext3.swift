@@ -22,6 +22,8 @@ public enum Ext3 {
         case notExt(path: String)
         /// The target already exists; we never touch it.
         case exists(path: String)
+        /// The file is shorter than the filesystem in it says it is (a copy cut short).
+        case truncated(path: String, filesystemBytes: UInt64, fileBytes: UInt64)
         /// The image file could not be created in its directory.
         case cannotCreate(path: String, errno: Int32)
         /// A system call failed.
@@ -47,6 +49,10 @@ public enum Ext3 {
                 return "\(path): not an ext2/ext3/ext4 filesystem image"
             case let .exists(path):
                 return "\(path) already exists; choose another name with -o or remove it first"
+            case let .truncated(path, filesystemBytes, fileBytes):
+                return "\(path) is truncated: its filesystem takes \(Units.humanBytes(filesystemBytes)) but the file holds only "
+                    + "\(Units.humanBytes(fileBytes)) (a copy cut short?): copy it again from the original; without one, "
+                    + "'truncate -s \(filesystemBytes) \(path)' and 'overlay check --repair \(path)' save what they can"
             case let .cannotCreate(path, code):
                 return "\(path): create the image file: \(Ext3.errnoString(code))"
             case let .system(operation, path, code):
@@ -98,3 +104,11 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+
+extension Ext3.Error {
+    /// The file is shorter than its filesystem.
+    public var isTruncated: Bool {
+        if case .truncated = self { return true }
+        return false
+    }
+}

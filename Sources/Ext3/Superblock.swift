@@ -35,6 +35,18 @@ extension Ext3 {
                 throw Error.notExt(path: path)
             }
             try self.init(bytes: bytes, path: path)
+            // A file shorter than its filesystem mounts as a user's FUSE mount but not as root's,
+            // and fsck sees only what is there: refuse it at every opening, saying so.
+            var info = stat()
+            if fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG, UInt64(max(info.st_size, 0)) < filesystemBytes {
+                throw Error.truncated(path: path, filesystemBytes: filesystemBytes, fileBytes: UInt64(max(info.st_size, 0)))
+            }
+        }
+
+        /// Bytes the filesystem says it spans.
+        public var filesystemBytes: UInt64 {
+            let (bytes, overflow) = blockCount.multipliedReportingOverflow(by: UInt64(blockSize))
+            return overflow ? UInt64.max : bytes
         }
 
         /// Parses the 1024 superblock bytes.

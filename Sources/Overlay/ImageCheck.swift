@@ -30,8 +30,15 @@ public enum ImageCheck {
         let superblock: Ext3.Superblock
         do {
             superblock = try Ext3.Superblock(path: path)
+        } catch let error as Ext3.Error where error.isTruncated {
+            throw error
         } catch {
             throw OverlayError.message("overlay '\(path)' is not an ext3 image: make one with create-overlay")
+        }
+        if spec.isWritable && info.st_mode & 0o222 == 0 {
+            // Root could write it anyway; its owner made it read-only for a reason.
+            let mode = String(info.st_mode & 0o7777, radix: 8)
+            throw OverlayError.message("overlay '\(path)' is read-only on disk (mode 0\(mode)): use it read-only with '\(path):ro', or make it writable first (chmod u+w \(path))")
         }
         let refusals = superblock.apptainerRefusals
         if !refusals.isEmpty {

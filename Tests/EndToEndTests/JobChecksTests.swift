@@ -96,3 +96,47 @@ struct JobChecksTests {
         #expect(result.stderr.contains("evil\\e]0;pwned\\x07\\e[2J.ext3"), "\(result.stderr.debugDescription)")
     }
 }
+
+/// Images that are not what they claim, refused wherever they are opened.
+@Suite(.requiresRoot, .requires(executable: "mke2fs"), .requires(executable: "debugfs"), .requires(executable: "e2fsck"))
+struct DamagedImageRefusalTests {
+    @Test func aTruncatedImageIsRefusedEverywhereItIsOpened() throws {
+        let scene = try NativeScene()
+        let user = try TestUser.ensure()
+        let image = try scene.userOverlay("cut.ext3", for: user)
+        #expect(truncate(image, 16 << 20) == 0)
+        let before = try Data(contentsOf: URL(fileURLWithPath: image))
+        let runs: [(String, ProcessResult)] = [
+            ("info", try TestSupport.run([product("overlay"), "info", image])),
+            ("check", try TestSupport.run([product("overlay"), "check", image])),
+            ("check --repair", try TestSupport.run([product("overlay"), "check", "--repair", image])),
+            ("resize", try TestSupport.run([product("overlay"), "resize", image, "-s", "128"])),
+            ("run as root", try scene.run("run-overlay", ["-o", "cut.ext3:ro", "--", "true"])),
+            ("run writable as root", try scene.run("run-overlay", ["-o", "cut.ext3", "--", "true"])),
+            ("run as a user", try user.run([product("run-overlay"), "--runtime", "native", "-o", image + ":ro", "--", "true"],
+                                           currentDirectory: scene.directory.path, environment: scene.configIsolation)),
+        ]
+        for (what, result) in runs {
+            #expect(result.status != 0, "\(what): \(result)")
+            #expect(result.stderr.contains("is truncated: its filesystem takes 32 MiB but the file holds only 16 MiB"), "\(what): \(result.stderr)")
+            #expect(result.stderr.split(separator: "\n").count == 1, "\(what): \(result.stderr)")
+        }
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before, "a refused image is left as it was")
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+
+    @Test func aWritableOverlayReadOnlyOnDiskIsNotWrittenByRoot() throws {
+        let scene = try NativeScene()
+        let image = try scene.overlay("locked.ext3")
+        chmod(image, 0o444)
+        let before = try Data(contentsOf: URL(fileURLWithPath: image))
+        let result = try scene.run("run-overlay", ["-o", "locked.ext3", "--", "/bin/sh", "-c", "echo x > /written-\(scene.mark)"])
+        #expect(result.status == 1, "\(result)")
+        #expect(result.stderr == "Error: overlay 'locked.ext3' is read-only on disk (mode 0444): use it read-only with 'locked.ext3:ro', or make it writable first (chmod u+w locked.ext3)\n", "\(result.stderr)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before)
+        // Read-only use is fine.
+        let reading = try scene.run("run-overlay", ["-o", "locked.ext3:ro", "--", "true"])
+        #expect(reading.status == 0, "\(reading)")
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+}
