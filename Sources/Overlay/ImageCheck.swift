@@ -53,11 +53,18 @@ public enum ImageCheck {
         } catch let error as Ext3.Error {
             throw OverlayError.message("overlay '\(path)' is damaged: \(error.description); check it with e2fsck -fn \(path)")
         }
+        // Apptainer stacks an image's upper/ (read-only or not), never its root: without upper/
+        // the image is no overlay in any mode, and :ro is no way out.
+        let hasUpper = result.upper?.kind == .directory
         if spec.isWritable {
-            let missing = [("upper", result.upper), ("work", result.work)].filter { $0.1?.kind != .directory }.map { $0.0 + "/" }
+            let missing = [("upper", result.upper), ("work", result.work)].filter { $0.1?.kind != .directory }.map { $0.0 }
             if !missing.isEmpty {
-                throw OverlayError.message("overlay '\(path)' has no \(missing.joined(separator: " and ")) directory at its root, so it cannot be mounted writable: use it read-only with '\(path):ro', or add them with: debugfs -w -R 'mkdir upper' \(path); debugfs -w -R 'mkdir work' \(path)")
+                let fix = missing.map { "debugfs -w -R 'mkdir \($0)' \(path)" }.joined(separator: "; ")
+                let instead = hasUpper ? "use it read-only with '\(path):ro', or add it with: " : "add them with: "
+                throw OverlayError.message("overlay '\(path)' has no \(missing.map { $0 + "/" }.joined(separator: " and ")) directory at its root, so it cannot be mounted writable: \(instead)\(fix)")
             }
+        } else if !hasUpper {
+            throw OverlayError.message("overlay '\(path)' has no upper/ directory at its root, so it is not an overlay (Apptainer stacks upper/ too): add it with: debugfs -w -R 'mkdir upper' \(path), or pack the files with create-overlay --from")
         }
         return result
     }

@@ -113,6 +113,8 @@ public struct ImageInfo: Sendable, Equatable {
         for (name, entry) in [("upper/", upper), ("work/", work)] {
             if let entry, entry.kind == .directory {
                 lines.append("\(name): owner \(entry.uid):\(entry.gid), mode \(Self.octal(entry.permissions))")
+            } else if name == "upper/" {
+                lines.append("upper/: missing (not an overlay: it cannot be mounted, read-only or writable, until it has one)")
             } else {
                 lines.append("\(name): missing (the image can only be used read-only)")
             }
@@ -134,6 +136,9 @@ public struct ImageInfo: Sendable, Equatable {
         case .owner: who = "readable only by its owner"
         }
         let file = "\(who) (mode \(Self.octal(fileMode)), owner \(fileUID):\(fileGID))"
+        if upper?.kind != .directory {
+            return "\(file); not usable as an overlay without upper/"
+        }
         if readers == .owner {
             return "\(file); others cannot use it: chmod o+r \(path) (or g+r) to share it read-only"
         }

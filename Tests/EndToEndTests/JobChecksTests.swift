@@ -139,4 +139,21 @@ struct DamagedImageRefusalTests {
         #expect(reading.status == 0, "\(reading)")
         #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
     }
+
+    @Test func anImageWithoutUpperIsNoOverlayInEveryMessage() throws {
+        let scene = try NativeScene()
+        try FixtureImage.ext3(at: scene.file("bare.ext3"), mebibytes: 16, layout: false)
+        let info = try TestSupport.run([product("overlay"), "info", scene.file("bare.ext3")])
+        #expect(info.status == 0, "\(info)")
+        #expect(info.stdout.contains("upper/: missing (not an overlay: it cannot be mounted, read-only or writable, until it has one)"), "\(info.stdout)")
+        #expect(!info.stdout.contains("can mount it read-only"), "\(info.stdout)")
+        let readOnly = try scene.run("run-overlay", ["-o", "bare.ext3:ro", "--", "true"])
+        #expect(readOnly.status == 1, "\(readOnly)")
+        #expect(readOnly.stderr == "Error: overlay 'bare.ext3' has no upper/ directory at its root, so it is not an overlay (Apptainer stacks upper/ too): add it with: debugfs -w -R 'mkdir upper' bare.ext3, or pack the files with create-overlay --from\n", "\(readOnly.stderr)")
+        let writable = try scene.run("run-overlay", ["-o", "bare.ext3", "--", "true"])
+        #expect(writable.status == 1, "\(writable)")
+        #expect(writable.stderr.contains("has no upper/ and work/ directory at its root, so it cannot be mounted writable: add them with: debugfs"), "\(writable.stderr)")
+        #expect(!writable.stderr.contains(":ro"), "no advice that fails: \(writable.stderr)")
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
 }
