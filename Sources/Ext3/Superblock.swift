@@ -13,6 +13,8 @@ extension Ext3 {
         public var reservedBlockCount: UInt64
         public var freeBlockCount: UInt64
         public var freeInodeCount: UInt32
+        public var blocksPerGroup: UInt32
+        public var inodesPerGroup: UInt32
         public var logBlockSize: UInt32
         public var inodeSize: UInt16
         public var state: UInt16
@@ -56,6 +58,8 @@ extension Ext3 {
             guard bytes.count >= 1024, u16(0x38) == Superblock.magic else { throw Error.notExt(path: path) }
             inodeCount = u32(0x00)
             blockCount = UInt64(u32(0x04))
+            blocksPerGroup = u32(0x20)
+            inodesPerGroup = u32(0x28)
             reservedBlockCount = UInt64(u32(0x08))
             freeBlockCount = UInt64(u32(0x0C))
             freeInodeCount = u32(0x10)

@@ -40,6 +40,9 @@ public enum ImageCheck {
             let mode = String(info.st_mode & 0o7777, radix: 8)
             throw OverlayError.message("overlay '\(path)' is read-only on disk (mode 0\(mode)): use it read-only with '\(path):ro', or make it writable first (chmod u+w \(path))")
         }
+        if spec.isWritable && superblock.freeInodeCount == 0 {
+            throw OverlayError.message("overlay '\(path)' has no free inodes (all \(superblock.inodeCount) files are used), so it cannot be mounted writable (the overlay needs a few to work): look at it read-only with '\(path):ro', then grow it with overlay resize, or copy what you need into a new image with more files (create-overlay -n)")
+        }
         let refusals = superblock.apptainerRefusals
         if !refusals.isEmpty {
             throw OverlayError.message("overlay '\(path)' cannot be used: \(refusals.joined(separator: "; ")); make an ext3 overlay with create-overlay")

@@ -70,7 +70,15 @@ public enum ImageMaintenance {
             throw OverlayError.message("\(path): resize2fs failed: \(lastLine(resize.output))")
         }
         let after = try usage(path)
-        return "\(path): grown from \(ImageSize.human(old)) to \(ImageSize.human(size.bytes)); inodes \(ImageInfo.grouped(before.inodeCount)) -> \(ImageInfo.grouped(after.inodeCount)), \(ImageSize.human(after.freeBytes)) free for data"
+        var line = "\(path): grown from \(ImageSize.human(old)) to \(ImageSize.human(size.bytes)); inodes \(ImageInfo.grouped(before.inodeCount)) -> \(ImageInfo.grouped(after.inodeCount)), \(ImageSize.human(after.freeBytes)) free for data"
+        if after.inodeCount == before.inodeCount, superblock.blocksPerGroup > 0 {
+            // New inodes come only with new block groups: the growth stayed inside the last one.
+            let groupBytes = UInt64(superblock.blocksPerGroup) * blockSize
+            let groups = (superblock.blockCount + UInt64(superblock.blocksPerGroup) - 1) / UInt64(superblock.blocksPerGroup)
+            line += " (no new files: inodes come with each new block group of \(ImageSize.human(groupBytes)); "
+                + "grow it to \(ImageSize.human((groups + 1) * groupBytes)) or more for room for \(ImageInfo.grouped(UInt64(superblock.inodesPerGroup))) more)"
+        }
+        return line
     }
 
     // MARK: - Pieces

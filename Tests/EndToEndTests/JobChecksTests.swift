@@ -156,4 +156,34 @@ struct DamagedImageRefusalTests {
         #expect(!writable.stderr.contains(":ro"), "no advice that fails: \(writable.stderr)")
         #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
     }
+
+    @Test(.requires(executable: "resize2fs"))
+    func anImageWithNoFreeInodesSaysWhatToDoAndResizeSaysHowFarToGrow() throws {
+        let scene = try NativeScene()
+        let image = scene.file("full.ext3")
+        let made = try TestSupport.run([product("create-overlay"), "-s", "8", "-n", "1", "-o", image])
+        #expect(made.status == 0, "\(made)")
+        // Fill every inode through the kernel, as a job would.
+        let mountPoint = scene.file("m")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let filled = try TestSupport.run(["/bin/sh", "-c", "mount -o loop \"$0\" \"$1\" && cd \"$1/upper\" && i=0; while touch f$i 2>/dev/null; do i=$((i+1)); done; cd /; umount \"$1\"", image, mountPoint], timeout: 120)
+        #expect(filled.status == 0, "\(filled)")
+        let refused = try scene.run("run-overlay", ["-o", "full.ext3", "--", "true"])
+        #expect(refused.status == 1, "\(refused)")
+        #expect(refused.stderr.hasPrefix("Error: overlay 'full.ext3' has no free inodes (all 1008 files are used), so it cannot be mounted writable"), "\(refused.stderr)")
+        #expect(refused.stderr.split(separator: "\n").count == 1)
+        // Read-only, it is there to look at.
+        let looking = try scene.run("run-overlay", ["-o", "full.ext3:ro", "--", "/bin/sh", "-c", "ls /upper 2>/dev/null; true"])
+        #expect(looking.status == 0, "\(looking)")
+        let small = try TestSupport.run([product("overlay"), "resize", image, "-s", "16"])
+        #expect(small.status == 0, "\(small)")
+        #expect(small.stdout.contains("inodes 1,008 -> 1,008"), "\(small.stdout)")
+        #expect(small.stdout.contains("no new files: inodes come with each new block group of 128 MiB; grow it to 256 MiB or more"), "\(small.stdout)")
+        let large = try TestSupport.run([product("overlay"), "resize", image, "-s", "300"])
+        #expect(large.stdout.contains("inodes 1,008 -> 3,024"), "\(large.stdout)")
+        let usable = try scene.run("run-overlay", ["-o", "full.ext3", "--", "/bin/sh", "-c", "echo more > /more-\(scene.mark)"])
+        #expect(usable.status == 0, "\(usable)")
+        #expect(try FixtureImage.isClean(image))
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
 }
