@@ -1,3 +1,5 @@
+import LinuxSupport
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -164,7 +166,7 @@ public struct Configuration: Equatable, Sendable {
         if fd < 0 {
             let code = errno
             if code == ENOENT || code == ENOTDIR { return nil }
-            throw OverlayError.message("cannot read the configuration file \(path): \(errnoDescription(code))")
+            throw OverlayError.message("cannot read the configuration file \(path): \(Errno(rawValue: code))")
         }
         defer { close(fd) }
         var bytes: [UInt8] = []
@@ -173,7 +175,7 @@ public struct Configuration: Equatable, Sendable {
             let count = read(fd, &buffer, buffer.count)
             if count < 0 {
                 if errno == EINTR { continue }
-                throw OverlayError.message("cannot read the configuration file \(path): \(errnoDescription(errno))")
+                throw OverlayError.message("cannot read the configuration file \(path): \(Errno.last)")
             }
             if count == 0 { break }
             bytes += buffer[0..<count]
@@ -185,18 +187,4 @@ public struct Configuration: Equatable, Sendable {
         guard let text, !text.isEmpty else { return nil }
         return text
     }
-}
-
-/// The environment of this process, as a dictionary.
-public func currentEnvironment() -> [String: String] {
-    var result: [String: String] = [:]
-    var pointer = environ
-    while let entry = pointer.pointee {
-        let text = String(cString: entry)
-        if let eq = text.firstIndex(of: "=") {
-            result[String(text[..<eq])] = String(text[text.index(after: eq)...])
-        }
-        pointer += 1
-    }
-    return result
 }

@@ -1,3 +1,5 @@
+import LinuxSupport
+
 /// Errors of the overlay domain. Each description is one line that names the thing and says
 /// what to do.
 public enum OverlayError: Error, Equatable, CustomStringConvertible, Sendable {
@@ -37,7 +39,7 @@ public enum OverlayError: Error, Equatable, CustomStringConvertible, Sendable {
                 return "\(path) is in use"
             }
         case let .lockFailed(path, code):
-            return "\(path): cannot lock the image: \(errnoDescription(code))"
+            return "\(path): cannot lock the image: \(Errno(rawValue: code))"
         case let .containerNotFound(path):
             return "container '\(path)' not found: give a SIF file, a squashfs image, a sandbox directory or / with -c"
         case let .unknownContainer(path):
@@ -48,13 +50,4 @@ public enum OverlayError: Error, Equatable, CustomStringConvertible, Sendable {
             return text
         }
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-func errnoDescription(_ code: Int32) -> String {
-    guard let text = strerror(code) else { return "errno \(code)" }
-    return String(cString: text)
 }
