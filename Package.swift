@@ -56,7 +56,7 @@ let package = Package(
         .executableTarget(name: "overlay", dependencies: ["OverlayCommands"]),
 
         // Shared test helpers: traits (.requiresRoot, .requires(executable:)), temp dirs, oracles.
-        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["LinuxSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
