@@ -57,6 +57,7 @@ let package = Package(
 
         // Shared test helpers: traits (.requiresRoot, .requires(executable:)), temp dirs, oracles.
         .target(name: "TestSupport", dependencies: ["LinuxSupport"], path: "Tests/TestSupport"),
+        .testTarget(name: "LinuxSupportTests", dependencies: ["LinuxSupport", "TestSupport"]),
         .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
