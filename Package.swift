@@ -41,7 +41,7 @@ let package = Package(
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport", "CLinux"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",
@@ -56,7 +56,8 @@ let package = Package(
         .executableTarget(name: "overlay", dependencies: ["OverlayCommands"]),
 
         // Shared test helpers: traits (.requiresRoot, .requires(executable:)), temp dirs, oracles.
-        .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["LinuxSupport"], path: "Tests/TestSupport"),
+        .testTarget(name: "LinuxSupportTests", dependencies: ["LinuxSupport", "TestSupport"]),
         .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),

@@ -36,6 +36,9 @@ public struct OwnedDescriptor: ~Copyable {
 }
 
 /// A pipe whose two ends are close-on-exec, so no child inherits them unless it dup2()s one.
+/// Frozen so that other modules may take it apart (`let readEnd = pipe.readEnd`) and hand
+/// each end on.
+@frozen
 public struct Pipe: ~Copyable {
     public var readEnd: OwnedDescriptor
     public var writeEnd: OwnedDescriptor

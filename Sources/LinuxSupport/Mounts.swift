@@ -52,6 +52,8 @@ public enum Mounts {
 }
 
 /// An attached loop device, held open: it stays attached while open or mounted (autoclear).
+/// Frozen so that other modules may take it apart (close `descriptor` once it is mounted).
+@frozen
 public struct LoopDevice: ~Copyable {
     public var descriptor: OwnedDescriptor
     public var path: String

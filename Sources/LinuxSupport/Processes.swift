@@ -53,39 +53,29 @@ public enum Children {
 
     /// Reaps children of this process as they end, until every one in `pids` has or the
     /// deadline (monotonic milliseconds) passes; returns those still running. Woken by their
-    /// exits (pidfds), or, on kernels without pidfds, looks every 5 ms. `extra`, if given, is
-    /// polled too (POLLPRI: a mount table changing) and a wake-up from it calls `woken`, which
-    /// may return true to stop waiting.
+    /// exits (pidfds), or, on kernels without pidfds, looks every 5 ms. `ended` is told of
+    /// each child reaped. `extra`, if given, is polled too (POLLPRI: a mount table changing;
+    /// when it could not be opened (-1), the wait looks every 5 ms instead); `woken` is asked
+    /// at the start and after every wake-up, and may return true to stop waiting.
     @discardableResult
     public static func reap(_ pids: [Int32], until deadline: Int,
-                            also extra: Int32 = -1, woken: () -> Bool = { false },
+                            also extra: Int32? = nil, woken: () -> Bool = { false },
                             ended: (Int32, WaitStatus) -> Void = { _, _ in }) -> [Int32] {
-        var watched = pids.map { (pid: $0, fd: clinux_pidfd_open($0)) }
-        defer { for entry in watched where entry.fd >= 0 { close(entry.fd) } }
-        while true {
-            watched.removeAll { entry in
-                guard let status = poll(entry.pid) else { return false }
-                if entry.fd >= 0 { close(entry.fd) }
-                ended(entry.pid, status)
-                return true
-            }
-            if watched.isEmpty || woken() { break }
-            let left = deadline - MonotonicClock.milliseconds
-            if left <= 0 { break }
-            var fds = watched.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
-            if extra >= 0 { fds.append(pollfd(fd: extra, events: Int16(POLLPRI), revents: 0)) }
-            let pidfds = watched.allSatisfy { $0.fd >= 0 }
-            _ = Glibc.poll(&fds, nfds_t(fds.count), Int32(pidfds ? min(left, 1000) : min(left, 5)))
+        let pidfds = pids.map { clinux_pidfd_open($0) }
+        defer { for fd in pidfds where fd >= 0 { close(fd) } }
+        let running = waitLoop(pidfds, until: deadline, tick: 5, extra: extra, stop: woken) { index in
+            guard let status = poll(pids[index]) else { return false }
+            ended(pids[index], status)
+            return true
         }
-        return watched.map(\.pid)
+        return running.map { pids[$0] }
     }
 
     /// Waits until the processes behind `pidfds` (not necessarily our children) have all
     /// ended, or the deadline passes; returns the indices of those still running. Without a
     /// pidfd (-1) a process is looked at by pid every 20 ms.
     public static func awaitExit(_ processes: [(pid: Int32, pidfd: Int32)], until deadline: Int) -> [Int] {
-        var left = Array(processes.indices)
-        func gone(_ index: Int) -> Bool {
+        waitLoop(processes.map(\.pidfd), until: deadline, tick: 20, extra: nil, stop: { false }) { index in
             let entry = processes[index]
             if entry.pidfd >= 0 {
                 var fd = pollfd(fd: entry.pidfd, events: Int16(POLLIN), revents: 0)
@@ -93,13 +83,25 @@ public enum Children {
             }
             return Glibc.kill(entry.pid, 0) != 0 && Glibc.errno == ESRCH
         }
+    }
+
+    /// The loop under ``reap(_:until:also:woken:ended:)`` and ``awaitExit(_:until:)``: drops
+    /// the processes `gone` says have ended, stops when none is left, `stop` says so or the
+    /// deadline passes, else sleeps in poll(2) on their pidfds (and `extra`, for POLLPRI) for
+    /// at most a second, or `tick` milliseconds when a pidfd or `extra` is missing. Returns
+    /// the indices of the processes still running.
+    private static func waitLoop(_ pidfds: [Int32], until deadline: Int, tick: Int, extra: Int32?,
+                                 stop: () -> Bool, gone: (Int) -> Bool) -> [Int] {
+        var running = Array(pidfds.indices)
         while true {
-            left.removeAll(where: gone)
-            let remaining = deadline - MonotonicClock.milliseconds
-            if left.isEmpty || remaining <= 0 { return left }
-            var fds = left.map { pollfd(fd: processes[$0].pidfd, events: Int16(POLLIN), revents: 0) }
-            let pidfds = left.allSatisfy { processes[$0].pidfd >= 0 }
-            _ = Glibc.poll(&fds, nfds_t(fds.count), Int32(pidfds ? min(remaining, 1000) : min(remaining, 20)))
+            running.removeAll(where: gone)
+            if running.isEmpty || stop() { return running }
+            let left = deadline - MonotonicClock.milliseconds
+            if left <= 0 { return running }
+            var fds = running.map { pollfd(fd: pidfds[$0], events: Int16(POLLIN), revents: 0) }
+            if let extra { fds.append(pollfd(fd: extra, events: Int16(POLLPRI), revents: 0)) }
+            let woken = running.allSatisfy { pidfds[$0] >= 0 } && (extra ?? 0) >= 0
+            _ = Glibc.poll(&fds, nfds_t(fds.count), Int32(woken ? min(left, 1000) : min(left, tick)))
         }
     }
 

@@ -38,6 +38,15 @@ public enum ProgramRunner {
         let status = Children.wait(child)?.shellStatus ?? 125
         return Result(status: status, output: String(decoding: output, as: UTF8.self))
     }
+
+    /// Replaces this process with `executable` (execv: `arguments`, argv[0] included, and the
+    /// current environment). Returns only when that failed, with the reason.
+    public static func exec(_ executable: String, _ arguments: [String]) -> Errno {
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        execv(executable, &argv)
+        return Errno.last
+    }
 }
 
 /// Finds an executable on `PATH` (as `execvp` would), then in `alsoIn` (e2fsprogs lives in

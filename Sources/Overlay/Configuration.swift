@@ -1,4 +1,5 @@
 import LinuxSupport
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -165,7 +166,7 @@ public struct Configuration: Equatable, Sendable {
         if fd < 0 {
             let code = errno
             if code == ENOENT || code == ENOTDIR { return nil }
-            throw OverlayError.message("cannot read the configuration file \(path): \(errnoDescription(code))")
+            throw OverlayError.message("cannot read the configuration file \(path): \(Errno(rawValue: code))")
         }
         defer { close(fd) }
         var bytes: [UInt8] = []
@@ -174,7 +175,7 @@ public struct Configuration: Equatable, Sendable {
             let count = read(fd, &buffer, buffer.count)
             if count < 0 {
                 if errno == EINTR { continue }
-                throw OverlayError.message("cannot read the configuration file \(path): \(errnoDescription(errno))")
+                throw OverlayError.message("cannot read the configuration file \(path): \(Errno.last)")
             }
             if count == 0 { break }
             bytes += buffer[0..<count]
@@ -187,5 +188,3 @@ public struct Configuration: Equatable, Sendable {
         return text
     }
 }
-
-

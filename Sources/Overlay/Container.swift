@@ -1,3 +1,5 @@
+import LinuxSupport
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -43,7 +45,7 @@ public enum ContainerReference: Equatable, Sendable, CustomStringConvertible {
         }
         guard (info.st_mode & S_IFMT) == S_IFREG else { throw OverlayError.unknownContainer(path) }
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw OverlayError.message("container '\(path)': cannot read it: \(errnoDescription(errno))") }
+        guard fd >= 0 else { throw OverlayError.message("container '\(path)': cannot read it: \(Errno.last)") }
         defer { close(fd) }
         var head = [UInt8](repeating: 0, count: 64)
         let count = read(fd, &head, head.count)

@@ -1,4 +1,5 @@
 import Ext3
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -16,7 +17,7 @@ public final class ImageBrowser {
         self.path = path
         var info = stat()
         guard stat(path, &info) == 0 else {
-            throw OverlayError.message("\(path): \(errnoDescription(errno)): give an overlay image file")
+            throw OverlayError.message("\(path): \(Errno.last): give an overlay image file")
         }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
             throw OverlayError.message("\(path) is not a file: give an ext3 overlay image")

@@ -1,4 +1,5 @@
 import Ext3
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -59,7 +60,7 @@ public enum ImageMaintenance {
             throw OverlayError.message("\(path) has problems e2fsck -p will not fix (\(firstProblem(fsck.output) ?? lastLine(fsck.output))): run overlay check --repair \(path) first")
         }
         guard ftruncate(lock.fileDescriptor, off_t(size.bytes)) == 0 else {
-            throw OverlayError.message("\(path): cannot grow the file to \(size): \(errnoDescription(errno))")
+            throw OverlayError.message("\(path): cannot grow the file to \(size): \(Errno.last)")
         }
         let resize = try Program.run(["resize2fs", path, "\(blocks)"])
         guard resize.status == 0 else {
@@ -87,7 +88,7 @@ public enum ImageMaintenance {
     static func requireImage(_ path: String) throws -> stat {
         var info = stat()
         guard stat(path, &info) == 0 else {
-            throw OverlayError.message("\(path): \(errnoDescription(errno)): give an overlay image file")
+            throw OverlayError.message("\(path): \(Errno.last): give an overlay image file")
         }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
             throw OverlayError.message("\(path) is not a file: give an ext3 overlay image")

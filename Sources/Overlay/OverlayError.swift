@@ -43,7 +43,7 @@ public enum OverlayError: UserFacingError, Equatable, Sendable {
                 return "\(path) is in use"
             }
         case let .lockFailed(path, code):
-            return "\(path): cannot lock the image: \(errnoDescription(code))"
+            return "\(path): cannot lock the image: \(Errno(rawValue: code))"
         case let .containerNotFound(path):
             return "container '\(path)' not found: give a SIF file, a squashfs image, a sandbox directory or / with -c"
         case let .unknownContainer(path):
@@ -59,13 +59,4 @@ public enum OverlayError: UserFacingError, Equatable, Sendable {
             return text
         }
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-
-func errnoDescription(_ code: Int32) -> String {
-    guard let text = strerror(code) else { return "errno \(code)" }
-    return String(cString: text)
 }

@@ -1,3 +1,4 @@
+import LinuxSupport
 import Overlay
 
 #if canImport(Glibc)
@@ -276,8 +277,8 @@ extension NativePlan {
     static func absolute(_ path: String, what: String) throws -> String {
         var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         guard realpath(path, &resolved) != nil else {
-            throw RuntimeError.failed("\(what) '\(path)' not found: \(String(cString: strerror(errno)))")
+            throw RuntimeError.failed("\(what) '\(path)' not found: \(Errno.last)")
         }
-        return cString(resolved)
+        return String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

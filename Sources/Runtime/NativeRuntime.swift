@@ -102,8 +102,7 @@ public struct NativeRuntime: Runtime {
             throw RuntimeError.unavailable("user namespaces are disabled for ordinary users (kernel.unprivileged_userns_clone = 0): an administrator can enable them with sysctl -w kernel.unprivileged_userns_clone=1, or run as root")
         }
         if access("/dev/fuse", R_OK | W_OK) != 0 {
-            let reason = String(cString: strerror(errno))
-            throw RuntimeError.unavailable("/dev/fuse is not usable (\(reason)): running without root needs FUSE; an administrator can load the fuse module and make /dev/fuse mode 0666, or run as root")
+            throw RuntimeError.unavailable("/dev/fuse is not usable (\(Errno.last)): running without root needs FUSE; an administrator can load the fuse module and make /dev/fuse mode 0666, or run as root")
         }
     }
 

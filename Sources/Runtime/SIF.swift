@@ -1,3 +1,5 @@
+import LinuxSupport
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,7 +29,7 @@ public enum SIF {
     /// The primary system partition (squashfs) of the SIF at `path`.
     public static func systemPartition(of path: String) throws -> Partition {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw RuntimeError.failed("container '\(path)': cannot read it: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw RuntimeError.failed("container '\(path)': cannot read it: \(Errno.last)") }
         defer { close(fd) }
         let header = try read(fd, at: 0, count: headerSize, path: path)
         guard Array(header[32..<41]) == Array("SIF_MAGIC".utf8) else {

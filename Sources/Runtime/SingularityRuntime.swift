@@ -69,17 +69,8 @@ public struct SingularityRuntime: Runtime {
         }
         let argv = arguments(for: job)
         fflush(nil)
-        let code = Self.exec(argv)
-        throw RuntimeError.failed("cannot start \(executable): \(String(cString: strerror(code)))")
-    }
-
-    /// execv with the current environment; returns errno when it fails.
-    private static func exec(_ argv: [String]) -> Int32 {
-        var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) }
-        cArguments.append(nil)
-        defer { for pointer in cArguments { free(pointer) } }
-        execv(argv[0], cArguments)
-        return errno
+        let code = ProgramRunner.exec(argv[0], argv)
+        throw RuntimeError.failed("cannot start \(executable): \(code)")
     }
 }
 

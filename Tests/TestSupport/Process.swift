@@ -1,4 +1,5 @@
 import Foundation
+import LinuxSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -59,24 +60,22 @@ public final class SpawnedProcess: @unchecked Sendable {
         case .null:
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         case .pipe:
-            var fds: [Int32] = [-1, -1]
-            guard makePipe(&fds) else { throw SpawnError(argv: argv, errno: errno) }
-            posix_spawn_file_actions_adddup2(&actions, fds[0], 0)
-            toClose.append(fds[0])
-            stdinFD = fds[1]
+            let fds = try makePipe(argv)
+            posix_spawn_file_actions_adddup2(&actions, fds.read, 0)
+            toClose.append(fds.read)
+            stdinFD = fds.write
         case .inherit:
             break
         }
         if captureOutput {
-            var out: [Int32] = [-1, -1], err: [Int32] = [-1, -1]
-            guard makePipe(&out), makePipe(&err) else {
-                throw SpawnError(argv: argv, errno: errno)
-            }
-            posix_spawn_file_actions_adddup2(&actions, out[1], 1)
-            posix_spawn_file_actions_adddup2(&actions, err[1], 2)
-            toClose += [out[1], err[1]]
-            stdoutFD = out[0]
-            stderrFD = err[0]
+            let out = try makePipe(argv)
+            toClose.append(out.write)
+            stdoutFD = out.read
+            let err = try makePipe(argv)
+            toClose.append(err.write)
+            stderrFD = err.read
+            posix_spawn_file_actions_adddup2(&actions, out.write, 1)
+            posix_spawn_file_actions_adddup2(&actions, err.write, 2)
         } else {
             posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
             posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
@@ -192,11 +191,11 @@ public final class SpawnedProcess: @unchecked Sendable {
             exit = (-1, nil)
             return true
         }
-        let termSig = raw & 0x7f
-        if termSig == 0 {
-            exit = ((raw >> 8) & 0xff, nil)
+        let status = WaitStatus(raw: raw)
+        if case let .signaled(number) = status {
+            exit = (status.shellStatus, number)
         } else {
-            exit = (128 + termSig, termSig)
+            exit = (status.shellStatus, nil)
         }
         return true
     }
@@ -233,12 +232,15 @@ public final class SpawnedProcess: @unchecked Sendable {
     }
 }
 
-/// pipe(2) with both ends close-on-exec, so no other child inherits them.
-private func makePipe(_ fds: inout [Int32]) -> Bool {
-    guard pipe(&fds) == 0 else { return false }
-    _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-    _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
-    return true
+/// A pipe with both ends close-on-exec (LinuxSupport's), so no other child inherits them; the
+/// caller closes both ends.
+private func makePipe(_ argv: [String]) throws -> (read: Int32, write: Int32) {
+    do {
+        let ends = try LinuxSupport.Pipe()
+        return (ends.readEnd.take(), ends.writeEnd.take())
+    } catch {
+        throw SpawnError(argv: argv, errno: error.errno.rawValue)
+    }
 }
 
 /// Writing to a child that has exited must fail with EPIPE, not kill the test process.
@@ -247,7 +249,7 @@ private let ignoreSIGPIPE: Void = { signal(SIGPIPE, SIG_IGN); return () }()
 public struct SpawnError: Error, CustomStringConvertible {
     public let argv: [String]
     public let errno: Int32
-    public var description: String { "cannot start \(argv.joined(separator: " ")): \(String(cString: strerror(errno)))" }
+    public var description: String { "cannot start \(argv.joined(separator: " ")): \(Errno(rawValue: errno))" }
 }
 
 /// Runs `argv` (argv[0] looked up on PATH and in sbin) and waits, at most `timeout` seconds

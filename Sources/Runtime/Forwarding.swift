@@ -1,0 +1,55 @@
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Passes the signals a user or a batch system sends on to one process (the setup process in
+/// the tool, the job in the setup process). A signal that comes before there is a target is
+/// kept and sent as soon as there is one.
+///
+/// The handler reads and writes only atomics and calls kill, which is async-signal-safe.
+enum Forwarding {
+    static let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+    /// The process signals go to (0: none yet).
+    static let recipient = Atomic<Int32>(0)
+    /// A signal that came while there was no target (0: none).
+    static let pending = Atomic<Int32>(0)
+    /// The dispositions replaced, to put back (never touched by the handler).
+    static let saved = Mutex<[Int32: sigaction]>([:])
+
+    static func install() {
+        for number in signals {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { number in
+                let pid = Forwarding.recipient.load(ordering: .acquiring)
+                if pid > 0 { kill(pid, number) } else { Forwarding.pending.store(number, ordering: .releasing) }
+            }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = SA_RESTART
+            var old = sigaction()
+            sigaction(number, &action, &old)
+            saved.withLock { $0[number] = old }
+        }
+    }
+
+    /// Sends signals to `pid` from now on (0: keep them until there is a target again), and
+    /// the one kept, if any.
+    static func target(_ pid: Int32) {
+        recipient.store(pid, ordering: .releasing)
+        guard pid > 0 else { return }
+        let kept = pending.exchange(0, ordering: .acquiringAndReleasing)
+        if kept != 0 { kill(pid, kept) }
+    }
+
+    static func restore() {
+        let previous = saved.withLock { saved in
+            defer { saved = [:] }
+            return saved
+        }
+        for (number, old) in previous {
+            var old = old
+            sigaction(number, &old, nil)
+        }
+    }
+}
