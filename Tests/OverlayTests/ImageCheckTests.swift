@@ -31,8 +31,12 @@ struct ImageCheckTests {
             try ImageCheck.validate(OverlaySpec(path: dir.file("c.ext3"), mode: .writable))
         }
         #expect(error?.description.contains("no upper/ and work/") == true)
-        // Read-only use of the same image is fine.
-        try ImageCheck.validate(OverlaySpec(path: dir.file("c.ext3"), mode: .readOnly))
+        // Read-only it is no overlay either (there is no upper/ to stack): refused the same way,
+        // not left to fail at the mount.
+        let readOnly = #expect(throws: OverlayError.self) {
+            try ImageCheck.validate(OverlaySpec(path: dir.file("c.ext3"), mode: .readOnly))
+        }
+        #expect(readOnly?.description.contains("has no upper/ directory at its root, so it is not an overlay") == true)
     }
 
     @Test func missingAndNonExtFiles() throws {
