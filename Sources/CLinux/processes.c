@@ -57,17 +57,24 @@ int clinux_loop_attach(const char *path, int readonly, uint64_t offset,
                                      uint64_t sizelimit, int *number) {
     int backing = open(path, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
     if (backing < 0) return -errno;
+    int device = clinux_loop_attach_fd(backing, path, readonly, offset, sizelimit, number);
+    close(backing);
+    return device;
+}
+
+int clinux_loop_attach_fd(int backing, const char *path, int readonly, uint64_t offset,
+                          uint64_t sizelimit, int *number) {
     int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
-    if (control < 0) { int e = errno; close(backing); return -e; }
+    if (control < 0) return -errno;
     for (int attempt = 0; attempt < 64; attempt++) {
         int n = ioctl(control, LOOP_CTL_GET_FREE);
-        if (n < 0) { int e = errno; close(control); close(backing); return -e; }
+        if (n < 0) { int e = errno; close(control); return -e; }
         char name[32];
         snprintf(name, sizeof name, "/dev/loop%d", n);
         int device = open(name, (readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
         if (device < 0) {
             if (errno == ENOENT) continue;
-            int e = errno; close(control); close(backing); return -e;
+            int e = errno; close(control); return -e;
         }
         struct loop_config config;
         memset(&config, 0, sizeof config);
@@ -79,17 +86,15 @@ int clinux_loop_attach(const char *path, int readonly, uint64_t offset,
         strncpy((char *)config.info.lo_file_name, path, LO_NAME_SIZE - 1);
         if (ioctl(device, LOOP_CONFIGURE, &config) == 0) {
             close(control);
-            close(backing);
             *number = n;
             return device;
         }
         int e = errno;
         close(device);
-        if (e != EBUSY) { close(control); close(backing); return -e; }
+        if (e != EBUSY) { close(control); return -e; }
         // Another process took it between GET_FREE and CONFIGURE: ask again.
     }
     close(control);
-    close(backing);
     return -EBUSY;
 }
 

@@ -41,6 +41,17 @@ public enum Mounts {
         return LoopDevice(descriptor: OwnedDescriptor(adopting: fd), path: "/dev/loop\(number)")
     }
 
+    /// Attaches the file open as `backing` (its access mode matching `readOnly`) to a free loop
+    /// device with autoclear. The device holds that open file description until it is freed,
+    /// so an OFD lock held through it lasts as long as the device: a lock that must not be
+    /// released before the last mount of the file is gone belongs on this descriptor.
+    public static func attachLoop(backing: Int32, path: String, readOnly: Bool) throws(SystemError) -> LoopDevice {
+        var number: Int32 = -1
+        let fd = clinux_loop_attach_fd(backing, path, readOnly ? 1 : 0, 0, 0, &number)
+        guard fd >= 0 else { throw SystemError("attach to a loop device", path: path, errno: Errno(rawValue: -fd)) }
+        return LoopDevice(descriptor: OwnedDescriptor(adopting: fd), path: "/dev/loop\(number)")
+    }
+
     /// mkdir -p with mode 0755.
     public static func makeDirectories(_ path: String) throws(SystemError) {
         var current = ""

@@ -13,10 +13,14 @@ extension Setup {
         }
         // The image and container drivers do not depend on each other: all start at once.
         var drivers: [Driver] = []
-        for image in plan.images {
+        for (index, image) in plan.images.enumerated() {
             switch plan.mode {
             case .kernel:
-                try mountLoop(image.path, at: image.mountPoint, type: "ext3", readOnly: image.readOnly,
+                // The loop device reads the image through the descriptor that holds its lock:
+                // the lock then lasts until the device is freed, after the last unmount, even
+                // when this process is killed and the kernel tears the namespace down later.
+                let lock = index < plan.lockDescriptors.count ? plan.lockDescriptors[index] : nil
+                try mountLoop(image.path, at: image.mountPoint, type: "ext3", readOnly: image.readOnly, backing: lock,
                               flags: UInt(MS_NOSUID | MS_NODEV), data: "errors=remount-ro")
             case .fuse:
                 drivers.append(Driver(argv: ["fuse2fs", image.path, image.mountPoint, "-f", "-o", image.readOnly ? "fakeroot,ro" : "fakeroot"],
@@ -84,9 +88,15 @@ extension Setup {
     }
 
     func mountLoop(_ path: String, at target: String, type: String, readOnly: Bool, offset: UInt64 = 0, size: UInt64 = 0,
-                   flags: UInt, data: String?) throws {
+                   backing: Int32? = nil, flags: UInt, data: String?) throws {
         let device: LoopDevice
-        do { device = try Mounts.attachLoop(path, readOnly: readOnly, offset: offset, size: size) } catch {
+        do {
+            if let backing {
+                device = try Mounts.attachLoop(backing: backing, path: path, readOnly: readOnly)
+            } else {
+                device = try Mounts.attachLoop(path, readOnly: readOnly, offset: offset, size: size)
+            }
+        } catch {
             throw Failure(text: "cannot attach \(path) to a loop device: \(error.errno)")
         }
         // The device stays attached while it is open or mounted; autoclear frees it after.

@@ -186,4 +186,55 @@ struct DamagedImageRefusalTests {
         #expect(try FixtureImage.isClean(image))
         #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
     }
+
+    /// After a SIGKILL, the kernel unmounts the image and frees its loop device some time after
+    /// the tool's processes are gone: the image's lock must last until then, so no second run
+    /// mounts it while the first mount still lives (two loop devices, two journals on one file).
+    @Test func theLockOfAKilledRunOutlivesItsLoopDevice() throws {
+        let scene = try NativeScene()
+        let image = try scene.overlay("env.ext3")
+        for round in 0..<3 {
+            let tool = try scene.start(["-o", "env.ext3", "--", "sh", "-c", "echo ready; exec sleep 120"])
+            #expect(tool.readLine(timeout: 30) == "ready")
+            #expect(loopDevices(backing: image).count == 1, "round \(round)")
+            tool.signal(SIGKILL)
+            var overlap = false
+            let deadline = Date().addingTimeInterval(10)
+            // Until the loop device is gone, the lock must be held.
+            while Date() < deadline {
+                // The lock first: a device still attached after the lock was found free overlapped.
+                let free = writeLockIsFree(image)
+                let attached = !loopDevices(backing: image).isEmpty
+                if attached && free { overlap = true; break }
+                if !attached { break }
+                usleep(200)
+            }
+            _ = tool.wait(timeout: 10)
+            #expect(!overlap, "round \(round): the lock was free while the killed run's loop device was still attached")
+            #expect(scene.leftovers(waiting: 10).isEmpty, "\(scene.leftovers())")
+        }
+        #expect(try FixtureImage.isClean(image))
+        let again = try scene.run("run-overlay", ["-o", "env.ext3", "--", "true"])
+        #expect(again.status == 0, "\(again)")
+    }
+
+    func loopDevices(backing path: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/block")) ?? []
+        return names.filter { name in
+            guard name.hasPrefix("loop"),
+                  let backing = try? String(contentsOfFile: "/sys/block/\(name)/loop/backing_file", encoding: .utf8) else { return false }
+            return backing.trimmingCharacters(in: .whitespacesAndNewlines) == path
+        }
+    }
+
+    /// Whether an OFD write lock on the whole file could be taken now (taken and let go).
+    func writeLockIsFree(_ path: String) -> Bool {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var lock = flock()
+        lock.l_type = Int16(F_WRLCK)
+        lock.l_whence = Int16(SEEK_SET)
+        return fcntl(fd, 37 /* F_OFD_SETLK */, &lock) == 0
+    }
 }

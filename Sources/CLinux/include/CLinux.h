@@ -31,6 +31,11 @@ int clinux_set_parent_death_signal(int sig);
 /// caller mounts `/dev/loopN` and then closes it: autoclear frees the device when the mount
 /// goes) and writes N to *number; -errno on failure.
 int clinux_loop_attach(const char *path, int readonly, uint64_t offset, uint64_t sizelimit, int *number);
+/// The same with an open file as the backing file (`path` only names it in the device's info):
+/// the loop device holds that open file description for as long as it is attached, and with
+/// it any OFD lock taken through it.
+int clinux_loop_attach_fd(int backing, const char *path, int readonly, uint64_t offset, uint64_t sizelimit,
+                          int *number);
 
 // ---- Files ----
 
