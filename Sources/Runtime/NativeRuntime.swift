@@ -32,6 +32,9 @@ public struct NativeRuntime: Runtime {
         plan.lockDescriptors = locks.map(\.fileDescriptor)
         let status = try NativeSetup.start(plan)
         if plan.mode == .kernel { Self.waitForLoopDevices(of: plan.images.map(\.path) + [plan.squashfs?.path].compactMap { $0 }) }
+        if let writable = job.stack.writable, let notice = ImageFullness.notice(writable.path) {
+            IO.writeLine("warning: " + notice)
+        }
         return status
     }
 

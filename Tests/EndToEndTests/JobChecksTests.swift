@@ -237,4 +237,23 @@ struct DamagedImageRefusalTests {
         lock.l_whence = Int16(SEEK_SET)
         return fcntl(fd, 37 /* F_OFD_SETLK */, &lock) == 0
     }
+
+    /// A job that fills its writable image is told so after it ends; its own exit status still
+    /// passes through.
+    @Test func aJobThatFilledItsImageIsToldSoWithTheFix() throws {
+        let scene = try NativeScene()
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let image = try scene.userOverlay("small.ext3", for: user)
+        let fill = ["--", "/bin/sh", "-c", "dd if=/dev/zero of=/opt/\(scene.mark)/fill bs=1M 2>/dev/null; exit 3"]
+        let asRoot = try scene.run("run-overlay", ["-o", "small.ext3"] + fill)
+        #expect(asRoot.status == 3, "\(asRoot)")
+        #expect(asRoot.stderr.contains("warning: small.ext3 is full ("), "\(asRoot.stderr)")
+        #expect(asRoot.stderr.contains("grow it with overlay resize small.ext3 -s SIZE"), "\(asRoot.stderr)")
+        let emptied = try scene.run("run-overlay", ["-o", "small.ext3", "--", "rm", "-f", "/opt/\(scene.mark)/fill"])
+        #expect(emptied.status == 0, "\(emptied)")
+        #expect(!emptied.stderr.contains("full"), "an image with room says nothing: \(emptied.stderr)")
+        #expect(try FixtureImage.isClean(image))
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
 }
