@@ -38,6 +38,9 @@ let package = Package(
         ),
         // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
         .target(name: "Ext3", dependencies: ["CExt2fs", "CZlib", "LinuxSupport"]),
+        // Tar archives read in one pass: plain, gzip (zlib) or in memory; ustar, GNU and pax.
+        // Knows nothing of ext3.
+        .target(name: "TarArchive", dependencies: ["CZlib", "LinuxSupport"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
@@ -58,6 +61,8 @@ let package = Package(
         // Shared test helpers: traits (.requiresRoot, .requires(executable:)), temp dirs, oracles.
         .target(name: "TestSupport", dependencies: [], path: "Tests/TestSupport"),
         .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "TestSupport"]),
+        // The tar reader on archives made in memory: no root, no tools.
+        .testTarget(name: "TarArchiveTests", dependencies: ["TarArchive", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
         .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),
