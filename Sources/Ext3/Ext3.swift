@@ -1,4 +1,5 @@
 import CExt2fs
+import LinuxSupport
 
 /// Swift API over libext2fs for ext3 overlay images: format, populate, read, inspect.
 ///
@@ -83,6 +84,23 @@ public enum Ext3 {
     public static func errnoString(_ code: Int32) -> String {
         guard let text = strerror(code) else { return "errno \(code)" }
         return String(cString: text)
+    }
+
+    /// Writes all of `bytes` at `offset` of `fd` (the image at `path`).
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws {
+        do throws(SystemError) {
+            try IO.writeAll(fd, bytes, at: offset, path: path)
+        } catch {
+            throw Error(error)
+        }
+    }
+}
+
+extension Ext3.Error {
+    /// A failed system call as this library reports one: ``system(operation:path:errno:)``,
+    /// with the same one-line text.
+    package init(_ failure: SystemError) {
+        self = .system(operation: failure.operation, path: failure.path, errno: failure.errno.rawValue)
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Ext3
+import Pack
 import Overlay
 
 #if canImport(Glibc)
