@@ -7,8 +7,11 @@ import Glibc
 
 extension Ext3.Tree {
     /// Reads a tar archive's headers into a tree (data is read later, by the packer). Entries
-    /// named more than once: the last one wins, as when extracting. Directories an entry needs
-    /// but the archive does not list are made with mode 0755, owned by whoever runs this.
+    /// named more than once: the last one wins, as when GNU tar extracts (it removes what is
+    /// there first), also when a file, symlink or FIFO is followed by a directory of the same
+    /// name, whose entries then go into it; a directory followed by anything but a directory is
+    /// refused. Directories an entry needs but the archive does not list are made with mode
+    /// 0755, owned by whoever runs this.
     public static func scan(archive path: String, kind: Ext3.SourceKind) throws -> Ext3.Tree {
         try reportingArchiveErrors { try scan(archive: TarReader.open(path, format: kind.archiveFormat)) }
     }
@@ -114,11 +117,14 @@ extension Ext3.Tree {
                     throw Ext3.Error.invalidConfiguration("\(path): '\(display(entry.path))' appears as a directory and again as something else")
                 }
                 if existing == target { continue }
-                // Replace: the old inode loses this name.
+                // Replace, as GNU tar does when it extracts (it removes the file first): the old
+                // inode loses this name. A directory replacing a file, symlink or FIFO takes the
+                // entries that follow.
                 tree.nodes[existing].links -= 1
                 if target < 0 {
                     target = tree.nodes.count
                     tree.nodes.append(node)
+                    if node.kind == .directory { childIndex[target] = [:] }
                 } else {
                     tree.nodes[target].links += 1
                 }
