@@ -22,7 +22,7 @@ public enum ArchiveError: Error, Equatable, Sendable, CustomStringConvertible {
         case bzip2, xz, zstd
 
         /// The magic bytes a file of this kind starts with.
-        public var magic: [UInt8] {
+        var magic: [UInt8] {
             switch self {
             case .bzip2: [0x42, 0x5A, 0x68]
             case .xz: [0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00]

@@ -34,7 +34,7 @@ public enum ArchiveFormat: String, Sendable {
 
     /// The format of a file that starts with `header` (its first 512 bytes, or all of it
     /// when shorter).
-    public static func detect(header: ArraySlice<UInt8>, path: String) throws -> ArchiveFormat {
+    static func detect(header: ArraySlice<UInt8>, path: String) throws -> ArchiveFormat {
         if header.starts(with: [0x1F, 0x8B]) { return .gzip }
         if header.count == 512 && TarReader.isHeader(header) { return .tar }
         for compression in ArchiveError.Compression.allCases where header.starts(with: compression.magic) {

@@ -5,17 +5,17 @@ import Glibc
 #endif
 
 /// A sequential source of bytes: a file, a gzip stream over one, or bytes in memory.
-public protocol ByteStream: AnyObject {
+protocol ByteStream: AnyObject {
     /// Reads up to `count` bytes into `buffer`; 0 at the end.
     func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int
 }
 
 /// A file read from its start.
-public final class FileStream: ByteStream {
-    public let path: String
+final class FileStream: ByteStream {
+    let path: String
     private let descriptor: OwnedDescriptor
 
-    public init(path: String) throws {
+    init(path: String) throws {
         self.path = path
         do throws(SystemError) {
             descriptor = try OwnedDescriptor(opening: path, O_RDONLY)
@@ -24,7 +24,7 @@ public final class FileStream: ByteStream {
         }
     }
 
-    public func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
+    func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
         do throws(SystemError) {
             return try IO.read(descriptor.rawValue, into: buffer, count: count, path: path)
         } catch {
@@ -34,17 +34,17 @@ public final class FileStream: ByteStream {
 }
 
 /// Bytes in memory, handed out at most `chunk` at a time (to stand in for short reads).
-public final class MemoryStream: ByteStream {
+final class MemoryStream: ByteStream {
     private let bytes: [UInt8]
     private let chunk: Int
     private var offset = 0
 
-    public init(_ bytes: [UInt8], chunk: Int = .max) {
+    init(_ bytes: [UInt8], chunk: Int = .max) {
         self.bytes = bytes
         self.chunk = max(1, chunk)
     }
 
-    public func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
+    func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
         let length = min(count, chunk, bytes.count - offset)
         guard length > 0 else { return 0 }
         bytes.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress! + offset, byteCount: length) }

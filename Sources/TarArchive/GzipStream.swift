@@ -1,7 +1,7 @@
 import CZlib
 
 /// gzip (one member or several, one after another) over another stream, through zlib.
-public final class GzipStream: ByteStream {
+final class GzipStream: ByteStream {
     private let source: ByteStream
     private let path: String
     private var stream = z_stream()
@@ -11,7 +11,7 @@ public final class GzipStream: ByteStream {
     private var atMemberEnd = false
 
     /// gzip data read from `source`; `path` names it in errors.
-    public init(_ source: ByteStream, path: String) throws {
+    init(_ source: ByteStream, path: String) throws {
         self.source = source
         self.path = path
         input = .allocate(capacity: GzipStream.inputSize)
@@ -22,7 +22,7 @@ public final class GzipStream: ByteStream {
     }
 
     /// The gzip file at `path`.
-    public convenience init(path: String) throws {
+    convenience init(path: String) throws {
         try self.init(FileStream(path: path), path: path)
     }
 
@@ -31,7 +31,7 @@ public final class GzipStream: ByteStream {
         input.deallocate()
     }
 
-    public func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
+    func read(into buffer: UnsafeMutableRawPointer, count: Int) throws -> Int {
         if finished || count == 0 { return 0 }
         let wanted = UInt32(min(count, Int(UInt32.max)))
         stream.next_out = buffer.assumingMemoryBound(to: UInt8.self)

@@ -1,7 +1,7 @@
 /// Header fields and pax records.
 extension TarReader {
     /// A 512-byte block whose checksum is right (and that is not all zeros).
-    public static func isHeader(_ block: ArraySlice<UInt8>) -> Bool {
+    static func isHeader(_ block: ArraySlice<UInt8>) -> Bool {
         guard block.count == 512, block.contains(where: { $0 != 0 }) else { return false }
         let start = block.startIndex
         guard let stored = octal(block[(start + 148)..<(start + 156)]) else { return false }

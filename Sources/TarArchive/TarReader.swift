@@ -18,7 +18,7 @@ public final class TarReader {
     /// The largest extended header (long name or link, pax records) read.
     static let extendedHeaderLimit: UInt64 = 64 << 20
 
-    public init(stream: ByteStream, path: String) {
+    init(stream: ByteStream, path: String) {
         self.stream = stream
         self.path = path
     }
@@ -65,7 +65,7 @@ public final class TarReader {
     }
 
     /// Skips whatever is left of the current entry's data.
-    public func skipData() throws {
+    func skipData() throws {
         while pendingData > 0 {
             let count = Int(min(pendingData, UInt64(scratch.count)))
             let ok = try scratch.withUnsafeMutableBytes { bytes in try readExactly(bytes.baseAddress!, count) }
