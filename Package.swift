@@ -36,8 +36,15 @@ let package = Package(
             name: "CZlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
-        // Swift API over libext2fs: format, populate, read, inspect. No CLI, no mounts.
-        .target(name: "Ext3", dependencies: ["CExt2fs", "CZlib", "LinuxSupport"]),
+        // Swift API over libext2fs: format, populate (from a tree model), read, inspect. No CLI,
+        // no mounts, no archive or directory reading.
+        .target(name: "Ext3", dependencies: ["CExt2fs", "LinuxSupport"]),
+        // Tar archives read in one pass: plain, gzip (zlib) or in memory; ustar, GNU and pax.
+        // Knows nothing of ext3.
+        .target(name: "TarArchive", dependencies: ["CZlib", "LinuxSupport"]),
+        // create-overlay --from: a directory or tar archive read into Ext3's tree, sized, and
+        // written into a new image.
+        .target(name: "Pack", dependencies: ["Ext3", "TarArchive", "LinuxSupport"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
@@ -46,7 +53,7 @@ let package = Package(
         .target(
             name: "OverlayCommands",
             dependencies: [
-                "Ext3", "Overlay", "Runtime", "LinuxSupport",
+                "Ext3", "Pack", "Overlay", "Runtime", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -58,7 +65,10 @@ let package = Package(
         // Shared test helpers: traits (.requiresRoot, .requires(executable:)), temp dirs, oracles.
         .target(name: "TestSupport", dependencies: ["LinuxSupport"], path: "Tests/TestSupport"),
         .testTarget(name: "LinuxSupportTests", dependencies: ["LinuxSupport", "TestSupport"]),
-        .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "TestSupport"]),
+        .testTarget(name: "Ext3Tests", dependencies: ["Ext3", "LinuxSupport", "TestSupport"]),
+        // The tar reader on archives made in memory: no root, no tools.
+        .testTarget(name: "TarArchiveTests", dependencies: ["TarArchive", "LinuxSupport", "TestSupport"]),
+        .testTarget(name: "PackTests", dependencies: ["Pack", "Ext3", "TarArchive", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
         .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),

@@ -1,4 +1,4 @@
-import CExt2fs
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -71,7 +71,7 @@ extension Ext3 {
             abandon()
         }
 
-        private var batchBytes: Int { writer.buffers[0].count }
+        private var batchBytes: Int { writer.buffers.slotSize }
 
         // MARK: - Adding
 
@@ -167,9 +167,10 @@ extension Ext3 {
             batches[Region.small.rawValue] = Batch()
             guard batch.blocks > 0 else { return }
             let slot = try writer.acquire()
-            let address = UInt(bitPattern: writer.buffers[slot].baseAddress!)
-            let failures = ParallelWork.map(batch.reads, threads: 2) { read in
-                BlockStreams.readIntoBuffer(read, base: UnsafeMutableRawPointer(bitPattern: address)!)
+            let buffers = writer.buffers
+            // Each read fills its own part of the slot's buffer.
+            let failures = Parallel.map(batch.reads, threads: 2) { read in
+                BlockStreams.readIntoBuffer(read, base: buffers[slot].baseAddress!)
             }
             if let failure = failures.lazy.compactMap({ $0 }).first {
                 try? writer.submit(.release(slot: slot))

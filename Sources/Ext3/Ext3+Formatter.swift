@@ -61,7 +61,7 @@ extension Ext3 {
         /// Where everything will go.
         public let geometry: Geometry
         /// ``Configuration/directories`` split into components.
-        let directoryPaths: [[String]]
+        package let directoryPaths: [[String]]
 
         /// Checks `configuration` without touching the disk. Throws
         /// ``Ext3/Error/invalidConfiguration(_:)`` with a message saying what to change.
@@ -82,7 +82,7 @@ extension Ext3 {
 
         /// `a/b/c` (a leading slash, `.` and repeated slashes ignored) as components; refuses
         /// empty paths, `..` and names longer than 255 bytes.
-        static func components(of path: String) throws -> [String] {
+        package static func components(of path: String) throws -> [String] {
             let parts = path.split(separator: "/", omittingEmptySubsequences: true).map(String.init).filter { $0 != "." }
             guard !parts.isEmpty else {
                 throw Error.invalidConfiguration("directory '\(path)' names nothing: give a path such as opt/conda")
@@ -129,8 +129,8 @@ extension Ext3 {
             while true {
                 attempts += 1
                 let temporary = (directory.map { $0 + "/" } ?? "") + "." + name + ".tmp-" + Formatter.randomSuffix()
-                let slot = Cleanup.register(temporary)
-                defer { Cleanup.unregister(slot) }
+                let slot = TemporaryFiles.register(temporary)
+                defer { TemporaryFiles.unregister(slot) }
                 var summary: Summary
                 do {
                     summary = try format(temporary, mustCreate: true, contents: contents)

@@ -1,3 +1,4 @@
+import LinuxSupport
 import CExt2fs
 
 extension Ext3 {
@@ -112,7 +113,7 @@ extension Ext3 {
         }
 
         static func explain(_ failure: Failure, sizeBytes: UInt64, inodes: UInt64?, extraDirectories: Int) -> String {
-            let size = Ext3.humanBytes(sizeBytes)
+            let size = Units.humanBytes(sizeBytes)
             switch failure {
             case .tooLarge:
                 return "\(size) is too large for ext3 (at most 16 TiB with 4 KiB blocks); ask for less with -s"
@@ -120,11 +121,11 @@ extension Ext3 {
                 return "\(size) is too small for an ext3 overlay with a journal: make it at least 8 MiB with -s"
             case .tooManyInodes:
                 let most = maximumInodes(sizeBytes: sizeBytes, extraDirectories: extraDirectories)
-                let wanted = inodes.map { "\(Ext3.grouped($0)) inodes do" } ?? "the default inode count does"
+                let wanted = inodes.map { "\(Units.grouped($0)) inodes do" } ?? "the default inode count does"
                 if most == 0 {
                     return "\(wanted) not fit in \(size), nor does any: make the image larger with -s"
                 }
-                return "\(wanted) not fit in \(size): at most \(Ext3.grouped(most)) fit; make it larger with -s or ask for fewer with -n"
+                return "\(wanted) not fit in \(size): at most \(Units.grouped(most)) fit; make it larger with -s or ask for fewer with -n"
             }
         }
 
@@ -260,31 +261,5 @@ extension Ext3 {
             }
             return count
         }
-    }
-
-    /// `1,234,567`.
-    static func grouped(_ value: UInt64) -> String {
-        let digits = Array(String(value))
-        var out = ""
-        for (index, digit) in digits.enumerated() {
-            if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
-            out.append(digit)
-        }
-        return out
-    }
-
-    /// Bytes as people read them: `500 MiB`, `5 GiB`, `170.9 MiB`.
-    static func humanBytes(_ bytes: UInt64) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]
-        var value = Double(bytes)
-        var index = 0
-        while value >= 1024, index < units.count - 1 {
-            value /= 1024
-            index += 1
-        }
-        if index == 0 { return "\(bytes) B" }
-        let tenths = Int((value * 10).rounded())
-        if tenths % 10 == 0 { return "\(tenths / 10) \(units[index])" }
-        return "\(tenths / 10).\(tenths % 10) \(units[index])"
     }
 }

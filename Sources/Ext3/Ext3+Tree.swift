@@ -21,50 +21,62 @@ extension Ext3 {
         }
     }
 
-    /// A tree of files to pack into an image, read from a directory or a tar archive before
-    /// anything is written: every inode once (hard links share one), every directory with its
-    /// entries. Node 0 is the root, which becomes `upper/` (its own metadata is not used: upper/
-    /// keeps mode 0755 and the overlay's owner).
+    /// A tree of files to write into an image, all of it known before anything is written (the
+    /// Pack module reads one from a directory or an archive): every inode once (hard links share
+    /// one), every directory with its entries. Node 0 is the root, which becomes `upper/` (its
+    /// own metadata is not used: upper/ keeps mode 0755 and the overlay's owner).
     public struct Tree: Sendable {
         /// Where a regular file's bytes come from.
-        enum Content: Sendable {
+        package enum Content: Sendable {
             case none
             /// A file on disk (NUL-terminated path bytes); `segments` are its data ranges when it
             /// is sparse (SEEK_DATA/SEEK_HOLE), nil when dense.
             case file(path: [CChar], segments: [Range<UInt64>]?)
-            /// The data of the archive's entry with this ordinal.
-            case archive(ordinal: Int)
+            /// The data of the item with this ordinal of the ``FileDataStream`` the tree is
+            /// written with.
+            case stream(ordinal: Int)
 
             /// The data ranges of a sparse file on disk.
-            var segments: [Range<UInt64>]? {
+            package var segments: [Range<UInt64>]? {
                 if case let .file(_, segments) = self { return segments }
                 return nil
             }
         }
 
-        struct Node: Sendable {
-            var kind: EntryKind
-            var permissions: UInt16
-            var uid: UInt32
-            var gid: UInt32
-            var atime: Timestamp
-            var mtime: Timestamp
-            var ctime: Timestamp
-            var size: UInt64 = 0
-            var major: UInt32 = 0
-            var minor: UInt32 = 0
-            var target: [UInt8] = []
-            var xattrs: [(name: String, value: [UInt8])] = []
-            var content: Content = .none
+        package struct Node: Sendable {
+            package var kind: EntryKind
+            package var permissions: UInt16
+            package var uid: UInt32
+            package var gid: UInt32
+            package var atime: Timestamp
+            package var mtime: Timestamp
+            package var ctime: Timestamp
+            package var size: UInt64 = 0
+            package var major: UInt32 = 0
+            package var minor: UInt32 = 0
+            package var target: [UInt8] = []
+            package var xattrs: [(name: String, value: [UInt8])] = []
+            package var content: Content = .none
             /// Names this inode has in the tree.
-            var links: UInt32 = 1
+            package var links: UInt32 = 1
             /// Directory entries (directories only), in the order they are written.
-            var children: [(name: [UInt8], node: Int)] = []
+            package var children: [(name: [UInt8], node: Int)] = []
+
+            package init(kind: EntryKind, permissions: UInt16, uid: UInt32, gid: UInt32,
+                         atime: Timestamp, mtime: Timestamp, ctime: Timestamp) {
+                self.kind = kind
+                self.permissions = permissions
+                self.uid = uid
+                self.gid = gid
+                self.atime = atime
+                self.mtime = mtime
+                self.ctime = ctime
+            }
         }
 
-        var nodes: [Node]
+        package var nodes: [Node]
 
-        init(root: Node) {
+        package init(root: Node) {
             var root = root
             root.kind = .directory
             nodes = [root]
@@ -81,7 +93,7 @@ extension Ext3 {
             }
         }
         /// Regular files (hard links count once).
-        var regularFileCount: Int {
+        package var regularFileCount: Int {
             nodes.withUnsafeBufferPointer { nodes in nodes.indices.reduce(0) { $0 + (nodes[$1].kind == .regular ? 1 : 0) } }
         }
 
@@ -128,7 +140,7 @@ extension Ext3 {
                         case .file(_, nil):
                             needs.literal += Geometry.mapBlocks(forFileBlocks: blocks)
                             needs.copied += blocks
-                        case .archive, .none:
+                        case .stream, .none:
                             needs.copied += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
                         }
                     case .directory:
@@ -186,27 +198,40 @@ extension Ext3 {
             return merged
         }
 
-        // MARK: - Building (shared by the directory and archive readers)
+        // MARK: - Limits for whoever builds a tree
 
         /// A name for a directory entry, refusing what ext3 cannot hold.
-        static func checkName(_ name: [UInt8], in display: String) throws {
+        package static func checkName(_ name: [UInt8], in display: String) throws {
             if name.count > 255 {
                 throw Error.invalidConfiguration("\(display): a name is longer than 255 bytes, which ext3 cannot hold")
             }
         }
 
         /// The most names an inode (or subdirectories plus 2 a directory) can have in ext3.
-        static let linkLimit: UInt32 = 65000
+        package static let linkLimit: UInt32 = 65000
     }
 }
 
 extension Ext3.Tree {
     /// Path bytes as text for messages (invalid UTF-8 shown with replacement characters).
-    static func display(_ bytes: [UInt8]) -> String {
+    package static func display(_ bytes: [UInt8]) -> String {
         String(decoding: bytes.last == 0 ? Array(bytes.dropLast()) : bytes, as: UTF8.self)
     }
 
-    static func display(_ path: [CChar]) -> String {
+    package static func display(_ path: [CChar]) -> String {
         display(path.map { UInt8(bitPattern: $0) })
+    }
+}
+
+extension Ext3 {
+    /// File data that arrives in one pass, item after item (an archive's entries): the
+    /// tree's ``Tree/Content/stream(ordinal:)`` files are written from it as their items come.
+    package protocol FileDataStream: AnyObject {
+        /// Moves to the next item (what was left of the last one is skipped): its ordinal and
+        /// the bytes of data it carries; nil after the last.
+        func nextItem() throws -> (ordinal: Int, size: UInt64)?
+        /// Reads the current item's data in chunks of at most `buffer.count` bytes, calling
+        /// `body` with each chunk and its offset in the file.
+        func readData(into buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer, UInt64) throws -> Void) throws
     }
 }

@@ -1,5 +1,6 @@
 import LinuxSupport
 import CExt2fs
+import LinuxSupport
 
 /// Swift API over libext2fs for ext3 overlay images: format, populate, read, inspect.
 ///
@@ -94,6 +95,23 @@ public enum Ext3 {
     public static func errnoString(_ code: Int32) -> String {
         guard let text = strerror(code) else { return "errno \(code)" }
         return String(cString: text)
+    }
+
+    /// Writes all of `bytes` at `offset` of `fd` (the image at `path`).
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws {
+        do throws(SystemError) {
+            try IO.writeAll(fd, bytes, at: offset, path: path)
+        } catch {
+            throw Error(error)
+        }
+    }
+}
+
+extension Ext3.Error {
+    /// A failed system call as this library reports one: ``system(operation:path:errno:)``,
+    /// with the same one-line text.
+    package init(_ failure: SystemError) {
+        self = .system(operation: failure.operation, path: failure.path, errno: failure.errno.rawValue)
     }
 }
 

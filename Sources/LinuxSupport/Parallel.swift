@@ -5,6 +5,9 @@ import Synchronization
 public enum Parallel {
     /// `body` applied to every item, on up to `threads` threads (items are handed out one at a
     /// time, to whichever thread is free); the results in the items' order.
+    /// Inlinable: specialized where it is called, as the per-item work may be small (a read
+    /// of a small file).
+    @inlinable
     public static func map<Item: Sendable, Result: Sendable>(_ items: [Item], threads: Int,
                                                              _ body: @Sendable (Item) -> Result) -> [Result] {
         let workers = min(threads, items.count)

@@ -1,6 +1,7 @@
 import LinuxSupport
 import ArgumentParser
 import Ext3
+import Pack
 import Overlay
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TestSupport
 @testable import Ext3
+import LinuxSupport
 
 /// Images of several geometries, judged by e2fsprogs.
 @Suite(.serialized, .requires(executable: "e2fsck"), .requires(executable: "dumpe2fs"), .requires(executable: "debugfs"))
@@ -14,7 +15,7 @@ struct FormatterTests {
         /// Most bytes the new image may take on disk.
         let allocatedAtMost: UInt64
         var testDescription: String {
-            "\(Ext3.humanBytes(size)) / \(inodes.map { "\($0) inodes" } ?? "default inodes")"
+            "\(Units.humanBytes(size)) / \(inodes.map { "\($0) inodes" } ?? "default inodes")"
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Ext3
+import LinuxSupport
 
 @Suite struct GeometryTests {
     static let mebibyte: UInt64 = 1 << 20
@@ -34,7 +35,7 @@ import Testing
             _ = try Ext3.Geometry(sizeBytes: size, inodes: most + 1)
         }
         let text = error?.description ?? ""
-        #expect(text.contains("at most \(Ext3.grouped(most)) fit"), "\(text)")
+        #expect(text.contains("at most \(Units.grouped(most)) fit"), "\(text)")
         #expect(text.contains("-s") && text.contains("-n"))
     }
 

@@ -1,4 +1,5 @@
-import CExt2fs
+import Ext3
+import LinuxSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -9,7 +10,7 @@ extension Ext3 {
         public let path: String
         public let kind: SourceKind
         /// Changed only through ``addDirectories(_:owner:)``, which keeps `blocksNeeded` up to date.
-        private(set) var tree: Tree
+        package private(set) var tree: Tree
         /// Blocks the tree takes (data, indirect blocks, directories, long symlinks, xattr
         /// blocks): worked out once, as a pack asks for it several times.
         public private(set) var blocksNeeded: UInt64
@@ -138,13 +139,13 @@ extension Ext3 {
             let thousands = (inodes + 999) / 1000
             let smallest = (try? PackSource.smallestSize(inodes: thousands * 1000, freeBlocks: blocks)) ?? 0
             var asked = "-s \(plan.sizeBytes >> 20)"
-            if !plan.inodesChosen { asked += " -n \(Ext3.grouped(plan.inodes / 1000))" }
+            if !plan.inodesChosen { asked += " -n \(Units.grouped(plan.inodes / 1000))" }
             var gives = ""
             if let geometry {
-                gives = " (\(asked) holds \(Ext3.grouped(geometry.inodeCount - min(geometry.inodeCount, PackSource.reservedInodes))) "
-                    + "and \(Ext3.humanBytes(geometry.freeBlocks() * UInt64(Ext3.blockSize))))"
+                gives = " (\(asked) holds \(Units.grouped(geometry.inodeCount - min(geometry.inodeCount, PackSource.reservedInodes))) "
+                    + "and \(Units.humanBytes(geometry.freeBlocks() * UInt64(Ext3.blockSize))))"
             }
-            return "\(path) needs room for \(Ext3.grouped(inodesNeeded)) files and \(Ext3.humanBytes(bytesNeeded))\(gives): "
+            return "\(path) needs room for \(Units.grouped(inodesNeeded)) files and \(Units.humanBytes(bytesNeeded))\(gives): "
                 + "make it at least -s \(smallest >> 20) -n \(thousands), or leave out -s and -n to size it from the tree"
         }
 
@@ -168,26 +169,6 @@ extension Ext3 {
                 if fits(middle) { high = middle } else { low = middle }
             }
             return high << 20
-        }
-    }
-}
-
-extension Ext3.Formatter {
-    /// Builds the image as ``create(at:)`` does, then writes `source`'s tree under `upper/`
-    /// before the filesystem is closed and the file renamed into place: on any failure
-    /// (an unreadable file, a full disk) nothing is left behind. `progress` is called a few
-    /// times a second while file data is written.
-    public func create(at target: String, packing source: Ext3.PackSource,
-                       progress: ((Ext3.PackProgress) -> Void)? = nil) throws -> Ext3.Summary {
-        let geometry = self.geometry
-        guard geometry.inodeCount >= source.inodesNeeded + Ext3.PackSource.reservedInodes,
-              geometry.freeBlocks(extraDirectories: directoryPaths.count) >= source.blocksNeeded else {
-            throw Ext3.Error.invalidConfiguration("\(source.path) does not fit in this image: \(geometry)")
-        }
-        return try create(at: target) { fs, path, upper in
-            let reader: Ext3.TarReader? = source.kind == .directory ? nil : try Ext3.TarReader.open(source.path, kind: source.kind)
-            let populator = try Ext3.Populator(fs: fs, imagePath: path, tree: source.tree, upper: upper, progress: progress)
-            try populator.run(archive: reader)
         }
     }
 }

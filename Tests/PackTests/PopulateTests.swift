@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TestSupport
 @testable import Ext3
+@testable import Pack
 
 #if canImport(Glibc)
 import Glibc
