@@ -40,13 +40,7 @@ public struct ImageInfo: Sendable, Equatable {
     /// Reads it all. Throws ``OverlayError/message(_:)`` with one line for a missing, unreadable,
     /// non-ext or damaged image.
     public static func inspect(_ path: String) throws -> ImageInfo {
-        var info = stat()
-        guard stat(path, &info) == 0 else {
-            throw OverlayError.message("\(path): \(Errno.last): give an overlay image file")
-        }
-        guard (info.st_mode & S_IFMT) == S_IFREG else {
-            throw OverlayError.message("\(path) is not a file: give an ext3 overlay image")
-        }
+        let info = try ImageMaintenance.regularFile(path)
         let superblock: Ext3.Superblock
         let usage: Ext3.Usage
         var upper: Ext3.Entry?, work: Ext3.Entry?

@@ -86,6 +86,13 @@ public enum ImageMaintenance {
 
     @discardableResult
     static func requireImage(_ path: String) throws -> stat {
+        let info = try regularFile(path)
+        _ = try superblockOf(path)
+        return info
+    }
+
+    /// The file's stat, refusing a missing path and anything but a regular file in one line.
+    static func regularFile(_ path: String) throws -> stat {
         var info = stat()
         guard stat(path, &info) == 0 else {
             throw OverlayError.message("\(path): \(Errno.last): give an overlay image file")
@@ -93,7 +100,6 @@ public enum ImageMaintenance {
         guard (info.st_mode & S_IFMT) == S_IFREG else {
             throw OverlayError.message("\(path) is not a file: give an ext3 overlay image")
         }
-        _ = try superblockOf(path)
         return info
     }
 

@@ -106,6 +106,20 @@ extension Ext3.Tree {
                 target = -1
             }
 
+            // The entry's inode: a new node, or one more name for the hard link's target.
+            func place() throws -> Int {
+                if target < 0 {
+                    tree.nodes.append(node)
+                    if node.kind == .directory { childIndex[tree.nodes.count - 1] = [:] }
+                    return tree.nodes.count - 1
+                }
+                tree.nodes[target].links += 1
+                if tree.nodes[target].links > linkLimit {
+                    throw Ext3.Error.invalidConfiguration("\(path): '\(display(entry.linkPath))' has more than \(linkLimit) hard links, which ext3 cannot hold")
+                }
+                return target
+            }
+
             if let existing = lookup[key] {
                 if tree.nodes[existing].kind == .directory && node.kind == .directory {
                     let children = tree.nodes[existing].children
@@ -121,28 +135,13 @@ extension Ext3.Tree {
                 // inode loses this name. A directory replacing a file, symlink or FIFO takes the
                 // entries that follow.
                 tree.nodes[existing].links -= 1
-                if target < 0 {
-                    target = tree.nodes.count
-                    tree.nodes.append(node)
-                    if node.kind == .directory { childIndex[target] = [:] }
-                } else {
-                    tree.nodes[target].links += 1
-                }
+                target = try place()
                 let position = childIndex[parent]![name]!
                 tree.nodes[parent].children[position].node = target
                 lookup[key] = target
                 continue
             }
-            if target < 0 {
-                target = tree.nodes.count
-                tree.nodes.append(node)
-                if node.kind == .directory { childIndex[target] = [:] }
-            } else {
-                tree.nodes[target].links += 1
-                if tree.nodes[target].links > linkLimit {
-                    throw Ext3.Error.invalidConfiguration("\(path): '\(display(entry.linkPath))' has more than \(linkLimit) hard links, which ext3 cannot hold")
-                }
-            }
+            target = try place()
             childIndex[parent]![name] = tree.nodes[parent].children.count
             tree.nodes[parent].children.append((name, target))
             lookup[key] = target
