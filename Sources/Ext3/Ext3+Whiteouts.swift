@@ -237,12 +237,9 @@ extension Ext3 {
                     for marker in change.remove {
                         try removeEntry(fs, dir, marker, path: path, where: change.path)
                     }
+                    // The plan saw no NAME next to these markers; the caller's write lock keeps
+                    // it so (no second lookup: it would make a large directory quadratic).
                     for (marker, target) in change.convert {
-                        // NAME appeared in between (it cannot, under the caller's lock): keep it.
-                        if try exists(fs, dir, target, path: path) {
-                            try removeEntry(fs, dir, marker, path: path, where: change.path)
-                            continue
-                        }
                         try removeEntry(fs, dir, marker, path: path, where: change.path)
                         try makeWhiteout(fs, dir, target, path: path, where: change.path)
                     }
@@ -374,14 +371,6 @@ extension Ext3 {
             try (name + [0]).withUnsafeBufferPointer { bytes in
                 try bytes.baseAddress!.withMemoryRebound(to: CChar.self, capacity: bytes.count) { try body($0) }
             }
-        }
-
-        static func exists(_ fs: ext2_filsys, _ dir: ext2_ino_t, _ name: [UInt8], path: String) throws -> Bool {
-            var found: ext2_ino_t = 0
-            let code = withCName(name) { ext2fs_lookup(fs, dir, $0, Int32(name.count), nil, &found) }
-            if code == EXT2_ET_FILE_NOT_FOUND { return false }
-            try check(code, "look up a name in directory inode \(dir)", path: path)
-            return true
         }
 
         /// Removes the entry `marker` from `dir` and drops its inode's link (freeing it, its

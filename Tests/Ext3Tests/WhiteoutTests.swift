@@ -174,4 +174,41 @@ struct WhiteoutTests {
         #expect(seconds < 5, "normalizing 20,000 files took \(seconds) s")
         print("normalize: 20,000 files, nothing to change: \(Int(seconds * 1000)) ms")
     }
+
+    /// 1,000 markers among 20,000 files, half of them in an indexed (htree) directory of 5,500
+    /// entries: all rewritten, and e2fsck finds nothing to fix.
+    @Test func aThousandMarkersAmongTwentyThousandFiles() throws {
+        let dir = try TempDirectory("whiteouts-markers")
+        let shm = FileManager.default.fileExists(atPath: "/dev/shm") ? "/dev/shm/whiteouts-markers-\(UUID().uuidString)" : nil
+        let source = shm ?? dir.file("root")
+        defer { if let shm { try? FileManager.default.removeItem(atPath: shm) } }
+        for d in 0..<145 {
+            let sub = "\(source)/upper/d\(d)"
+            try FileManager.default.createDirectory(atPath: sub, withIntermediateDirectories: true)
+            for f in 0..<100 { _ = FileManager.default.createFile(atPath: "\(sub)/f\(f)", contents: Data("x".utf8)) }
+        }
+        for d in 0..<50 { _ = FileManager.default.createFile(atPath: "\(source)/upper/d\(d)/.wh.gone\(d)", contents: Data()) }
+        let big = "\(source)/upper/big"
+        try FileManager.default.createDirectory(atPath: big, withIntermediateDirectories: true)
+        for f in 0..<5000 { _ = FileManager.default.createFile(atPath: "\(big)/file-with-a-longer-name-\(f)", contents: Data()) }
+        for f in 0..<950 { _ = FileManager.default.createFile(atPath: "\(big)/.wh.deleted-\(f)", contents: Data()) }
+        try FileManager.default.createDirectory(atPath: "\(source)/work", withIntermediateDirectories: true)
+        let path = dir.file("markers.ext3")
+        let made = try run(["mke2fs", "-q", "-F", "-t", "ext3", "-b", "4096", "-I", "256", "-m", "0", "-N", "30000",
+                            "-d", source, path, "256M"], timeout: 120)
+        try #require(made.status == 0, "\(made)")
+        // Index the directories (htree), as the kernel does for large ones.
+        _ = try run(["e2fsck", "-fyD", path], timeout: 120)
+        #expect(try run(["e2fsck", "-fn", path]).status == 0)
+        let start = Date()
+        let report = try Ext3.Whiteouts.normalize(imagePath: path)
+        let seconds = Date().timeIntervalSince(start)
+        print("normalize: 20,000 files, 1,000 markers: \(Int(seconds * 1000)) ms")
+        #expect(report.whiteoutsMade == 1000, "\(report)")
+        let fsck = try run(["e2fsck", "-fn", path])
+        #expect(fsck.status == 0, "\(fsck)")
+        let gone = try Self.debugfsStat(path, "upper/big/deleted-949")
+        #expect(gone.contains("Type: character special"), "\(gone)")
+        #expect(try Ext3.Whiteouts.normalize(imagePath: path).changed == false)
+    }
 }
