@@ -42,7 +42,8 @@ extension ImageBrowser {
                 if target != bytes, present.contains(name) { continue }
                 shown.append(Shown(item: item, name: name, suffix: Self.deletedSuffix, deleted: true))
             case .ordinary:
-                if entry.kind == .directory, try image.isOpaque(entry) {
+                // A subdirectory whose attributes cannot be read is listed plainly, not refused.
+                if entry.kind == .directory, (try? image.isOpaque(entry)) == true {
                     shown.append(Shown(item: item, name: item.name + "/", suffix: Self.opaqueSuffix))
                 } else {
                     shown.append(Shown(item: item, name: item.name))
