@@ -39,7 +39,9 @@ public final class ImageBrowser {
     }
 
     /// The lines `overlay ls` prints for `inside`: a directory's entries (all but . and ..,
-    /// sorted by name), or the entry itself when it is not a directory.
+    /// sorted by name), or the entry itself when it is not a directory. Under /upper, what the
+    /// overlay readers take as a deletion or an opaque directory is shown as such (see
+    /// ``Shown``): `NAME (deleted)`, `dir/ (opaque: hides what lies below)`, opaque markers hidden.
     public func list(_ inside: String, long: Bool) throws -> [String] {
         try translating(inside) {
             let entry = try image.lookup(inside)
@@ -49,8 +51,9 @@ public final class ImageBrowser {
             } else {
                 named = [Ext3.DirectoryEntry(name: Self.normalized(inside), entry: entry)]
             }
-            guard long else { return named.map { Self.printable($0.name) } }
-            return try longLines(named)
+            let shown = try Self.isUnderUpper(inside) ? overlayView(named) : named.map { Shown(item: $0, name: $0.name) }
+            guard long else { return shown.map { Self.printable($0.name) + $0.suffix } }
+            return try longLines(shown)
         }
     }
 
@@ -97,12 +100,17 @@ public final class ImageBrowser {
         "/" + inside.split(separator: "/").joined(separator: "/")
     }
 
-    func longLines(_ named: [Ext3.DirectoryEntry]) throws -> [String] {
+    func longLines(_ shown: [Shown]) throws -> [String] {
         var rows: [[String]] = []
-        for item in named {
-            let e = item.entry
+        for item in shown {
+            let e = item.item.entry
+            if item.deleted {
+                rows.append(["w---------", "\(e.linkCount)", "\(e.uid)", "\(e.gid)", "0", Self.time(e.modificationTime),
+                             Self.printable(item.name) + item.suffix])
+                continue
+            }
             let size = (e.kind == .characterDevice || e.kind == .blockDevice) ? "\(e.deviceMajor), \(e.deviceMinor)" : "\(e.size)"
-            var name = Self.printable(item.name)
+            var name = Self.printable(item.name) + item.suffix
             if e.kind == .symlink {
                 do {
                     name += " -> " + Self.printable(try image.symlinkTarget(e))

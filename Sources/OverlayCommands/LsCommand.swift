@@ -11,7 +11,11 @@ public struct LsCommand: ParsableCommand {
         (e.g. /upper/opt/conda); the leading / is optional. Lists every entry but . and .., \
         sorted by name; a path that is not a directory lists itself. Symbolic links are shown, \
         never followed. -l prints mode, links, owner uid and gid, size, modification time and \
-        name (-> target), like ls -ln --time-style=long-iso.
+        name (-> target), like ls -ln --time-style=long-iso. Under /upper, a file a job \
+        deleted from a lower layer is shown as 'NAME (deleted)' (mode w--------- in the long \
+        form) and a directory that hides what lies below it (one a job replaced) as \
+        'dir/ (opaque: hides what lies below)', whichever form (kernel overlayfs or \
+        fuse-overlayfs) recorded them; the markers themselves are not listed.
         """
     )
 

@@ -30,12 +30,25 @@ public struct NativeRuntime: Runtime {
         }
         defer { for lock in locks { lock.release() } }
         plan.lockDescriptors = locks.map(\.fileDescriptor)
-        let status = try NativeSetup.start(plan)
-        if plan.mode == .kernel { Self.waitForLoopDevices(of: plan.images.map(\.path) + [plan.squashfs?.path].compactMap { $0 }) }
+        let status: Int32
+        do {
+            status = try NativeSetup.start(plan)
+        } catch {
+            Self.settle(plan)
+            throw error
+        }
+        Self.settle(plan)
         if let writable = job.stack.writable, let notice = ImageFullness.notice(writable.path) {
             IO.writeLine("warning: " + notice)
         }
         return status
+    }
+
+    /// Once the setup process has gone (the job ended, failed, or was interrupted): waits for
+    /// the loop devices, then rewrites the writable image's whiteouts (NativeRuntime+Whiteouts).
+    static func settle(_ plan: NativePlan) {
+        if plan.mode == .kernel { waitForLoopDevices(of: plan.images.map(\.path) + [plan.squashfs?.path].compactMap { $0 }) }
+        normalizeWhiteouts(after: plan)
     }
 
     /// Checks the images and the prerequisites, and works out the plan.
