@@ -93,12 +93,12 @@ time_runs() {
 }
 
 # Our image's size and inode count, chosen from the tree: mke2fs gets the same.
-json="$("$BIN/create-overlay" --from "$tree" -o "$dir/probe.ext3" --json)"
+json="$("$BIN/create-overlay" --from "$tree" --root-tree -o "$dir/probe.ext3" --json)"
 rm -f "$dir/probe.ext3"
 size=$(sed -E 's/.*"sizeBytes":([0-9]+).*/\1/' <<<"$json")
 inodes=$(sed -E 's/.*"inodeCount":([0-9]+).*/\1/' <<<"$json")
 
-ours=$(time_runs "$dir/ours.ext3" "$BIN/create-overlay" --from "$tree" -o "$dir/ours.ext3")
+ours=$(time_runs "$dir/ours.ext3" "$BIN/create-overlay" --from "$tree" --root-tree -o "$dir/ours.ext3")
 theirs=$(time_runs "$dir/mke2fs.ext3" bash -c \
     "truncate -s $size '$dir/mke2fs.ext3' && '$MKE2FS' -q -F -t ext3 -b 4096 -I 256 -N $inodes -m 0 -d '$tree' '$dir/mke2fs.ext3'")
 tarred=$(time_runs "$dir/tree.tar" tar cf "$dir/tree.tar" -C "$tree" .)

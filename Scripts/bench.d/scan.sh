@@ -46,12 +46,12 @@ time_runs() {
 }
 
 out="$BENCH_TMP/scan-refused.ext3"
-refusal="$("$BIN/create-overlay" --from "$tree" -s 8 -n 1 -o "$out" 2>&1 || true)"
+refusal="$("$BIN/create-overlay" --from "$tree" --root-tree -s 8 -n 1 -o "$out" 2>&1 || true)"
 if ! grep -q "needs room for" <<<"$refusal" || [ -e "$out" ]; then
     echo "create-overlay did not stop after the scan: $refusal" >&2
     exit 1
 fi
-ours=$(time_runs "$BIN/create-overlay" --from "$tree" -s 8 -n 1 -o "$out")
+ours=$(time_runs "$BIN/create-overlay" --from "$tree" --root-tree -s 8 -n 1 -o "$out")
 theirs=$(time_runs find "$tree" -printf '%y %m %U %G %s %n %i %T@ %l\n')
 
 awk -v n="$entries" -v a="$ours" -v f="$theirs" 'BEGIN {

@@ -13,6 +13,11 @@ extension CreateOverlay {
     func pack(_ source: String) throws {
         let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: currentEnvironment())
         var tree = try Ext3.PackSource(path: source)
+        if let to {
+            try tree.place(at: to, owner: owner.layout)
+        } else if !rootTree, !tree.shadowedSystemDirectories.isEmpty {
+            throw CommandFailure(CreateOverlay.shadowRefusal(source, tree.shadowedSystemDirectories))
+        }
         try tree.addDirectories(createDirectories, owner: owner.layout)
         let plan = try tree.plan(sizeBytes: size?.bytes, inodes: files?.inodes)
         let formatter = try Ext3.Formatter(Ext3.Formatter.Configuration(
@@ -38,6 +43,14 @@ extension CreateOverlay {
             print("\(summary.path): packed \(CreateOverlay.grouped(UInt64(tree.fileCount))) files (\(ImageSize.human(tree.fileBytes))) from \(source)")
             print(CreateOverlay.line(for: summary))
         }
+    }
+
+    /// Why a tree with `bin/`, `lib/`... at its top is not packed at the container's `/`.
+    static func shadowRefusal(_ source: String, _ names: [String]) -> String {
+        let listed = names.map { $0 + "/" }.joined(separator: ", ")
+        return "\(source) has \(listed) at its top: stacked at the container's / \(names.count == 1 ? "it" : "they") would hide the container's own "
+            + "(commands stop working): give the path it belongs at inside the container with --to (a conda environment or venv: the path "
+            + "it was created at, e.g. --to /opt/env), or --root-tree if it is a whole root tree meant to lie over /"
     }
 
     /// `sized from the tree: -s 1388 -n 77 (env/ has 61,203 entries and 1.1 GiB; room for a quarter more ...)`.

@@ -14,7 +14,7 @@ public struct CreateOverlay: ParsableCommand {
         abstract: "Create a sized, sparse ext3 overlay image, empty or packed from a tree.",
         usage: """
         create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
-        create-overlay --from <src> [-s <size>] [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
+        create-overlay --from <src> [--to <path> | --root-tree] [-s <size>] [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
         """,
         discussion: """
         The image is exactly the size asked for but takes almost no disk space until files are \
@@ -22,7 +22,7 @@ public struct CreateOverlay: ParsableCommand {
         the user who ran it). Examples:
           create-overlay -s 500 -n 700       # overlay-500M-700K.ext3, 700,000 files
           create-overlay -s 5G -n 3200 -o env.ext3 --create-dir opt/conda
-          create-overlay --from env/         # env.ext3, sized from the tree
+          create-overlay --from env/ --to /opt/env   # env.ext3, sized from the tree, at /opt/env
 
         From a directory or a tar archive: --from packs SRC (a directory, a tar archive or a \
         gzip-compressed one, told apart by content) into upper/: files, directories, symlinks, \
@@ -59,6 +59,15 @@ public struct CreateOverlay: ParsableCommand {
             help: ArgumentHelp("Pack this directory or tar archive (plain or gzip) into upper/.", valueName: "src"))
     public var from: String?
 
+    @Option(name: .customLong("to"),
+            help: ArgumentHelp("With --from: put the packed tree at this absolute path inside the container (under upper/), e.g. /opt/env. Default: the tree's top level at / (refused when it holds bin/, lib/, usr/... without --root-tree).",
+                               valueName: "path"))
+    public var to: String?
+
+    @Flag(name: .customLong("root-tree"),
+          help: "With --from: the tree is a whole root tree meant to lie over the container's /, bin/, lib/ and usr/ included.")
+    public var rootTree = false
+
     @Option(name: .customLong("create-dir"), parsing: .singleValue,
             help: ArgumentHelp("Also make this directory under upper/ (nested paths are fine). Repeatable.",
                                valueName: "path"))
@@ -76,6 +85,15 @@ public struct CreateOverlay: ParsableCommand {
         }
         if from?.isEmpty == true {
             throw UsageError("--from needs a directory or a tar archive to pack")
+        }
+        if from == nil, to != nil || rootTree {
+            throw UsageError("\(to != nil ? "--to" : "--root-tree") goes with --from: it says where the packed tree lies")
+        }
+        if let to, !to.hasPrefix("/") {
+            throw UsageError("--to \(to): give an absolute path inside the container, such as /opt/env")
+        }
+        if to != nil && rootTree {
+            throw UsageError("give either --to PATH or --root-tree, not both")
         }
         if from == nil { _ = try formatter() }
     }

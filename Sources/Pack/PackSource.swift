@@ -36,6 +36,44 @@ extension Ext3 {
             blocksNeeded = tree.blocksNeeded
         }
 
+        /// Top-level directories of a container that a packed tree must not hide: stacked at the
+        /// container's `/`, a tree holding one of them replaces the container's own.
+        public static let systemDirectories = ["bin", "etc", "lib", "lib32", "lib64", "libx32", "sbin", "usr"]
+
+        /// The names at the tree's top level that would hide the container's own directories if
+        /// the tree were stacked at `/` (as `upper/` is).
+        public var shadowedSystemDirectories: [String] {
+            tree.nodes[0].children.map { Tree.display($0.name) }.filter { PackSource.systemDirectories.contains($0) }.sorted()
+        }
+
+        /// Moves the whole tree to the absolute path `path` inside the container (under
+        /// upper/), as a directory with the source's own top-level metadata; the directories
+        /// leading to it belong to `owner`, mode 0755. `/` leaves the tree where it is.
+        public mutating func place(at path: String, owner: Owner) throws {
+            guard path.hasPrefix("/") else {
+                throw Error.invalidConfiguration("--to \(path): give an absolute path inside the container, such as /opt/env")
+            }
+            guard path.split(separator: "/").contains(where: { $0 != "." }) else { return }
+            let names = try Formatter.components(of: path).map { Array($0.utf8) }
+            defer { blocksNeeded = tree.blocksNeeded }
+            var placed = tree.nodes[0]
+            placed.kind = .directory
+            tree.nodes[0].children = []
+            let now = Timestamp.now
+            var current = 0
+            for (position, name) in names.enumerated() {
+                let index = tree.nodes.count
+                if position == names.count - 1 {
+                    tree.nodes.append(placed)
+                } else {
+                    tree.nodes.append(Tree.Node(kind: .directory, permissions: 0o755, uid: owner.uid, gid: owner.gid,
+                                                atime: now, mtime: now, ctime: now))
+                }
+                tree.nodes[current].children.append((name, index))
+                current = index
+            }
+        }
+
         /// Also makes these directories under upper/ (nested paths fine), where the tree has none.
         public mutating func addDirectories(_ paths: [String], owner: Owner) throws {
             guard !paths.isEmpty else { return }

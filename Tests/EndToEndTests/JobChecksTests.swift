@@ -257,3 +257,40 @@ struct DamagedImageRefusalTests {
         #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
     }
 }
+
+/// Where `create-overlay --from` puts a tree inside the container.
+@Suite(.requiresRoot)
+struct PackPlacementTests {
+    /// A software environment (bin/, lib/ at its top) packed without --to would hide the
+    /// container's own: refused with the fix; with --to it lies where it belongs and the
+    /// container's commands still run.
+    @Test func anEnvironmentGoesWhereItBelongs() throws {
+        let scene = try NativeScene()
+        let env = scene.file("env")
+        for dir in ["bin", "lib/python3.11/site-packages", "lib64"] {
+            try FileManager.default.createDirectory(atPath: "\(env)/\(dir)", withIntermediateDirectories: true)
+        }
+        try "#!/bin/sh\necho env-python\n".write(toFile: "\(env)/bin/python", atomically: true, encoding: .utf8)
+        chmod("\(env)/bin/python", 0o755)
+        let refused = try TestSupport.run([product("create-overlay"), "--from", "env"], currentDirectory: scene.directory.path)
+        #expect(refused.status == 1, "\(refused)")
+        #expect(refused.stderr.hasPrefix("Error: env has bin/, lib/, lib64/ at its top: stacked at the container's / they would hide the container's own"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("--to"), "\(refused.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: scene.file("env.ext3")), "nothing written")
+
+        let placed = try TestSupport.run([product("create-overlay"), "--from", "env", "--to", "/opt/\(scene.mark)"],
+                                         currentDirectory: scene.directory.path)
+        #expect(placed.status == 0, "\(placed)")
+        let job = try scene.run("run-overlay", ["-o", "env.ext3:ro", "--", "/bin/sh", "-c", "ls / >/dev/null && /opt/\(scene.mark)/bin/python"])
+        #expect(job.status == 0, "\(job)")
+        #expect(job.stdout == "env-python\n", "\(job)")
+        let listing = try TestSupport.run([product("overlay"), "ls", scene.file("env.ext3"), "/upper/opt/\(scene.mark)"])
+        #expect(listing.stdout.split(separator: "\n").sorted() == ["bin", "lib", "lib64"], "\(listing)")
+        // A whole root tree, when the user says so.
+        let root = try TestSupport.run([product("create-overlay"), "--from", "env", "--root-tree", "-o", "root.ext3"],
+                                       currentDirectory: scene.directory.path)
+        #expect(root.status == 0, "\(root)")
+        #expect(try FixtureImage.isClean(scene.file("env.ext3")))
+        #expect(scene.leftovers().isEmpty, "\(scene.leftovers())")
+    }
+}
