@@ -107,9 +107,12 @@ extension Ext3 {
             try format(path, mustCreate: false, contents: nil)
         }
 
-        /// Builds the image in a hidden temporary file beside `target` and renames it into place.
-        /// An existing `target` is refused (``Ext3/Error/exists(path:)``) and never touched. On
-        /// failure, SIGINT, SIGTERM or SIGHUP the temporary file is removed: nothing is left behind.
+        /// Builds the image in an unnamed file in `target`'s directory (O_TMPFILE) and links it
+        /// into place when it is complete: whatever ends the process, even SIGKILL, nothing is left
+        /// behind. Where the filesystem has no unnamed files, builds it in a hidden temporary file
+        /// beside `target`, locked while it is built, renames it into place, removes it on failure,
+        /// SIGINT, SIGTERM or SIGHUP, and removes the unlocked ones that killed runs left. An
+        /// existing `target` is refused (``Ext3/Error/exists(path:)``) and never touched.
         public func create(at target: String) throws -> Summary {
             try create(at: target, contents: nil)
         }
@@ -125,6 +128,26 @@ extension Ext3 {
             guard !name.isEmpty, name != ".", name != ".." else {
                 throw Error.invalidConfiguration("'\(target)' names no file: give the image's file name")
             }
+            let fd = FileCalls.openUnnamed(in: directory ?? ".", mode: 0o666)
+            if fd >= 0 {
+                defer { close(fd) }
+                // libext2fs and the packer open the image by path: the descriptor's own.
+                var summary = try format("/proc/self/fd/\(fd)", mustCreate: false, contents: contents)
+                guard FileCalls.linkUnnamed(fd, to: target) == 0 else {
+                    let code = errno
+                    if code == EEXIST { throw Error.exists(path: target) }
+                    throw Error.system(operation: "link the new image into place", path: target, errno: code)
+                }
+                summary.path = target
+                return summary
+            }
+            switch errno {
+            case EOPNOTSUPP, EISDIR, EINVAL, ENOSYS:
+                break  // no unnamed files here: a named temporary file
+            default:
+                throw Error.cannotCreate(path: target, errno: errno)
+            }
+            Formatter.removeAbandonedTemporaries(of: name, in: directory)
             var attempts = 0
             while true {
                 attempts += 1
@@ -155,6 +178,8 @@ extension Ext3 {
             var fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
             if fd >= 0 {
                 created = true
+                // Marks a temporary file as being built (see removeAbandonedTemporaries).
+                _ = try? FileLock.tryLock(fd, .write, path: path)
             } else if errno == EEXIST && !mustCreate {
                 fd = open(path, O_RDWR | O_CLOEXEC)
                 var info = stat()
@@ -297,6 +322,29 @@ extension Ext3 {
             guard let slash = target.lastIndex(of: "/") else { return (nil, target) }
             let directory = String(target[..<slash])
             return (directory.isEmpty ? "/" : directory, String(target[target.index(after: slash)...]))
+        }
+
+        /// Removes `.NAME.tmp-*` files in `directory` that no run is building any more (their
+        /// builder held a lock on them and was killed): what a SIGKILL left on a filesystem
+        /// without unnamed files.
+        static func removeAbandonedTemporaries(of name: String, in directory: String?) {
+            let prefix = "." + name + ".tmp-"
+            guard let dir = opendir(directory ?? ".") else { return }
+            defer { closedir(dir) }
+            while let entry = readdir(dir) {
+                let entryName = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+                }
+                guard entryName.hasPrefix(prefix), entryName.count == prefix.count + 12 else { continue }
+                let path = (directory.map { $0 + "/" } ?? "") + entryName
+                let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+                guard fd >= 0 else { continue }
+                var info = stat()
+                if fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, (try? FileLock.tryLock(fd, .write)) == true {
+                    unlink(path)
+                }
+                close(fd)
+            }
         }
 
         static func randomSuffix() -> String {

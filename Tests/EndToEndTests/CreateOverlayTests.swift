@@ -208,27 +208,28 @@ struct CreateOverlayTests {
     }
 
     /// SIGTERM while the image is being built: the temporary file goes, nothing is left.
-    @Test func interruptedRunLeavesNothing() throws {
+    @Test(arguments: [SIGTERM, SIGKILL])
+    func interruptedRunLeavesNothing(_ signalNumber: Int32) throws {
         let directory = try TempDirectory("create-interrupt")
         let target = directory.file("big.ext3")
         var interrupted = 0
         for _ in 0..<8 where interrupted < 2 {
-            // Big enough that building takes a while after the temporary file appears.
+            // Big enough that building takes a while after the file being built appears.
             let pid = try spawnWithDefaultSignals([tool, "-s", "50G", "-n", "10000", "-o", target])
             var sawTemporary = false
             var status: Int32 = 0
             while waitpid(pid, &status, WNOHANG) == 0 {
-                if CreateOracle.listing(directory.path).contains(where: { $0.hasPrefix(".big.ext3.tmp-") }) {
+                if isBuilding(pid, in: directory.path) {
                     sawTemporary = true
-                    kill(pid, SIGTERM)
+                    kill(pid, signalNumber)
                     waitpid(pid, &status, 0)
                     break
                 }
             }
             let signal = status & 0x7f
             if sawTemporary && signal != 0 {
-                #expect(signal == SIGTERM)
-                #expect(CreateOracle.listing(directory.path) == [], "nothing left after SIGTERM")
+                #expect(signal == signalNumber)
+                #expect(CreateOracle.listing(directory.path) == [], "nothing left after signal \(signalNumber)")
                 interrupted += 1
             } else {
                 // It finished first: then the image is whole and alone.
@@ -238,6 +239,17 @@ struct CreateOverlayTests {
             }
         }
         #expect(interrupted > 0, "never caught a run while it was building")
+    }
+
+    /// Whether `pid` has the image open while it builds it: a hidden temporary file in
+    /// `directory`, or an unnamed one (O_TMPFILE: `/proc/PID/fd` shows `DIR/#INODE (deleted)`).
+    func isBuilding(_ pid: pid_t, in directory: String) -> Bool {
+        if CreateOracle.listing(directory).contains(where: { $0.hasPrefix(".big.ext3.tmp-") }) { return true }
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return fds.contains { fd in
+            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? ""
+            return target.hasPrefix(directory + "/#")
+        }
     }
 
     /// posix_spawn with SIGINT/SIGTERM/SIGHUP at their defaults and nothing blocked, as from a

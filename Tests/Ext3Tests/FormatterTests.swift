@@ -197,3 +197,22 @@ struct FormatterTests {
         #expect(try String(contentsOfFile: used, encoding: .utf8) == "data")
     }
 }
+
+/// What a killed run left on a filesystem without unnamed files: removed by the next run, unless
+/// a live run is still building it (it holds a lock on it).
+@Suite struct AbandonedTemporaryTests {
+    @Test func onlyUnlockedTemporariesOfThatNameAreRemoved() throws {
+        let directory = try TempDirectory("ext3-abandoned")
+        let abandoned = directory.file(".env.ext3.tmp-0123456789ab")
+        let building = directory.file(".env.ext3.tmp-ba9876543210")
+        let other = directory.file(".data.ext3.tmp-0123456789ab")
+        for path in [abandoned, building, other] {
+            #expect(FileManager.default.createFile(atPath: path, contents: Data("x".utf8)))
+        }
+        let holder = open(building, O_RDWR | O_CLOEXEC)
+        defer { close(holder) }
+        #expect(try FileLock.tryLock(holder, .write))
+        Ext3.Formatter.removeAbandonedTemporaries(of: "env.ext3", in: directory.path)
+        #expect(try directory.listing().sorted() == [".data.ext3.tmp-0123456789ab", ".env.ext3.tmp-ba9876543210"])
+    }
+}
