@@ -145,8 +145,11 @@ public struct NativePlan: Codable, Equatable, Sendable {
     ///   directory in every layer to count its subdirectories: without it, starting /bin/true
     ///   over the host root read all of /usr/bin and /usr/lib/x86_64-linux-gnu, and each bind
     ///   all of its mount point (/tmp, /dev).
+    /// - writeback=0: no write-back cache in the kernel, so a write to a full image fails with
+    ///   ENOSPC at write() (with it, every write succeeded into the page cache, a file could
+    ///   grow past the image's size, and only fsync or close failed: `dd` never ended).
     public var fuseOverlayOptions: String {
-        (upperDir == nil ? "ro," : "") + "noacl,static_nlink," + overlayOptions
+        (upperDir == nil ? "ro," : "") + "noacl,static_nlink,writeback=0," + overlayOptions
     }
 
     /// overlayfs splits its options at `,` and lower directories at `:`; `\` escapes them.
