@@ -137,12 +137,12 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         mkdir "tree/bench/deep/d$d"
         (cd "tree/bench/deep/d$d" && seq 1000 | sed 's/.*/echo "file &" > f&/' | sh)
     done
-    chown -R "$USER_NAME" tree
-    rm -f many.ext3 && as_user "$BIN/create-overlay" --from tree -o many.ext3 >/dev/null
+    chown -R "$USER_NAME:$(id -g "$USER_NAME")" tree
+    rm -f many.ext3 && as_user "$BIN/create-overlay" --from tree -s 1G -n $((MANY * 5 / 1000 + 10)) -o many.ext3 >/dev/null
     # A sandbox container of the host's /usr (hard links), for the read-only kernel-overlay rows.
     rm -rf sandbox && mkdir -p sandbox/proc sandbox/sys sandbox/dev sandbox/tmp sandbox/etc
     cp -al /usr sandbox/usr && for l in bin sbin lib lib64; do [ -e /$l ] && ln -s usr/$l sandbox/$l; done
-    job='t() { local s=${EPOCHREALTIME/./}; "$@" >/dev/null 2>&1; printf "%d " $(( (${EPOCHREALTIME/./} - s) / 1000 )); }
+    job='t() { local s=${EPOCHREALTIME/./}; "$@" >/dev/null || echo "failed: $*" >&2; printf "%d " $(( (${EPOCHREALTIME/./} - s) / 1000 )); }
         for l in flat deep; do
             t find /bench/$l -name nothing
             t find /bench/$l -type f -printf "%s\n"
@@ -174,7 +174,8 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     k=0
     for i in 0 1 2 3 4 5 6 7; do
         if ((i % 4 == 3)); then kv=-; fv=-; else kv=${K[k]}; fv=${F[k]}; k=$((k + 1)); fi
-        awk -v n="${names[i]}" -v r="${R[i]}" -v u="${U[i]}" -v p="${P[i]}" -v k="$kv" -v f="$fv" 'BEGIN {
+        # A step a run did not reach (it failed: its message is above) shows as 0.
+        awk -v n="${names[i]}" -v r="${R[i]:-0}" -v u="${U[i]:-0}" -v p="${P[i]:-0}" -v k="${kv:-0}" -v f="${fv:-0}" 'BEGIN {
             r1 = r < 1 ? 1 : r
             printf "%-30s %9d %9d %9d %7.1f %7.1f %9s %9s %7s\n", n, r, u, p, u / r1, p / r1, k, f, (k == "-" ? "-" : sprintf("%.1f", k / r1)) }'
     done
