@@ -3,7 +3,11 @@
 #   start-up of `run-overlay -o a -o b -- /bin/true` (a writable, b read-only, on the host root)
 #   against unshare -m + mount -o loop + mount -t overlay + binds + chroot, as root; and the
 #   same as an ordinary user (fuse2fs + fuse-overlayfs in a user namespace both ways);
-#   small files: creating 50,000 files inside the writable overlay against the host directory.
+#   small files: creating 50,000 files inside the writable overlay against the host directory;
+#   many files: find, stat, cat and create over $MANY files (default 20,000) in one directory
+#   and in a tree of 1,000-file directories, in one run each (the first pass is cold): root,
+#   an ordinary user (run-overlay: cached fuse2fs + fuse-overlayfs on the host root; the
+#   kernel's overlay on a read-only sandbox) and the plain fuse2fs + fuse-overlayfs stack.
 # Median of $RUNS runs each; ratios below 1 mean run-overlay is faster.
 # Needs $BIN (release bin dir), $BENCH_TMP (scratch) and now/median; see Scripts/bench. Needs root.
 set -euo pipefail
@@ -120,3 +124,60 @@ theirs=$(printf '%s\n' "${times_host[@]}" | median)
 row "create 50,000 files" "$ours" "$theirs"
 awk -v a="$ours" -v b="$theirs" 'BEGIN { printf "%-34s %10.0f/s %10.0f/s\n", "files per second", 50000e6 / a, 50000e6 / b }'
 rm -f a.ext3 b.ext3 files.ext3
+
+# Many files: an image of the user's with /bench/flat ($MANY files) and /bench/deep ($MANY
+# files in directories of 1,000), each file a line. The job times each step itself (ms):
+# find (cold: names), stat (find -printf %s), cat (every file), create (the same again,
+# new files, synced).
+MANY="${MANY:-20000}"
+if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -v fuse-overlayfs >/dev/null; then
+    rm -rf tree && mkdir -p tree/bench/flat tree/bench/deep
+    (cd tree/bench/flat && seq "$MANY" | sed 's/.*/echo "file &" > f&/' | sh)
+    for ((d = 0; d < MANY / 1000; d++)); do
+        mkdir "tree/bench/deep/d$d"
+        (cd "tree/bench/deep/d$d" && seq 1000 | sed 's/.*/echo "file &" > f&/' | sh)
+    done
+    chown -R "$USER_NAME:$(id -g "$USER_NAME")" tree
+    rm -f many.ext3 && as_user "$BIN/create-overlay" --from tree -s 1G -n $((MANY * 5 / 1000 + 10)) -o many.ext3 >/dev/null
+    # A sandbox container of the host's /usr (hard links), for the read-only kernel-overlay rows.
+    rm -rf sandbox && mkdir -p sandbox/proc sandbox/sys sandbox/dev sandbox/tmp sandbox/etc
+    cp -al /usr sandbox/usr && for l in bin sbin lib lib64; do [ -e /$l ] && ln -s usr/$l sandbox/$l; done
+    job='t() { local s=${EPOCHREALTIME/./}; "$@" >/dev/null || echo "failed: $*" >&2; printf "%d " $(( (${EPOCHREALTIME/./} - s) / 1000 )); }
+        for l in flat deep; do
+            t find /bench/$l -name nothing
+            t find /bench/$l -type f -printf "%s\n"
+            t sh -c "cd /bench/$l && find . -type f -print0 | xargs -0 cat"
+            [ -w /bench ] && t sh -c "mkdir /bench/new-$l && cd /bench/new-$l && if [ $l = flat ]; then seq $1 | xargs touch; else for d in \$(seq \$(($1 / 1000))); do mkdir d\$d && (cd d\$d && seq 1000 | xargs touch); done; fi; sync -f ."
+        done; echo'
+    fresh() { cp --sparse=always many.ext3 m.ext3; chown "$USER_NAME" m.ext3; }
+    fresh; root=$("$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
+    fresh; user=$(as_user OVERLAY_RUNTIME=native "$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
+    # The plain stack: fuse2fs and fuse-overlayfs with their defaults (and the options
+    # run-overlay needs: noacl, static_nlink), by hand as in by_hand_user.
+    fresh; plain=$(as_user unshare --map-current-user --keep-caps -m --propagation private \
+        setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
+        m="$1"; shift
+        trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
+        mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
+        fuse2fs m.ext3 "$m/a" -o fakeroot
+        fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
+        for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
+        chroot "$m/root" bash -c "$1" sh "$2"
+    ' sh "$dir/mnt" "$job" "$MANY" 3>&1 2>/dev/null | cat)
+    fresh; kernel=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=kernel "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
+    fresh; fov=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=fuse-overlayfs "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
+    echo
+    printf '%-30s %9s %9s %9s %7s %7s %9s %9s %7s\n' "$MANY files (ms, one run)" root user plain user/root plain/root "user ro:kernel" "ro:fuse-ovl" kernel/root
+    read -ra R <<<"$root"; read -ra U <<<"$user"; read -ra P <<<"$plain"; read -ra K <<<"$kernel"; read -ra F <<<"$fov"
+    names=("find, one directory" "stat, one directory" "cat, one directory" "create, one directory"
+           "find, 1,000-file dirs" "stat, 1,000-file dirs" "cat, 1,000-file dirs" "create, 1,000-file dirs")
+    k=0
+    for i in 0 1 2 3 4 5 6 7; do
+        if ((i % 4 == 3)); then kv=-; fv=-; else kv=${K[k]}; fv=${F[k]}; k=$((k + 1)); fi
+        # A step a run did not reach (it failed: its message is above) shows as 0.
+        awk -v n="${names[i]}" -v r="${R[i]:-0}" -v u="${U[i]:-0}" -v p="${P[i]:-0}" -v k="${kv:-0}" -v f="${fv:-0}" 'BEGIN {
+            r1 = r < 1 ? 1 : r
+            printf "%-30s %9d %9d %9d %7.1f %7.1f %9s %9s %7s\n", n, r, u, p, u / r1, p / r1, k, f, (k == "-" ? "-" : sprintf("%.1f", k / r1)) }'
+    done
+    rm -rf tree sandbox many.ext3 m.ext3
+fi

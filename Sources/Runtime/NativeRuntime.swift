@@ -6,7 +6,8 @@ import Glibc
 #endif
 
 /// The embedded runtime: kernel loop devices, ext3 and overlayfs in a private mount namespace as
-/// root; `fuse2fs`, `squashfuse` and `fuse-overlayfs` in a user namespace as an ordinary user.
+/// root; `fuse2fs`, `squashfuse` and the kernel's overlayfs (`userxattr`) or `fuse-overlayfs` in a
+/// user namespace as an ordinary user.
 ///
 /// This process checks the images, takes their locks and holds them for the whole run, then
 /// forks the setup process (``NativeSetup``) that makes the namespace and the mounts and
@@ -59,8 +60,9 @@ public struct NativeRuntime: Runtime {
             let result = try ImageCheck.validate(spec)
             try Self.checkAccess(spec, result, identity: identity, mode: mode)
         }
-        if mode == .fuse { try Self.checkUnprivilegedPrerequisites(job) }
-        return try NativePlan.make(for: job, mode: mode, identity: identity, environment: currentEnvironment())
+        let plan = try NativePlan.make(for: job, mode: mode, identity: identity, environment: currentEnvironment())
+        if mode == .fuse { try Self.checkUnprivilegedPrerequisites(job, overlay: plan.userOverlay ?? .fuseOverlayfs) }
+        return plan
     }
 
     /// The user the job runs as: the one who ran sudo (`SUDO_UID`/`SUDO_GID`) when root was
@@ -99,14 +101,15 @@ public struct NativeRuntime: Runtime {
     }
 
     /// What an ordinary user needs: user namespaces, /dev/fuse, and the FUSE drivers.
-    static func checkUnprivilegedPrerequisites(_ job: Job) throws {
+    static func checkUnprivilegedPrerequisites(_ job: Job, overlay: NativePlan.UserOverlay) throws {
         // In the order they mount; each tool comes in the Debian package of its name.
         var tools = ["fuse2fs"]
         switch job.container {
         case .sif, .squashfs: tools.append("squashfuse")
         case .host, .sandbox: break
         }
-        tools.append("fuse-overlayfs")
+        // The kernel's overlay, when asked for alone, needs no driver.
+        if overlay != .kernel { tools.append("fuse-overlayfs") }
         for tool in tools where findExecutable(tool) == nil {
             let package = tool
             throw RuntimeError.unavailable("\(tool) not found: running without root needs it (install the \(package) package), or run as root")

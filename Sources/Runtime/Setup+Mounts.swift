@@ -23,7 +23,7 @@ extension Setup {
                 try mountLoop(image.path, at: image.mountPoint, type: "ext3", readOnly: image.readOnly, backing: lock,
                               flags: UInt(MS_NOSUID | MS_NODEV), data: "errors=remount-ro")
             case .fuse:
-                drivers.append(Driver(argv: ["fuse2fs", image.path, image.mountPoint, "-f", "-o", image.readOnly ? "fakeroot,ro" : "fakeroot"],
+                drivers.append(Driver(argv: ["fuse2fs", image.path, image.mountPoint, "-f", "-o", plan.fuse2fsOptions(image)],
                                       mountPoint: image.mountPoint, what: "overlay '\(image.path)'"))
             }
         }
@@ -60,6 +60,18 @@ extension Setup {
                 throw Failure(text: "cannot mount the overlay (\(plan.overlayOptions)): \(error.errno)")
             }
         case .fuse:
+            if plan.userOverlay != .fuseOverlayfs {
+                do {
+                    try Mounts.mount("overlay", on: plan.root, type: "overlay", flags: readOnly ? UInt(MS_RDONLY) : 0,
+                                     options: plan.userKernelOverlayOptions)
+                    break
+                } catch {
+                    // The kernel's log says why; fuse-overlayfs gives the same view.
+                    if plan.userOverlay == .kernel {
+                        throw Failure(text: "cannot mount the kernel's overlay in the user namespace (\(plan.userKernelOverlayOptions)): \(error.errno); unset OVERLAY_FUSE_STACK to fall back to fuse-overlayfs")
+                    }
+                }
+            }
             try startDaemons([Driver(argv: ["fuse-overlayfs", "-f", "-o", plan.fuseOverlayOptions, plan.root],
                                      mountPoint: plan.root, what: "the overlay")])
         }

@@ -201,6 +201,110 @@ struct NativeRuntimeTests {
         #expect(try FixtureImage.isClean(scene.file("data.ext3")))
     }
 
+    /// A read-only stack on a SIF or a sandbox: the kernel's overlay in the user namespace
+    /// (`auto` and `kernel`), or fuse-overlayfs when asked for; the same view either way.
+    @Test(.requires(executable: "busybox", "a static shell for the container tree"), .requires(executable: "fuse2fs"),
+          .requires(executable: "fuse-overlayfs"), .requires(executable: "squashfuse"), .requires(executable: "mksquashfs"),
+          .requires(executable: "siftool"), arguments: ["auto", "kernel", "fuse-overlayfs"])
+    func anOrdinaryUsersReadOnlyStackOnAContainer(stack: String) throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        let mark = scene.mark
+        try scene.userOverlay("env.ext3", for: user)
+        try scene.overlay("data.ext3", files: ["srv/\(mark)/input.txt": "data line\n"])
+        let sandbox = try scene.containerTree("sandbox", marker: "overlaytest-sandbox.txt", text: "inside the sandbox\n")
+        let sif = try scene.sifContainer()
+        let type = stack == "fuse-overlayfs" ? "fuse.fuse-overlayfs" : "overlay"
+        for (container, marker) in [(sandbox, "overlaytest-sandbox.txt"), (sif, "overlaytest-sif.txt")] {
+            let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3") + ":ro",
+                                       "-o", scene.file("data.ext3"), "-c", container, "--", "/bin/sh", "-c",
+                                       "cat /etc/\(marker) /srv/\(mark)/input.txt /opt/\(mark)/readme.txt; while read -r d m t r; do [ \"$m\" = / ] && echo $t; done < /proc/self/mounts; echo x > /opt/\(mark)/new.txt || echo refused"],
+                                      currentDirectory: scene.directory.path,
+                                      environment: scene.configIsolation.merging(["OVERLAY_FUSE_STACK": stack]) { $1 })
+            #expect(result.status == 0, "\(result)")
+            let text = marker == "overlaytest-sif.txt" ? "inside the SIF" : "inside the sandbox"
+            #expect(result.stdout == "\(text)\ndata line\nmine\n\(type)\nrefused\n", "\(stack) \(container): \(result)")
+            #expect(scene.leftovers(waiting: 5).isEmpty, "\(scene.leftovers())")
+        }
+        #expect(try FixtureImage.isClean(scene.file("env.ext3")))
+        #expect(try FixtureImage.isClean(scene.file("data.ext3")))
+    }
+
+    /// 20,000 files in one directory, listed and each read back, as an ordinary user: a
+    /// read-only image on a sandbox (the kernel's overlay) and a writable one on the host root
+    /// (fuse-overlayfs). Slow (minutes): libext2fs looks a name up by reading the directory
+    /// from its start, so fuse2fs's first pass is quadratic in the directory's size.
+    @Test(.requires(executable: "busybox", "a static shell for the container tree"), .requires(executable: "fuse2fs"),
+          .requires(executable: "fuse-overlayfs"), arguments: ["kernel", "writable"])
+    func anOrdinaryUserReadsADirectoryOf20000Files(stack: String) throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        let tree = scene.file("tree")
+        let many = "\(tree)/opt/\(scene.mark)/many"
+        try FileManager.default.createDirectory(atPath: many, withIntermediateDirectories: true)
+        var expected = ""
+        for i in (1...20_000).map({ "f\($0)" }).sorted() {
+            try "\(i) \(String(repeating: "x", count: i.count * 7))\n".write(toFile: "\(many)/\(i)", atomically: false, encoding: .utf8)
+            expected += "\(i) \(String(repeating: "x", count: i.count * 7))\n"
+        }
+        // The tree is the user's, so upper/ and everything packed is too.
+        _ = try TestSupport.run(["chown", "-R", "\(user.uid):\(user.gid)", tree])
+        let made = try TestSupport.run([product("create-overlay"), "--from", tree, "-o", scene.file("many.ext3")], timeout: 300)
+        #expect(made.status == 0, "\(made)")
+        chown(scene.file("many.ext3"), user.uid, user.gid)
+        for dir in ["upper", "work"] {
+            for field in ["uid \(user.uid)", "gid \(user.gid)"] {
+                try TestSupport.run(["debugfs", "-w", "-R", "set_inode_field \(dir) \(field)", scene.file("many.ext3")])
+            }
+        }
+        let sandbox = try scene.containerTree("sandbox", marker: "overlaytest-sandbox.txt", text: "inside the sandbox\n")
+        let container = stack == "writable" ? [] : ["-c", sandbox]
+        let image = scene.file("many.ext3") + (stack == "writable" ? "" : ":ro")
+        let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", image] + container +
+                                  ["--", "/bin/sh", "-c", "ls /opt/\(scene.mark)/many | wc -l; cd /opt/\(scene.mark)/many && cat *"],
+                                  currentDirectory: scene.directory.path,
+                                  environment: scene.configIsolation.merging(["OVERLAY_FUSE_STACK": stack == "writable" ? "auto" : stack]) { $1 },
+                                  timeout: 600)
+        #expect(result.status == 0, "\(result.status) \(result.stderr)")
+        #expect(result.stdout.split(separator: "\n", maxSplits: 1).first?.trimmingCharacters(in: .whitespaces) == "20000")
+        #expect(result.stdout.split(separator: "\n", maxSplits: 1).last.map(String.init) == expected, "the files read back differ")
+        #expect(scene.leftovers(waiting: 10).isEmpty, "\(scene.leftovers())")
+        #expect(try FixtureImage.isClean(scene.file("many.ext3")))
+    }
+
+    /// A full image fails the write itself with ENOSPC, as a disk does, not only fsync or close
+    /// (fuse-overlayfs's write-back cache accepted every write: dd never ended).
+    @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"), .requires(executable: "python3"))
+    func anOrdinaryUsersWriteToAFullImageFailsAtWrite() throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        try FixtureImage.ext3(at: scene.file("small.ext3"), mebibytes: 16, owner: (user.uid, user.gid))
+        chown(scene.file("small.ext3"), user.uid, user.gid)
+        let script = """
+            import os, errno
+            fd = os.open("/big", os.O_WRONLY | os.O_CREAT)
+            total = 0
+            try:
+                while total < (64 << 20):
+                    total += os.write(fd, b"x" * (1 << 20))
+                print("no error")
+            except OSError as e:
+                print(errno.errorcode[e.errno], total <= (16 << 20))
+            os.close(fd)
+            """
+        let result = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("small.ext3"), "--", "sh", "-c",
+                                   "timeout 60 dd if=/dev/zero of=/dd bs=1M; rm /dd; python3 -c '\(script)'"],
+                                  currentDirectory: scene.directory.path, environment: scene.configIsolation, timeout: 120)
+        #expect(result.status == 0, "\(result)")
+        #expect(result.stderr.contains("dd: error writing '/dd': No space left on device"), "\(result)")
+        #expect(result.stdout == "ENOSPC True\n", "\(result)")
+        #expect(scene.leftovers(waiting: 5).isEmpty, "\(scene.leftovers())")
+        #expect(try FixtureImage.isClean(scene.file("small.ext3")))
+    }
+
     /// fuse-overlayfs crosses mount points in its lowest layer: given the host root itself, a
     /// job that walked into the run's staging area made it wait on its own mount for ever.
     @Test(.requires(executable: "fuse2fs"), .requires(executable: "fuse-overlayfs"))

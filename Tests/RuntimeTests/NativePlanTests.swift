@@ -13,12 +13,13 @@ import TestSupport
         for name in ["a.ext3", "b.ext3", "c.ext3"] { _ = FileManager.default.createFile(atPath: directory.file(name), contents: nil) }
     }
 
-    func plan(_ overlays: [String], mode: NativePlan.Mode = .kernel, command: JobCommand = .argv(["true"])) throws -> NativePlan {
-        let job = Job(stack: try OverlayStack(arguments: overlays.map { directory.file($0) }), container: .host,
+    func plan(_ overlays: [String], mode: NativePlan.Mode = .kernel, command: JobCommand = .argv(["true"]),
+              container: ContainerReference = .host, environment: [String: String] = [:]) throws -> NativePlan {
+        let job = Job(stack: try OverlayStack(arguments: overlays.map { directory.file($0) }), container: container,
                       binds: [Bind(source: "/etc", destination: "/mnt/etc", readOnly: true)],
                       command: command, workingDirectory: directory.path)
         return try NativePlan.make(for: job, mode: mode, identity: .init(uid: 1000, gid: 1000, groups: [], change: false),
-                                   environment: ["HOME": directory.path, "SHELL": "/bin/zsh"])
+                                   environment: ["HOME": directory.path, "SHELL": "/bin/zsh"].merging(environment) { $1 })
     }
 
     @Test func laterReadOnlyLayersSitAboveEarlierOnesAndTheFirstIsTheUpper() throws {
@@ -58,7 +59,7 @@ import TestSupport
     @Test func theUnprivilegedPlanUsesTheFUSEDrivers() throws {
         let lines = try plan(["a.ext3", "b.ext3"], mode: .fuse).lines
         #expect(lines.first?.hasPrefix("unshare user namespace (uid 1000 -> 1000, gid 1000 -> 1000)") == true)
-        #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") && $0.hasSuffix("-o fakeroot,ro") })
+        #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") && $0.hasSuffix("-o fakeroot,ro" + NativePlan.fuse2fsCaching) })
         #expect(lines.contains { $0.hasPrefix("fuse-overlayfs -o noacl,") })
     }
 
@@ -72,5 +73,30 @@ import TestSupport
         let kernel = try plan(["a.ext3"])
         #expect(kernel.hostCopy == nil)
         #expect(kernel.lowerDirs.last == "/")
+    }
+
+    @Test func overTheHostRootTheUnprivilegedStackIsFuseOverlayfs() throws {
+        // `/` cannot be a layer of the kernel's overlay in a user namespace (locked submounts).
+        let plan = try plan(["a.ext3:ro"], mode: .fuse)
+        #expect(plan.userOverlay == .fuseOverlayfs)
+        #expect(plan.lines.contains { $0.hasPrefix("fuse-overlayfs -o ro,noacl,") })
+    }
+
+    @Test func onASandboxTheUnprivilegedStackTriesTheKernelsOverlayFirst() throws {
+        let sandbox = directory.file("a.ext3").replacingOccurrences(of: "/a.ext3", with: "")
+        let plan = try plan(["a.ext3:ro", "b.ext3"], mode: .fuse, container: .sandbox(sandbox))
+        #expect(plan.userOverlay == .kernelElseFuseOverlayfs)
+        #expect(plan.userKernelOverlayOptions == "lowerdir=\(plan.staging)/session:\(plan.staging)/image1/upper:\(plan.staging)/image0/upper:\(sandbox),userxattr")
+        #expect(plan.lines.contains { $0.hasPrefix("mount -t overlay -o ro,") && $0.contains(",userxattr") && $0.contains(", else (the kernel refuses it) fuse-overlayfs -o ") })
+        let forced = try self.plan(["a.ext3:ro"], mode: .fuse, container: .sandbox(sandbox), environment: ["OVERLAY_FUSE_STACK": "fuse-overlayfs"])
+        #expect(forced.userOverlay == .fuseOverlayfs)
+        #expect(!forced.lines.contains { $0.contains("mount -t overlay") })
+        let kernel = try self.plan(["a.ext3"], mode: .fuse, container: .sandbox(sandbox), environment: ["OVERLAY_FUSE_STACK": "kernel"])
+        #expect(kernel.lines.contains { $0.hasPrefix("mount -t overlay -o lowerdir=") && $0.contains(",upperdir=\(kernel.staging)/image0/upper,") && !$0.contains("fuse-overlayfs") })
+        #expect(throws: RuntimeError.failed("OVERLAY_FUSE_STACK is 'fast': give auto, kernel or fuse-overlayfs")) {
+            try self.plan(["a.ext3"], mode: .fuse, environment: ["OVERLAY_FUSE_STACK": "fast"])
+        }
+        // Root's plan ignores it.
+        #expect(try self.plan(["a.ext3"], environment: ["OVERLAY_FUSE_STACK": "fuse-overlayfs"]).userOverlay == nil)
     }
 }
