@@ -38,7 +38,7 @@ public struct StackOptions: ParsableArguments {
     public var runtime: RuntimeKind?
 
     @Option(name: .customLong("runtime-option"), parsing: .unconditionalSingleValue,
-            help: ArgumentHelp("Pass an option to Singularity/Apptainer as is, e.g. --runtime-option=--nv. Repeatable.",
+            help: ArgumentHelp("Pass an option to Singularity/Apptainer as is, e.g. --runtime-option=--nv. Repeatable. The native runtime refuses them, saying what to do instead.",
                                valueName: "option"))
     public var runtimeOptions: [String] = []
 
