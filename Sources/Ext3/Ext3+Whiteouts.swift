@@ -291,42 +291,14 @@ extension Ext3 {
             guard size <= Limits.directoryBytes, size % blockSize == 0, size > 0 else {
                 throw Error.damaged(image: path, what: "directory \(place) (inode \(ino)) claims \(size) bytes")
             }
-            final class Context {
-                var found: [Named] = []
-                let maxBlocks: UInt64
-                var blocks: UInt64 = 0
-                var tooLong = false
-                init(maxBlocks: UInt64) { self.maxBlocks = maxBlocks }
+            var found: [Named] = []
+            try Ext3.walkDirectory(fs, ino, size: size, path: path, named: "directory \(place) (inode \(ino))") { name, inode, fileType in
+                if name != [0x2e] && name != [0x2e, 0x2e] {
+                    found.append(Named(name: name, inode: inode, fileType: fileType))
+                }
+                return true
             }
-            let context = Context(maxBlocks: size / blockSize)
-            let unmanaged = Unmanaged.passRetained(context)
-            defer { unmanaged.release() }
-            let code = ext2fs_dir_iterate2(
-                fs, ino, DIRENT_FLAG_INCLUDE_EMPTY, nil,
-                { _, _, dirent, offset, _, _, priv in
-                    let context = Unmanaged<Context>.fromOpaque(priv!).takeUnretainedValue()
-                    if offset == 0 {
-                        context.blocks += 1
-                        if context.blocks > context.maxBlocks {
-                            context.tooLong = true
-                            return DIRENT_ABORT
-                        }
-                    }
-                    guard let dirent, dirent.pointee.inode != 0 else { return 0 }
-                    let length = Int(cext2fs_dirent_name_len(dirent))
-                    let name = cext2fs_dirent_name(dirent)!.withMemoryRebound(to: UInt8.self, capacity: length) {
-                        Array(UnsafeBufferPointer(start: $0, count: length))
-                    }
-                    if name == [0x2e] || name == [0x2e, 0x2e] { return 0 }
-                    context.found.append(Named(name: name, inode: dirent.pointee.inode, fileType: UInt8(truncatingIfNeeded: dirent.pointee.name_len >> 8)))
-                    return 0
-                },
-                unmanaged.toOpaque())
-            if context.tooLong {
-                throw Error.damaged(image: path, what: "directory \(place) (inode \(ino)) has more blocks than its size (\(size) bytes) accounts for")
-            }
-            try check(code, "read directory \(place)", path: path)
-            return context.found
+            return found
         }
 
         enum OpaqueState { case no, partial, canonical }

@@ -173,43 +173,9 @@ extension Ext3.Image {
         guard directory.size <= Ext3.Limits.directoryBytes, directory.size % blockSize == 0, directory.size > 0 else {
             throw Error.damaged(image: path, what: "directory inode \(directory.inode) claims \(directory.size) bytes")
         }
-        final class Context {
-            let visit: (String, UInt32) -> Bool
-            let maxBlocks: UInt64
-            var blocks: UInt64 = 0
-            var tooLong = false
-            init(visit: @escaping (String, UInt32) -> Bool, maxBlocks: UInt64) {
-                self.visit = visit
-                self.maxBlocks = maxBlocks
-            }
-        }
-        try withoutActuallyEscaping(visit) { visit in
-            let context = Context(visit: visit, maxBlocks: directory.size / blockSize)
-            let unmanaged = Unmanaged.passRetained(context)
-            defer { unmanaged.release() }
-            let code = ext2fs_dir_iterate2(
-                fs, ext2_ino_t(directory.inode), DIRENT_FLAG_INCLUDE_EMPTY, nil,
-                { _, _, dirent, offset, _, _, priv in
-                    let context = Unmanaged<Context>.fromOpaque(priv!).takeUnretainedValue()
-                    if offset == 0 {
-                        context.blocks += 1
-                        if context.blocks > context.maxBlocks {
-                            context.tooLong = true
-                            return DIRENT_ABORT
-                        }
-                    }
-                    guard let dirent, dirent.pointee.inode != 0 else { return 0 }
-                    let length = Int(cext2fs_dirent_name_len(dirent))
-                    let name = cext2fs_dirent_name(dirent)!.withMemoryRebound(to: UInt8.self, capacity: length) {
-                        String(decoding: UnsafeBufferPointer(start: $0, count: length), as: UTF8.self)
-                    }
-                    return context.visit(name, dirent.pointee.inode) ? 0 : DIRENT_ABORT
-                },
-                unmanaged.toOpaque())
-            if context.tooLong {
-                throw Error.damaged(image: path, what: "directory inode \(directory.inode) has more blocks than its size (\(directory.size) bytes) accounts for")
-            }
-            try Ext3.check(code, "read directory inode \(directory.inode)", path: path)
+        try Ext3.walkDirectory(fs, ext2_ino_t(directory.inode), size: directory.size, path: path,
+                               named: "directory inode \(directory.inode)") { name, inode, _ in
+            visit(String(decoding: name, as: UTF8.self), inode)
         }
     }
 
@@ -244,5 +210,55 @@ extension Ext3.Image {
                           freeBlocks: ext2fs_free_blocks_count(sb),
                           inodeCount: UInt64(sb.pointee.s_inodes_count), freeInodes: UInt64(sb.pointee.s_free_inodes_count),
                           metadataBlocks: metadata)
+    }
+}
+
+extension Ext3 {
+    /// Calls `visit(name, inode, file type)` for each live entry of directory `ino` (`.` and
+    /// `..` included) until it returns false, stopping after as many blocks as the directory's
+    /// `size` accounts for, whatever its block map says (a hostile image cannot make it read
+    /// more). `named` names the directory in errors.
+    static func walkDirectory(_ fs: ext2_filsys, _ ino: ext2_ino_t, size: UInt64, path: String, named: String,
+                              _ visit: ([UInt8], UInt32, UInt8) -> Bool) throws {
+        final class Context {
+            let visit: ([UInt8], UInt32, UInt8) -> Bool
+            let maxBlocks: UInt64
+            var blocks: UInt64 = 0
+            var tooLong = false
+            init(visit: @escaping ([UInt8], UInt32, UInt8) -> Bool, maxBlocks: UInt64) {
+                self.visit = visit
+                self.maxBlocks = maxBlocks
+            }
+        }
+        let blockSize = UInt64(cext2fs_block_size(fs))
+        try withoutActuallyEscaping(visit) { visit in
+            let context = Context(visit: visit, maxBlocks: size / blockSize)
+            let unmanaged = Unmanaged.passRetained(context)
+            defer { unmanaged.release() }
+            let code = ext2fs_dir_iterate2(
+                fs, ino, DIRENT_FLAG_INCLUDE_EMPTY, nil,
+                { _, _, dirent, offset, _, _, priv in
+                    let context = Unmanaged<Context>.fromOpaque(priv!).takeUnretainedValue()
+                    if offset == 0 {
+                        context.blocks += 1
+                        if context.blocks > context.maxBlocks {
+                            context.tooLong = true
+                            return DIRENT_ABORT
+                        }
+                    }
+                    guard let dirent, dirent.pointee.inode != 0 else { return 0 }
+                    let length = Int(cext2fs_dirent_name_len(dirent))
+                    let name = cext2fs_dirent_name(dirent)!.withMemoryRebound(to: UInt8.self, capacity: length) {
+                        Array(UnsafeBufferPointer(start: $0, count: length))
+                    }
+                    let fileType = UInt8(truncatingIfNeeded: dirent.pointee.name_len >> 8)
+                    return context.visit(name, dirent.pointee.inode, fileType) ? 0 : DIRENT_ABORT
+                },
+                unmanaged.toOpaque())
+            if context.tooLong {
+                throw Error.damaged(image: path, what: "\(named) has more blocks than its size (\(size) bytes) accounts for")
+            }
+            try check(code, "read \(named)", path: path)
+        }
     }
 }
