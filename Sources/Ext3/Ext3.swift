@@ -92,10 +92,7 @@ public enum Ext3 {
     }
 
     /// strerror for an errno value.
-    public static func errnoString(_ code: Int32) -> String {
-        guard let text = strerror(code) else { return "errno \(code)" }
-        return String(cString: text)
-    }
+    public static func errnoString(_ code: Int32) -> String { Errno(rawValue: code).description }
 
     /// Writes all of `bytes` at `offset` of `fd` (the image at `path`).
     static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String) throws {

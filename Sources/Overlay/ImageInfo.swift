@@ -191,13 +191,5 @@ public struct ImageInfo: Sendable, Equatable {
         return String(repeating: "0", count: max(0, 4 - text.count)) + text
     }
 
-    static func grouped(_ value: UInt64) -> String {
-        let digits = String(value)
-        var out = ""
-        for (index, c) in digits.enumerated() {
-            if index > 0 && (digits.count - index) % 3 == 0 { out += "," }
-            out.append(c)
-        }
-        return out
-    }
+    static func grouped(_ value: UInt64) -> String { Units.grouped(value) }
 }
