@@ -173,7 +173,7 @@ extension Ext3 {
 
         // MARK: - Building
 
-        private func format(_ path: String, mustCreate: Bool, contents: Contents?) throws -> Summary {
+        func format(_ path: String, mustCreate: Bool, contents: Contents?) throws -> Summary {
             var created = false
             var fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
             if fd >= 0 {

@@ -33,13 +33,16 @@ extension Ext3 {
             /// is sparse (SEEK_DATA/SEEK_HOLE), nil when dense.
             case file(path: [CChar], segments: [Range<UInt64>]?)
             /// The data of the item with this ordinal of the ``FileDataStream`` the tree is
-            /// written with.
-            case stream(ordinal: Int)
+            /// written with; `segments` are its data ranges when it is sparse (the stream
+            /// delivers only those), nil when dense.
+            case stream(ordinal: Int, segments: [Range<UInt64>]? = nil)
 
-            /// The data ranges of a sparse file on disk.
+            /// The data ranges of a sparse file.
             package var segments: [Range<UInt64>]? {
-                if case let .file(_, segments) = self { return segments }
-                return nil
+                switch self {
+                case let .file(_, segments), let .stream(_, segments): return segments
+                case .none: return nil
+                }
             }
         }
 
@@ -140,6 +143,9 @@ extension Ext3 {
                         case .file(_, nil):
                             needs.literal += Geometry.mapBlocks(forFileBlocks: blocks)
                             needs.copied += blocks
+                        case .stream(_, let segments?):
+                            let data = Tree.blockRanges(segments).reduce(0) { $0 + UInt64($1.count) }
+                            if data > 0 { needs.copied += data + Geometry.mapBlocks(forFileBlocks: data) + 3 * UInt64(segments.count) }
                         case .stream, .none:
                             needs.copied += blocks + Geometry.mapBlocks(forFileBlocks: blocks)
                         }

@@ -93,6 +93,11 @@ extension Ext3.Image {
 
     /// Where the symbolic link `entry` points (fast symlinks from the inode, others from their block).
     public func symlinkTarget(_ entry: Ext3.Entry) throws -> String {
+        String(decoding: try symlinkBytes(entry), as: UTF8.self)
+    }
+
+    /// The bytes of the symbolic link `entry`'s target, as stored.
+    public func symlinkBytes(_ entry: Ext3.Entry) throws -> [UInt8] {
         guard entry.kind == .symlink else { throw Error.other("\(path): inode \(entry.inode) is not a symbolic link") }
         guard entry.size > 0, entry.size <= Ext3.Limits.symlinkBytes else {
             throw Error.damaged(image: path, what: "symbolic link inode \(entry.inode) claims a \(entry.size)-byte target")
@@ -103,12 +108,11 @@ extension Ext3.Image {
             guard entry.size < 60 else {
                 throw Error.damaged(image: path, what: "symbolic link inode \(entry.inode) claims a \(entry.size)-byte target")
             }
-            let bytes = UnsafeBufferPointer(start: cext2fs_inode_block_bytes(&raw), count: Int(entry.size))
-            return String(decoding: bytes, as: UTF8.self)
+            return Array(UnsafeBufferPointer(start: cext2fs_inode_block_bytes(&raw), count: Int(entry.size)))
         }
         var bytes: [UInt8] = []
         try readContents(entry, limit: Ext3.Limits.symlinkBytes) { bytes += $0 }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 
     /// Streams the content of the regular file `entry` in chunks of at most

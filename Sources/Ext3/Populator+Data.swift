@@ -65,7 +65,7 @@ extension Ext3.Populator {
     func copyData(from stream: Ext3.FileDataStream) throws {
         var byOrdinal: [Int: Int] = [:]
         for (index, node) in tree.nodes.enumerated() {
-            if case let .stream(ordinal) = node.content { byOrdinal[ordinal] = index }
+            if case let .stream(ordinal, _) = node.content { byOrdinal[ordinal] = index }
         }
         while let item = try stream.nextItem() {
             guard let index = byOrdinal[item.ordinal] else { continue }

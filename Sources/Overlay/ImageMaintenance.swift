@@ -41,16 +41,45 @@ public enum ImageMaintenance {
 
     /// What a resize did, in one line.
     public static func grow(_ path: String, to size: ImageSize) throws -> String {
+        try resize(path, to: size, files: nil)
+    }
+
+    /// Grows an image to `size` (nil: keeps its size) with at least its old share of inodes
+    /// (old inodes x new size / old size) and at least `files` inodes: in place with resize2fs
+    /// where the block groups it adds bring that many, else by rebuilding the image (a new one
+    /// of that size and inode count, the files copied over from the old one, checked, and
+    /// renamed over it). Refuses shrinking, an inode count the size cannot hold, files that do
+    /// not fit, too little free space for a rebuild and an image a job has mounted, each in
+    /// one line with nothing changed. What it did, in one line.
+    public static func resize(_ path: String, to size: ImageSize?, files: UInt64?) throws -> String {
         let info = try requireImage(path)
         let old = UInt64(max(info.st_size, 0))
-        if size.bytes < old {
+        let newBytes = size?.bytes ?? old
+        if newBytes < old {
             throw OverlayError.message("\(path) is \(ImageSize.human(old)); overlay resize only grows images (shrinking is not supported): give a size above \(ImageSize.human(old))")
         }
         let superblock = try superblockOf(path)
         let blockSize = UInt64(superblock.blockSize)
-        let blocks = size.bytes / blockSize
-        if size.bytes == old || blocks <= superblock.blockCount {
+        let oldBlocks = superblock.blockCount
+        let newBlocks = max(newBytes / blockSize, oldBlocks)
+        let oldInodes = UInt64(superblock.inodeCount)
+        // The old density, rounded up; and the count asked for.
+        var target = oldBlocks > 0 ? (oldInodes * newBlocks + oldBlocks - 1) / oldBlocks : oldInodes
+        if let files { target = max(target, files) }
+        let grows = newBlocks > oldBlocks
+        if !grows && target <= oldInodes {
+            if let files {
+                return "\(path): already has \(ImageInfo.grouped(oldInodes)) inodes (\(ImageInfo.grouped(files)) asked for); nothing to do"
+            }
             return "\(path): already \(ImageSize.human(old)); nothing to do"
+        }
+        let newSize = grows ? newBlocks * blockSize : old
+        // A rebuild's layout, checked before anything changes.
+        let geometry: Ext3.Geometry?
+        if target > predictedInodes(superblock, blocks: newBlocks) {
+            geometry = try layout(path, sizeBytes: newSize, inodes: target, asked: files)
+        } else {
+            geometry = nil
         }
         let lock = try lockForMaintenance(path, .write, doing: "resize")
         defer { lock.release() }
@@ -59,10 +88,13 @@ public enum ImageMaintenance {
         guard fsck.status <= 1 else {
             throw OverlayError.message("\(path) has problems e2fsck -p will not fix (\(firstProblem(fsck.output) ?? lastLine(fsck.output))): run overlay check --repair \(path) first")
         }
-        guard ftruncate(lock.fileDescriptor, off_t(size.bytes)) == 0 else {
-            throw OverlayError.message("\(path): cannot grow the file to \(size): \(Errno.last)")
+        if let geometry {
+            return try rebuild(path, old: old, sizeBytes: newSize, geometry: geometry, inodes: target, before: before)
         }
-        let resize = try Program.run(["resize2fs", path, "\(blocks)"])
+        guard ftruncate(lock.fileDescriptor, off_t(newSize)) == 0 else {
+            throw OverlayError.message("\(path): cannot grow the file to \(ImageSize.human(newSize)): \(Errno.last)")
+        }
+        let resize = try Program.run(["resize2fs", path, "\(newBlocks)"])
         guard resize.status == 0 else {
             // Give the file its old length back when the filesystem still fits in it.
             if let now = try? Ext3.Superblock(path: path), now.blockCount * blockSize <= old {
@@ -71,15 +103,93 @@ public enum ImageMaintenance {
             throw OverlayError.message("\(path): resize2fs failed: \(lastLine(resize.output))")
         }
         let after = try usage(path)
-        var line = "\(path): grown from \(ImageSize.human(old)) to \(ImageSize.human(size.bytes)); inodes \(ImageInfo.grouped(before.inodeCount)) -> \(ImageInfo.grouped(after.inodeCount)), \(ImageSize.human(after.freeBytes)) free for data"
-        if after.inodeCount == before.inodeCount, superblock.blocksPerGroup > 0 {
-            // New inodes come only with new block groups: the growth stayed inside the last one.
-            let groupBytes = UInt64(superblock.blocksPerGroup) * blockSize
-            let groups = (superblock.blockCount + UInt64(superblock.blocksPerGroup) - 1) / UInt64(superblock.blocksPerGroup)
-            line += " (no new files: inodes come with each new block group of \(ImageSize.human(groupBytes)); "
-                + "grow it to \(ImageSize.human((groups + 1) * groupBytes)) or more for room for \(ImageInfo.grouped(UInt64(superblock.inodesPerGroup))) more)"
+        if after.inodeCount < target {
+            // resize2fs made fewer groups than foreseen: rebuild at the new size.
+            let geometry = try layout(path, sizeBytes: newSize, inodes: target, asked: files)
+            return try rebuild(path, old: old, sizeBytes: newSize, geometry: geometry, inodes: target, before: before)
         }
-        return line
+        return "\(path): grown from \(ImageSize.human(old)) to \(ImageSize.human(newSize)) in place; inodes \(ImageInfo.grouped(before.inodeCount)) -> \(ImageInfo.grouped(after.inodeCount)), \(ImageSize.human(after.freeBytes)) free for data"
+    }
+
+    /// The inodes resize2fs gives an image grown to `blocks`: as many per group as the old
+    /// groups, for every whole new group and a last part large enough for its own tables
+    /// (counted only when it is surely kept).
+    static func predictedInodes(_ superblock: Ext3.Superblock, blocks: UInt64) -> UInt64 {
+        let perGroup = UInt64(superblock.blocksPerGroup)
+        guard perGroup > 0 else { return UInt64(superblock.inodeCount) }
+        let tableBlocks = UInt64(superblock.inodesPerGroup) * UInt64(superblock.inodeSize) / UInt64(superblock.blockSize)
+        var groups = blocks / perGroup
+        // Bitmaps, inode table, a backup superblock with descriptors and reserved descriptor
+        // blocks (at most 1,024), and resize2fs's 50 blocks of slack.
+        if blocks % perGroup >= tableBlocks + 2 + 1 + 1024 + 50 { groups += 1 }
+        return max(groups * UInt64(superblock.inodesPerGroup), UInt64(superblock.inodeCount))
+    }
+
+    /// The layout of a rebuilt image, or a one-line refusal naming the most inodes the size holds.
+    static func layout(_ path: String, sizeBytes: UInt64, inodes: UInt64, asked: UInt64?) throws -> Ext3.Geometry {
+        do {
+            return try Ext3.Geometry(sizeBytes: sizeBytes, inodes: inodes)
+        } catch {
+            let most = Ext3.Geometry.maximumInodes(sizeBytes: sizeBytes)
+            let what = asked.map { "-n \($0 / 1000): " } ?? ""
+            throw OverlayError.message("\(path): \(what)\(ImageInfo.grouped(inodes)) inodes do not fit in \(ImageSize.human(sizeBytes)): "
+                + "it holds at most \(ImageInfo.grouped(most)) (-n \(most / 1000)); give a larger -s or a smaller -n")
+        }
+    }
+
+    /// Builds a new image of `sizeBytes` with `inodes` inodes holding everything the old one
+    /// holds, checks it with e2fsck -fn and renames it over the old one (under the caller's
+    /// write lock).
+    static func rebuild(_ path: String, old: UInt64, sizeBytes: UInt64, geometry: Ext3.Geometry, inodes: UInt64,
+                        before: Ext3.Usage) throws -> String {
+        let copied: Int
+        do {
+            let image = try Ext3.Image(path: path)
+            defer { try? image.close() }
+            let contents = try Ext3.ImageContents(image: image)
+            let owner = contents.upper.nodes[0]
+            let formatter = try Ext3.Formatter(.init(sizeBytes: sizeBytes, minimumInodes: inodes,
+                                                     owner: Ext3.Owner(uid: owner.uid, gid: owner.gid)))
+            let free = geometry.freeBlocks() * UInt64(Ext3.blockSize)
+            let needed = contents.blocksNeeded * UInt64(Ext3.blockSize)
+            guard contents.blocksNeeded <= geometry.freeBlocks() else {
+                throw OverlayError.message("\(path): its files take up to \(ImageSize.human(needed)), but \(ImageSize.human(sizeBytes)) with \(ImageInfo.grouped(geometry.inodeCount)) inodes leaves \(ImageSize.human(free)) for them: give a larger -s or a smaller -n")
+            }
+            try requireRoom(path, bytes: writtenBytes(geometry, contents))
+            _ = try formatter.replace(path, with: contents) { built in
+                let check = try Program.run(["e2fsck", "-fn", built])
+                guard check.status == 0 else {
+                    throw OverlayError.message("\(path): the rebuilt image fails e2fsck -fn (\(firstProblem(check.output) ?? lastLine(check.output))); the image is unchanged")
+                }
+            }
+            copied = contents.upper.inodeCount + contents.work.inodeCount
+        } catch let error as Ext3.Error {
+            throw OverlayError.message("\(ImageInfo.explain(error, path)); the image is unchanged")
+        }
+        let after = try usage(path)
+        let what = sizeBytes > old ? "grown from \(ImageSize.human(old)) to \(ImageSize.human(sizeBytes))" : "kept at \(ImageSize.human(sizeBytes))"
+        return "\(path): \(what) and rebuilt with more inodes (\(ImageInfo.grouped(UInt64(copied))) files and directories copied); "
+            + "inodes \(ImageInfo.grouped(before.inodeCount)) -> \(ImageInfo.grouped(after.inodeCount)), \(ImageSize.human(after.freeBytes)) free for data"
+    }
+
+    /// Bytes a rebuild writes (an upper bound): the files, group tables but for the unused
+    /// parts of the inode tables, the used inodes, the journal's map and a margin.
+    static func writtenBytes(_ geometry: Ext3.Geometry, _ contents: Ext3.ImageContents) -> UInt64 {
+        let tables = geometry.inodeTableBlocksPerGroup * geometry.groupCount
+        let metadata = geometry.groupMetadataBlocks - min(tables, geometry.groupMetadataBlocks)
+            + (contents.inodesNeeded + 15) / 16 + geometry.journalMapBlocks + 256
+        return (contents.blocksNeeded + metadata) * UInt64(Ext3.blockSize)
+    }
+
+    /// Refuses when the filesystem holding `path` has less than `bytes` free for this user.
+    static func requireRoom(_ path: String, bytes: UInt64) throws {
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) }.map { $0.isEmpty ? "/" : $0 } ?? "."
+        var info = statvfs()
+        guard statvfs(directory, &info) == 0 else { return }
+        let available = UInt64(info.f_bavail) * UInt64(info.f_frsize)
+        guard available >= bytes else {
+            throw OverlayError.message("\(path): rebuilding it needs about \(ImageSize.human(bytes)) free in \(directory), which has \(ImageSize.human(available)): free some space there first; the image is unchanged")
+        }
     }
 
     // MARK: - Pieces
