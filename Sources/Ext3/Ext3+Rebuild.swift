@@ -19,6 +19,8 @@ extension Ext3 {
         let lostFound: Tree.Node?
         let uuid: [UInt8]
         let label: [UInt8]
+        let hashSeed: [UInt8]
+        let hashVersion: UInt8
 
         public init(image: Image) throws {
             guard let fs = image.handle.fs else { throw Error.other("\(image.path): image is closed") }
@@ -59,6 +61,8 @@ extension Ext3 {
             let sb = fs.pointee.super!
             uuid = withUnsafeBytes(of: sb.pointee.s_uuid) { Array($0) }
             label = withUnsafeBytes(of: sb.pointee.s_volume_name) { Array($0) }
+            hashSeed = withUnsafeBytes(of: sb.pointee.s_hash_seed) { Array($0) }
+            hashVersion = sb.pointee.s_def_hash_version
         }
 
         /// Inodes the contents take in an image: the reserved ones, lost+found, upper/, work/
@@ -79,7 +83,7 @@ extension Ext3 {
 extension Ext3.Formatter {
     /// Builds a new image holding `contents` and puts it in place of `target` (the image the
     /// contents were read from) with one rename: the new file gets the old one's mode and owner,
-    /// the filesystem its UUID and label, and `verify` is called with the new file's path before
+    /// the filesystem its UUID, label and directory hash seed, and `verify` is called with the new file's path before
     /// it replaces the old one (throw to keep the old one). The new image is built in an unnamed
     /// file in the same directory (O_TMPFILE), given a hidden name (locked while it lives) only
     /// for the rename; where the filesystem has no unnamed files, in a hidden locked temporary
@@ -165,7 +169,8 @@ extension Ext3.Formatter {
     }
 
     /// Writes `contents` into a freshly formatted filesystem: upper/ and work/ filled, then
-    /// the root, upper/ and work/ given their old metadata, and the superblock its UUID and label.
+    /// the root, upper/, work/ and lost+found/ given their old metadata, and the superblock its
+    /// UUID, label and directory hash seed.
     static func write(_ contents: Ext3.ImageContents, into fs: ext2_filsys, path: String, upper: ext2_ino_t) throws {
         let root = ext2_ino_t(EXT2_ROOT_INO)
         var work: ext2_ino_t = 0
@@ -215,6 +220,11 @@ extension Ext3.Formatter {
         withUnsafeMutableBytes(of: &sb.pointee.s_volume_name) { field in
             for index in field.indices where index < contents.label.count { field[index] = contents.label[index] }
         }
+        // The same directory hash: the kernel lists directories in the same order as before.
+        withUnsafeMutableBytes(of: &sb.pointee.s_hash_seed) { field in
+            for index in field.indices where index < contents.hashSeed.count { field[index] = contents.hashSeed[index] }
+        }
+        sb.pointee.s_def_hash_version = contents.hashVersion
         ext2fs_mark_super_dirty(fs)
     }
 }

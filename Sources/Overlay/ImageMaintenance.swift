@@ -84,12 +84,13 @@ public enum ImageMaintenance {
         let lock = try lockForMaintenance(path, .write, doing: "resize")
         defer { lock.release() }
         let before = try usage(path)
+        if let geometry {
+            // The old image is only read: it stays exactly as it is unless the new one replaces it.
+            return try rebuild(path, old: old, sizeBytes: newSize, geometry: geometry, inodes: target, before: before)
+        }
         let fsck = try Program.run(["e2fsck", "-fp", path])
         guard fsck.status <= 1 else {
             throw OverlayError.message("\(path) has problems e2fsck -p will not fix (\(firstProblem(fsck.output) ?? lastLine(fsck.output))): run overlay check --repair \(path) first")
-        }
-        if let geometry {
-            return try rebuild(path, old: old, sizeBytes: newSize, geometry: geometry, inodes: target, before: before)
         }
         guard ftruncate(lock.fileDescriptor, off_t(newSize)) == 0 else {
             throw OverlayError.message("\(path): cannot grow the file to \(ImageSize.human(newSize)): \(Errno.last)")
@@ -138,10 +139,14 @@ public enum ImageMaintenance {
     }
 
     /// Builds a new image of `sizeBytes` with `inodes` inodes holding everything the old one
-    /// holds, checks it with e2fsck -fn and renames it over the old one (under the caller's
-    /// write lock).
+    /// holds (which must pass e2fsck -fn: it is only read), checks the new one with e2fsck -fn
+    /// and renames it over the old one (under the caller's write lock).
     static func rebuild(_ path: String, old: UInt64, sizeBytes: UInt64, geometry: Ext3.Geometry, inodes: UInt64,
                         before: Ext3.Usage) throws -> String {
+        let fsck = try Program.run(["e2fsck", "-fn", path])
+        guard fsck.status == 0 else {
+            throw OverlayError.message("\(path) is not clean (\(firstProblem(fsck.output) ?? lastLine(fsck.output))): run overlay check --repair \(path) first; the image is unchanged")
+        }
         let copied: Int
         do {
             let image = try Ext3.Image(path: path)
