@@ -160,4 +160,21 @@ struct ResizeTests {
         try expectRefused(try overlay(["resize", image, "-n", "3"]), mentioning: "free some space there first", image: image, hash: hash)
         #expect(try FileManager.default.contentsOfDirectory(atPath: small) == ["env.ext3"])
     }
+
+    /// An ordinary user whose image lies in a directory they cannot write: the rebuild fails
+    /// when it makes the new image, in one line, and the image is as it was.
+    @Test(.requiresRoot)
+    func aRebuildThatCannotWriteBesideTheImageChangesNothing() throws {
+        let dir = try TempDirectory("resize-readonly")
+        let user = try TestUser.ensure()
+        let image = dir.file("env.ext3")
+        let made = try run([product("create-overlay"), "-s", "32", "-n", "1", "-o", image])
+        try #require(made.status == 0, "\(made)")
+        try #require(chown(image, user.uid, user.gid) == 0 && chmod(dir.path, 0o755) == 0)
+        let hash = try sha256(image)
+        let result = try user.run([product("overlay"), "resize", image, "-n", "3"])
+        try expectRefused(result, mentioning: "Permission denied", image: image, hash: hash)
+        #expect(result.stderr.contains("the image is unchanged"), "\(result.stderr)")
+        #expect(try dir.listing() == ["env.ext3"])
+    }
 }
