@@ -41,7 +41,7 @@ public enum ImageCheck {
             throw OverlayError.message("overlay '\(path)' is read-only on disk (mode 0\(mode)): use it read-only with '\(path):ro', or make it writable first (chmod u+w \(path))")
         }
         if spec.isWritable && superblock.freeInodeCount == 0 {
-            throw OverlayError.message("overlay '\(path)' has no free inodes (all \(superblock.inodeCount) files are used), so it cannot be mounted writable (the overlay needs a few to work): look at it read-only with '\(path):ro', then grow it with overlay resize, or copy what you need into a new image with more files (create-overlay -n)")
+            throw OverlayError.message("overlay '\(path)' has no free inodes (all \(superblock.inodeCount) files are used), so it cannot be mounted writable (the overlay needs a few to work): look at it read-only with '\(path):ro', then give it more files with overlay resize \(path) -n THOUSANDS (or grow it with -s SIZE: it keeps its share of inodes)")
         }
         let refusals = superblock.apptainerRefusals
         if !refusals.isEmpty {

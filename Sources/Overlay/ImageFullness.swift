@@ -17,8 +17,8 @@ public enum ImageFullness {
         let size = ImageSize(bytes: superblock.filesystemBytes)
         if superblock.freeInodeCount == 0 {
             return "\(path) has no free inodes left (all \(superblock.inodeCount) files are used): writes of new files failed; "
-                + "grow it with overlay resize \(path) -s SIZE (new inodes come with each new block group), "
-                + "or copy what you need into a new image with more files (create-overlay -n)"
+                + "give it more with overlay resize \(path) -n THOUSANDS, or grow it with overlay resize \(path) -s SIZE "
+                + "(it keeps its share of inodes)"
         }
         if superblock.freeBlockCount < fullBelow(blocks: superblock.blockCount) {
             let free = ImageSize.human(superblock.freeBlockCount * UInt64(superblock.blockSize))

@@ -29,12 +29,22 @@ struct ResizeTests {
         #expect(try sha256(image) == hash, "the image is unchanged", sourceLocation: sourceLocation)
     }
 
+    /// mount -o loop, tried again a few times: with other tests setting up loop devices at the
+    /// same time, mount can pick one that is taken just then ("already mounted or busy").
+    func mountLoop(_ image: String, at mountPoint: String, options: String) throws {
+        var mounted = try run(["mount", "-o", "loop,\(options)", image, mountPoint])
+        for _ in 0..<5 where mounted.status != 0 && mounted.stderr.contains("busy") {
+            usleep(500_000)
+            mounted = try run(["mount", "-o", "loop,\(options)", image, mountPoint])
+        }
+        try #require(mounted.status == 0, "\(mounted)")
+    }
+
     /// Everything a user can see of the image, through a read-only kernel mount without atime
     /// updates: every entry's type, mode, owner, size, links, times, allocated blocks and link
     /// target; every extended attribute; every file's bytes (as a hash).
     func view(_ image: String, at mountPoint: String) throws -> (listing: String, xattrs: String, contents: String) {
-        let mounted = try run(["mount", "-o", "loop,ro,noatime", image, mountPoint])
-        try #require(mounted.status == 0, "\(mounted)")
+        try mountLoop(image, at: mountPoint, options: "ro,noatime")
         defer { _ = try? run(["umount", mountPoint]) }
         let listing = try run(["find", ".", "-printf", "%p %y %m %U %G %s %n %T@ %A@ %C@ %b %l\n"], currentDirectory: mountPoint)
         let xattrs = try run(["getfattr", "-h", "-R", "-d", "-m", "-", "-e", "hex", "."], currentDirectory: mountPoint)
@@ -56,7 +66,6 @@ struct ResizeTests {
         // an opaque directory, hard links, xattrs, a sparse file, odd modes and owners.
         let script = """
             set -e
-            mount -o loop,noatime "$1" "$2"
             cd "$2/upper"
             head -c 3000000 /dev/urandom > big
             printf hello > f; chmod 4755 f; chown 1234:567 f; ln f hard; mkdir d; ln f d/third
@@ -72,7 +81,9 @@ struct ResizeTests {
             mkdir -p "$2/work/work"; chmod 000 "$2/work/work"
             cd /; umount "$2"
             """
+        try mountLoop(image, at: mountPoint, options: "noatime")
         let filled = try run(["sh", "-c", script, "sh", image, mountPoint])
+        if filled.status != 0 { _ = try? run(["umount", mountPoint]) }
         try #require(filled.status == 0, "\(filled)")
         try #require(chmod(image, 0o640) == 0 && chown(image, 1234, 567) == 0)
         let before = try view(image, at: mountPoint)
