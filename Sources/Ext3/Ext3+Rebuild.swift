@@ -82,17 +82,27 @@ extension Ext3 {
 
 extension Ext3.Formatter {
     /// Builds a new image holding `contents` and puts it in place of `target` (the image the
-    /// contents were read from) with one rename: the new file gets the old one's mode and owner,
-    /// the filesystem its UUID, label and directory hash seed, and `verify` is called with the new file's path before
-    /// it replaces the old one (throw to keep the old one). The new image is built in an unnamed
-    /// file in the same directory (O_TMPFILE), given a hidden name (locked while it lives) only
-    /// for the rename; where the filesystem has no unnamed files, in a hidden locked temporary
-    /// file. On any failure the old image is untouched and nothing is left behind; a hidden
-    /// file a killed run left is removed by the next run (see ``create(at:)``).
+    /// contents were read from) with one rename: the new file gets the old one's mode and
+    /// owner, the filesystem its UUID, label and directory hash seed, and `verify` is called
+    /// with the new file's path before it replaces the old one (throw to keep the old one). The
+    /// new image is built in an unnamed file in the same directory (O_TMPFILE), given a hidden
+    /// name (locked while it lives) only for the rename; where the filesystem has no unnamed
+    /// files, in a hidden locked temporary file. On any failure the old image is untouched and
+    /// nothing is left behind; a hidden file a killed run left is removed by the next run (see
+    /// ``create(at:)``). A symbolic link is followed (the image it names is replaced); an image
+    /// with more than one name (hard links) is refused.
     public func replace(_ target: String, with contents: Ext3.ImageContents,
                         verify: (String) throws -> Void) throws -> Ext3.Summary {
+        // A symbolic link to the image: the image it names is replaced, not the link.
+        guard let real = realpath(target, nil) else { throw Ext3.Error.system(operation: "resolve", path: target, errno: errno) }
+        let target = String(cString: real)
+        free(real)
         var old = stat()
         guard stat(target, &old) == 0 else { throw Ext3.Error.system(operation: "stat", path: target, errno: errno) }
+        guard old.st_nlink == 1 else {
+            throw Ext3.Error.invalidConfiguration("\(target) has \(old.st_nlink) names (hard links): a rebuild would put the new image under this one only; "
+                + "remove the other names first, or copy the image (cp --sparse=always) and resize the copy")
+        }
         let (directory, name) = Ext3.Formatter.split(target)
         let place = directory ?? "."
         Ext3.Formatter.removeAbandonedTemporaries(of: name, in: directory)

@@ -17,6 +17,12 @@ extension Ext3.Tree {
     /// ``Content/stream(ordinal:segments:)`` with the old inode number as ordinal: write the
     /// tree with an ``ImageFileData`` over the same image.
     ///
+    /// To pack an image (or a part of one) into a new image, as a snapshot of a job's writable
+    /// overlay: `formatter.create(at: target, writing: tree, data: ImageFileData(image: image,
+    /// tree: tree), progress: nil)`, with the image kept open until that returns;
+    /// ``ImageContents`` and ``Formatter/replace(_:with:verify:)`` do the same for a whole
+    /// overlay (upper/ and work/), as `overlay resize` rebuilds one.
+    ///
     /// Everything is read through bounded walks: a damaged or hostile image (a directory with
     /// two names, a block outside the filesystem, a file larger than the image) gives
     /// ``Ext3/Error/damaged(image:what:)``, never a crash or an endless read.

@@ -132,6 +132,9 @@ struct ResizeTests {
             try expectRefused(try overlay(["resize", image, "-s", "128"]), mentioning: "mounted writable now", image: image, hash: hash)
             writer.release()
         }
+        try #require(link(image, dir.file("second.ext3")) == 0)
+        try expectRefused(try overlay(["resize", image, "-n", "3"]), mentioning: "has 2 names (hard links)", image: image, hash: hash)
+        try #require(unlink(dir.file("second.ext3")) == 0)
         #expect(try dir.listing().filter { $0.hasPrefix(".") }.isEmpty)
 
         let more = try overlay(["resize", image, "-n", "3"])
@@ -150,6 +153,12 @@ struct ResizeTests {
         #expect(try dir.listing().sorted() == ["cmds", "env.ext3", "out", "payload"], "nothing left beside the image")
         let again = try overlay(["resize", image, "-n", "2"])
         #expect(again.status == 0 && again.stdout.contains("nothing to do"), "\(again)")
+        // Through a symbolic link, the image it names is rebuilt; the link stays.
+        try #require(symlink("env.ext3", dir.file("link.ext3")) == 0)
+        let linked = try overlay(["resize", dir.file("link.ext3"), "-n", "4"])
+        #expect(linked.status == 0, "\(linked)")
+        #expect(try inodeCount(image) >= 4000)
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: dir.file("link.ext3")) == "env.ext3")
     }
 
     @Test(.requiresRoot)
