@@ -197,4 +197,59 @@ struct ResizeTests {
         #expect(result.stderr.contains("the image is unchanged"), "\(result.stderr)")
         #expect(try dir.listing() == ["env.ext3"])
     }
+
+    /// A rebuild killed while it writes the new image: the old image is as it was, and nothing
+    /// is left beside it (the new one is an unnamed file until the rename).
+    @Test(arguments: [SIGTERM, SIGKILL])
+    func aKilledRebuildLeavesTheImageAndNothingElse(_ signalNumber: Int32) throws {
+        let dir = try TempDirectory("resize-killed")
+        let image = dir.file("env.ext3")
+        let made = try run([product("create-overlay"), "-s", "128", "-n", "1", "-o", image])
+        try #require(made.status == 0, "\(made)")
+        let payload = dir.file("payload")
+        let block = Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        try #require(FileManager.default.createFile(atPath: payload, contents: nil))
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: payload))
+        for _ in 0..<48 { handle.write(block) }
+        try handle.close()
+        let wrote = try run(["debugfs", "-w", "-R", "write \(payload) upper/data", image])
+        try #require(wrote.status == 0, "\(wrote)")
+        try FileManager.default.removeItem(atPath: payload)
+
+        var caught = 0
+        for attempt in 0..<6 where caught == 0 {
+            let hash = try sha256(image)
+            let tool = try SpawnedProcess([product("overlay"), "resize", image, "-n", "\(3 + attempt)"], captureOutput: false)
+            var building = false
+            while !tool.hasExited {
+                if isBuilding(tool.pid, in: dir.path) {
+                    building = true
+                    tool.signal(signalNumber)
+                    break
+                }
+                usleep(2_000)
+            }
+            let result = tool.wait(timeout: 120)
+            if building && result.signal == signalNumber {
+                caught += 1
+                #expect(try sha256(image) == hash, "the image is as it was")
+                #expect(try dir.listing() == ["env.ext3"], "nothing left beside it")
+                #expect(try CreateOracle.fsckClean(image))
+            } else {
+                #expect(result.status == 0, "it finished first: \(result)")
+                #expect(try dir.listing() == ["env.ext3"])
+            }
+        }
+        #expect(caught > 0, "never caught a rebuild while it wrote the new image")
+    }
+
+    /// Whether `pid` has the new image open: an unnamed file in `directory` (`/proc/PID/fd`
+    /// shows `DIR/#INODE (deleted)`) or a hidden temporary one.
+    func isBuilding(_ pid: pid_t, in directory: String) -> Bool {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return fds.contains { fd in
+            let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? ""
+            return target.hasPrefix(directory + "/#") || target.hasPrefix(directory + "/.env.ext3.tmp-")
+        }
+    }
 }
