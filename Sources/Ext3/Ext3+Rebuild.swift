@@ -199,6 +199,7 @@ extension Ext3.Formatter {
             var slot = InodeSlot()
             try slot.read(inode, from: fs, path: path)
             slot.inode.i_mode = (slot.inode.i_mode & UInt16(LINUX_S_IFMT)) | (node.permissions & 0o7777)
+            slot.inode.i_flags = (slot.inode.i_flags & ~Ext3.Tree.userFlags) | (node.flags & Ext3.Tree.userFlags)
             slot.inode.i_uid = UInt16(truncatingIfNeeded: node.uid)
             slot.inode.osd2.linux2.l_i_uid_high = UInt16(truncatingIfNeeded: node.uid >> 16)
             slot.inode.i_gid = UInt16(truncatingIfNeeded: node.gid)

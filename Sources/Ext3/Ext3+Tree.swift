@@ -59,6 +59,9 @@ extension Ext3 {
             package var minor: UInt32 = 0
             package var target: [UInt8] = []
             package var xattrs: [(name: String, value: [UInt8])] = []
+            /// Inode flags a user sets with chattr (``Tree/userFlags``: immutable, append-only,
+            /// nodump, noatime, ...); 0 when read from a directory or an archive.
+            package var flags: UInt32 = 0
             package var content: Content = .none
             /// Names this inode has in the tree.
             package var links: UInt32 = 1
@@ -212,6 +215,12 @@ extension Ext3 {
                 throw Error.invalidConfiguration("\(display): a name is longer than 255 bytes, which ext3 cannot hold")
             }
         }
+
+        /// The inode flags a copy keeps: those chattr sets (secure deletion, undelete, sync,
+        /// immutable, append-only, nodump, noatime, data journalling, notail, dirsync, topdir).
+        /// Layout flags (htree index, extents, inline data) belong to how an image stores a
+        /// file, not to the file.
+        package static let userFlags: UInt32 = 0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x4000 | 0x8000 | 0x10000 | 0x20000
 
         /// The most names an inode (or subdirectories plus 2 a directory) can have in ext3.
         package static let linkLimit: UInt32 = 65000

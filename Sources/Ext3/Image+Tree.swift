@@ -12,7 +12,8 @@ extension Ext3.Tree {
     /// short and long, character and block devices, whiteouts (0/0 character devices) among
     /// them, fifos, sockets), with permissions including setuid/setgid/sticky, owner,
     /// access/modification/change times (to the nanosecond where the image has them), every
-    /// extended attribute (`trusted.*`, `user.*`, `security.*`, ACLs), hard links (one node,
+    /// extended attribute (`trusted.*`, `user.*`, `security.*`, ACLs), the flags chattr sets
+    /// (``userFlags``), hard links (one node,
     /// several names) and the holes of sparse files. Regular files' data is
     /// ``Content/stream(ordinal:segments:)`` with the old inode number as ordinal: write the
     /// tree with an ``ImageFileData`` over the same image.
@@ -157,6 +158,7 @@ struct ImageTreeReader {
             break
         }
         node.xattrs = try xattrs(inode)
+        node.flags = raw.i_flags & Ext3.Tree.userFlags
         return node
     }
 

@@ -115,6 +115,7 @@ extension Ext3.Populator {
             (inode.i_mtime, inode.i_mtime_extra) = Self.encode(node.mtime)
             (inode.i_ctime, inode.i_ctime_extra) = Self.encode(node.ctime)
             (inode.i_crtime, inode.i_crtime_extra) = Self.encode(now)
+            inode.i_flags = node.flags & Ext3.Tree.userFlags
             // 256-byte inodes carry the nanosecond fields (the extra_isize feature stays off).
             inode.i_extra_isize = UInt16(MemoryLayout<ext2_inode_large>.size - Int(EXT2_GOOD_OLD_INODE_SIZE))
         }

@@ -7,16 +7,18 @@ public struct ResizeCommand: ParsableCommand {
         commandName: "resize",
         abstract: "Grow an image, or give it more inodes, while no job has it mounted.",
         discussion: """
-        Takes a write lock on the image (refused while a job has it mounted) and runs e2fsck -fp. \
-        The image keeps its share of inodes: it gets at least its inodes x new size / old size, \
-        and at least -n thousand. Where resize2fs gives that (it adds block groups of 128 MiB, \
-        each with as many inodes as the old ones), the file is lengthened and resize2fs grows it \
-        in place, in moments. Otherwise the image is rebuilt: a new image of the new size and \
-        inode count is made beside it, every file, directory, link, device, whiteout, owner, \
-        mode, time and extended attribute is copied over (sparse files stay sparse), the new \
+        Takes a write lock on the image (refused while a job has it mounted). The image keeps \
+        its share of inodes: it gets at least its inodes x new size / old size, and at least -n \
+        thousand. Where resize2fs gives that (it adds block groups of 128 MiB, each with as many \
+        inodes as the old ones), e2fsck -fp runs as resize2fs requires, the file is lengthened \
+        and resize2fs grows it in place, in moments. Otherwise the image is rebuilt: the old \
+        image must pass e2fsck -fn and is only read; a new image of the new size and inode count \
+        is made beside it, every file, directory, link, device, whiteout, owner, mode, time, \
+        extended attribute and chattr flag is copied over (sparse files stay sparse), the new \
         image is checked with e2fsck -fn and renamed over the old one, keeping the file's mode \
         and owner. A rebuild takes time in proportion to the data in the image and needs that \
         much free space beside it. On any failure the image is left as it was. Shrinking is refused.
+
         """
     )
 

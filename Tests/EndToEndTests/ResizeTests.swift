@@ -48,7 +48,8 @@ struct ResizeTests {
         defer { _ = try? run(["umount", mountPoint]) }
         let listing = try run(["find", ".", "-printf", "%p %y %m %U %G %s %n %T@ %A@ %C@ %b %l\n"], currentDirectory: mountPoint)
         let xattrs = try run(["getfattr", "-h", "-R", "-d", "-m", "-", "-e", "hex", "."], currentDirectory: mountPoint)
-        let contents = try run(["sh", "-c", "find . -type f -exec sha256sum {} + | sort"], currentDirectory: mountPoint)
+        let contents = try run(["sh", "-c", "find . -type f -exec sha256sum {} + | sort; find . \\( -type f -o -type d \\) -exec lsattr -d {} + | sort"],
+                               currentDirectory: mountPoint)
         let blocks = xattrs.stdout.components(separatedBy: "\n\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
         return (listing.stdout.split(separator: "\n").sorted().joined(separator: "\n"),
                 blocks.filter { !$0.isEmpty }.sorted().joined(separator: "\n\n"), contents.stdout)
@@ -76,6 +77,7 @@ struct ResizeTests {
             mkdir -p opaque/inner; setfattr -n trusted.overlay.opaque -v y opaque; chmod 1777 opaque
             setfattr -n user.overlay.opaque -v y opaque
             truncate -s 10M sparse; printf data | dd of=sparse bs=4096 seek=100 conv=notrunc 2>/dev/null
+            printf log > log; chattr +a log; chattr +d big; chattr +i d
             touch -h -d '2001-02-03 04:05:06.123456789' f short
             chmod 0700 "$2/work"; chown 7:8 "$2/upper"; chmod 0750 "$2/upper"
             mkdir -p "$2/work/work"; chmod 000 "$2/work/work"
@@ -103,6 +105,8 @@ struct ResizeTests {
         #expect(before.listing.contains("./upper/sparse f 644 0 0 10485760 1"), "\(before.listing)")
         #expect(before.listing.contains("./upper/gone c 644"), "\(before.listing)")
         #expect(before.xattrs.contains("trusted.overlay.opaque=0x79"), "\(before.xattrs)")
+        let flags = before.contents.split(separator: "\n").first { $0.hasSuffix(" ./upper/log") }.map { $0.prefix(while: { $0 != " " }) }
+        #expect(flags?.contains("a") == true, "append-only, as chattr set it: \(before.contents)")
         let file = try #require(CreateOracle.fileStat(image))
         #expect(file.st_mode & 0o7777 == 0o640 && file.st_uid == 1234 && file.st_gid == 567)
         #expect(try dir.listing() == ["env.ext3", "m"], "nothing left beside the image")
