@@ -179,3 +179,13 @@ public struct GitSnapshot: Sendable {
 extension String {
     func replacingSlashes() -> String { String(map { $0 == "/" ? "-" : $0 }) }
 }
+
+extension GitSnapshot {
+    /// The top level of the git work tree holding `directory`, or nil (not in one, or no git).
+    public static func topLevel(of directory: String) -> String? {
+        guard let git = try? Git(directory: directory), let result = try? git.run(["rev-parse", "--show-toplevel"]),
+              result.status == 0 else { return nil }
+        let top = result.output.trimmedLine()
+        return top.isEmpty ? nil : top
+    }
+}
