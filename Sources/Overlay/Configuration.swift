@@ -158,7 +158,8 @@ public struct Configuration: Equatable, Sendable {
             let name = String(content[..<equals]).trimmingWhitespace()
             var value = String(content[content.index(after: equals)...]).trimmingWhitespace()
             guard let key = Key(rawValue: name) else {
-                let known = Key.allCases.map(\.rawValue).joined(separator: " or ")
+                let names = Key.allCases.map(\.rawValue)
+                let known = names.dropLast().joined(separator: ", ") + " or " + names.last!
                 throw OverlayError.message("\(path):\(number): unknown setting '\(name)': use \(known)")
             }
             if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
