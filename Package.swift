@@ -72,6 +72,7 @@ let package = Package(
         .testTarget(name: "TarArchiveTests", dependencies: ["TarArchive", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "PackTests", dependencies: ["Pack", "Ext3", "TarArchive", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
         .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),
         // Runs the built executables (create-overlay, run-overlay, ...) as a user would.

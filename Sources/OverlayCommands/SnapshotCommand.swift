@@ -106,8 +106,7 @@ public struct SnapshotCreate: ParsableCommand {
             return
         }
         let what = description.captured.map { Escaped.terminal($0.path) }.joined(separator: ", ")
-        var line = "\(description.name): captured \(what) (\(Units.grouped(description.entries)) entries, "
-            + "\(Units.humanBytes(description.dataBytes))) in \(Escaped.terminal(store.path(of: description.name)))"
+        var line = "\(description.name): captured \(what) (\(SnapshotInfo.contents(description))) in \(Escaped.terminal(store.path(of: description.name)))"
         if let record = description.git {
             line += "; branch \(record.branch) at \(record.commit.prefix(12))\(record.pushed ? " (pushed)" : "")"
         }
@@ -195,9 +194,17 @@ public struct SnapshotInfo: ParsableCommand {
         if let git = description.git {
             print("git: branch \(e(git.branch)), commit \(e(git.commit)), repository \(e(git.repository))\(git.pushed ? ", pushed" : "")")
         }
-        print("contents: \(Units.grouped(description.entries)) entries, \(Units.humanBytes(description.dataBytes)) of data; image \(Units.humanBytes(description.sizeBytes))")
+        print("contents: \(SnapshotInfo.contents(description)); image \(Units.humanBytes(description.sizeBytes))")
         let lock = (try? ImageLock.state(of: path)) ?? .unlocked
         print("in use: " + (lock == .unlocked ? "no" : "yes, by a running job"))
+    }
+
+    /// `2,412 entries, 48.3 MiB` (directories, git), `an image copy, 1.0 GiB allocated` (image).
+    static func contents(_ description: SnapshotDescription) -> String {
+        if description.captured.contains(where: { $0.kind == "image" }) {
+            return "an image copy, \(Units.humanBytes(description.dataBytes)) allocated"
+        }
+        return "\(Units.grouped(description.entries)) entries, \(Units.humanBytes(description.dataBytes))"
     }
 
     static func json(_ description: SnapshotDescription, file: String) -> String {

@@ -141,7 +141,9 @@ enum JSONValue: Equatable {
                     try expect(UInt8(ascii: ":"))
                     object[key] = try value(depth: depth + 1)
                     skipSpace()
-                    if try next() == UInt8(ascii: "}") { return .object(object) }
+                    let separator = try next()
+                    if separator == UInt8(ascii: "}") { return .object(object) }
+                    guard separator == UInt8(ascii: ",") else { throw SnapshotError("malformed JSON object") }
                 }
             case UInt8(ascii: "["):
                 position += 1
@@ -151,7 +153,9 @@ enum JSONValue: Equatable {
                 while true {
                     array.append(try value(depth: depth + 1))
                     skipSpace()
-                    if try next() == UInt8(ascii: "]") { return .array(array) }
+                    let separator = try next()
+                    if separator == UInt8(ascii: "]") { return .array(array) }
+                    guard separator == UInt8(ascii: ",") else { throw SnapshotError("malformed JSON array") }
                 }
             case UInt8(ascii: "\""):
                 position += 1

@@ -85,7 +85,6 @@ public struct GitSnapshot: Sendable {
             var source = try archive(git, commit: commit, in: store.directory)
             source.source.giveAll(to: owner)
             try source.source.placeAsCaptured(at: top, owner: owner, hostMetadata: true)
-            var pushed = false
             let record = SnapshotDescription.GitRecord(repository: top, commit: commit, branch: chosen, pushed: push)
             let description = try capture.write(source.source, captured: [SnapshotDescription.Captured(path: top, kind: "git")],
                                                 git: record, created: created, host: host, user: user)
@@ -93,13 +92,11 @@ public struct GitSnapshot: Sendable {
             if push {
                 do {
                     try pushBranch(git, chosen)
-                    pushed = true
                 } catch {
                     unlink(capture.target)
                     throw error
                 }
             }
-            _ = pushed
             return description
         } catch {
             _ = try? git.run(["update-ref", "-d", "refs/heads/" + chosen, commit])
