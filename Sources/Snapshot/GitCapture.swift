@@ -122,6 +122,8 @@ public struct GitSnapshot: Sendable {
             var outOffset: Int64 = 0
             while FileCalls.copyFileRange(existing, &offset, fd, &outOffset, 1 << 30) > 0 {}
             close(existing)
+        } else {
+            unlink(indexPath)  // no index yet (nothing ever added): git starts a fresh one there
         }
         close(fd)
         var indexed = git

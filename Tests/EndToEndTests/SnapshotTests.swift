@@ -242,6 +242,28 @@ struct SnapshotGitTests {
         #expect(info.stdout.contains("git: branch \(branch), commit "), "\(info)")
     }
 
+    @Test func pushSendsTheBranchAndAFailedPushLeavesNothing() throws {
+        let scene = try SnapshotScene()
+        let repo = scene.project
+        let remote = scene.directory.file("remote.git")
+        _ = try git(["init", "-q", "--bare", remote], in: scene.directory.path)
+        _ = try git(["init", "-q"], in: repo)
+        _ = try git(["remote", "add", "origin", remote], in: repo)
+        let pushed = try scene.run("overlay", ["snapshot", "create", "--git", "--push", "--quiet", "run-1"], in: repo)
+        #expect(pushed.status == 0, "\(pushed)")
+        #expect(try git(["branch", "--list", "run-1"], in: remote).contains("run-1"))
+        let info = try scene.run("overlay", ["snapshot", "info", "run-1", "--json"])
+        #expect(info.stdout.contains("\"pushed\":true"), "\(info)")
+
+        _ = try git(["remote", "set-url", "origin", scene.directory.file("missing.git")], in: repo)
+        let failed = try scene.run("overlay", ["snapshot", "create", "--git", "--push", "--quiet", "run-2"], in: repo)
+        #expect(failed.status == 1, "\(failed)")
+        #expect(failed.stderr.hasPrefix("Error: --push: cannot push run-2"), "\(failed)")
+        #expect(failed.stderr.split(separator: "\n").count == 1, "\(failed)")
+        #expect(try git(["branch", "--list", "run-2"], in: repo).isEmpty, "the branch of a failed snapshot was kept")
+        #expect(scene.storeFiles() == ["run-1.ext3"], "\(scene.storeFiles())")
+    }
+
     @Test func outsideARepositoryItIsOneLineAndNothingIsLeft() throws {
         let scene = try SnapshotScene()
         let result = try scene.run("overlay", ["snapshot", "create", "--git"], in: scene.directory.path)
