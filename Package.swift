@@ -47,13 +47,15 @@ let package = Package(
         .target(name: "Pack", dependencies: ["Ext3", "TarArchive", "LinuxSupport"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
+        // Snapshots: the store, capture (directories, images, git) and their description.
+        .target(name: "Snapshot", dependencies: ["Pack", "Overlay", "Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
         .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",
             dependencies: [
-                "Ext3", "Pack", "Overlay", "Runtime", "LinuxSupport",
+                "Ext3", "Pack", "Overlay", "Snapshot", "Runtime", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -70,6 +72,7 @@ let package = Package(
         .testTarget(name: "TarArchiveTests", dependencies: ["TarArchive", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "PackTests", dependencies: ["Pack", "Ext3", "TarArchive", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
         .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),
         // Runs the built executables (create-overlay, run-overlay, ...) as a user would.

@@ -83,6 +83,13 @@ int clinux_link_tmpfile(int fd, const char *target) {
 
 int clinux_pipe_cloexec(int ends[2]) { return pipe2(ends, O_CLOEXEC); }
 
+#include <sys/ioctl.h>
+#ifndef FICLONE
+#define FICLONE _IOW(0x94, 9, int)
+#endif
+#include <sys/ioctl.h>
+int clinux_ficlone(int destination, int source) { return ioctl(destination, FICLONE, source); }
+
 #include <sys/xattr.h>
 long long clinux_llistxattr(const char *path, char *list, size_t size) { return (long long)llistxattr(path, list, size); }
 long long clinux_lgetxattr(const char *path, const char *name, void *value, size_t size) {

@@ -128,10 +128,12 @@ extension Ext3.Formatter {
     /// ``Ext3/Tree/Content/stream(ordinal:)`` files (nil: it has none); `progress` is called a
     /// few times a second while file data is written.
     package func create(at target: String, writing tree: Ext3.Tree, data: Ext3.FileDataStream?,
+                        rootFiles: [Ext3.RootFile] = [],
                         progress: ((Ext3.PackProgress) -> Void)?) throws -> Ext3.Summary {
         try create(at: target) { fs, path, upper in
             let populator = try Ext3.Populator(fs: fs, imagePath: path, tree: tree, upper: upper, progress: progress)
             try populator.run(data: data)
+            for file in rootFiles { try file.write(into: fs, path: path) }
         }
     }
 }

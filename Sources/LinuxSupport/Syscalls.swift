@@ -32,6 +32,9 @@ public enum FileCalls {
     public static func openUnnamed(in directory: String, mode: Int32 = 0o644) -> Int32 { clinux_open_tmpfile(directory, mode) }
     /// Gives an unnamed file a name; fails (EEXIST) when `target` exists. 0, or -1 with errno.
     public static func linkUnnamed(_ fd: Int32, to target: String) -> Int32 { clinux_link_tmpfile(fd, target) }
+    /// Makes `destination` a reflink copy of `source` (FICLONE): 0, or -1 with errno set where
+    /// the filesystem cannot share blocks.
+    public static func cloneFile(_ destination: Int32, from source: Int32) -> Int32 { clinux_ficlone(destination, source) }
     /// llistxattr(2), lgetxattr(2): by path, not following a symlink.
     public static func llistxattr(_ path: UnsafePointer<CChar>, _ list: UnsafeMutablePointer<CChar>?, _ size: Int) -> Int {
         Int(clinux_llistxattr(path, list, size))

@@ -22,13 +22,14 @@ import Glibc
 ///     runtime = apptainer
 public struct Configuration: Equatable, Sendable {
     public enum Key: String, CaseIterable, Sendable {
-        case container, runtime
+        case container, runtime, snapshots
 
         /// The environment variable that overrides the files.
         public var environmentVariable: String {
             switch self {
             case .container: return "OVERLAY_CONTAINER"
             case .runtime: return "OVERLAY_RUNTIME"
+            case .snapshots: return "OVERLAY_SNAPSHOTS"
             }
         }
 
@@ -37,6 +38,7 @@ public struct Configuration: Equatable, Sendable {
             switch self {
             case .container: return "-c"
             case .runtime: return "--runtime"
+            case .snapshots: return "--store"
             }
         }
     }
@@ -72,6 +74,9 @@ public struct Configuration: Equatable, Sendable {
 
     public var container: Setting
     public var runtime: Setting
+    /// The snapshot store (`overlay snapshot`): always set; the built-in default is
+    /// ``defaultSnapshotStore(environment:)``.
+    public var snapshots: Setting
     /// The files consulted, system-wide first.
     public var files: [File]
 
@@ -79,11 +84,20 @@ public struct Configuration: Equatable, Sendable {
         switch key {
         case .container: return container
         case .runtime: return runtime
+        case .snapshots: return snapshots
         }
     }
 
     /// The built-in runtime when nothing sets one.
     public static let defaultRuntime = "auto"
+
+    /// Where snapshots go when nothing else says: `$XDG_DATA_HOME/overlay/snapshots`, else
+    /// `$HOME/.local/share/overlay/snapshots` (nil when neither variable is set).
+    public static func defaultSnapshotStore(environment: [String: String]) -> String? {
+        if let base = nonEmpty(environment["XDG_DATA_HOME"]) { return "\(base)/overlay/snapshots" }
+        if let home = nonEmpty(environment["HOME"]) { return "\(home)/.local/share/overlay/snapshots" }
+        return nil
+    }
 
     /// The system-wide file: `$OVERLAY_SYSTEM_CONFIG`, else `/etc/overlay/config`.
     public static func systemPath(environment: [String: String]) -> String {
@@ -125,6 +139,7 @@ public struct Configuration: Equatable, Sendable {
         }
         return Configuration(container: resolve(.container, builtIn: nil),
                              runtime: resolve(.runtime, builtIn: defaultRuntime),
+                             snapshots: resolve(.snapshots, builtIn: defaultSnapshotStore(environment: environment)),
                              files: files)
     }
 
@@ -143,7 +158,8 @@ public struct Configuration: Equatable, Sendable {
             let name = String(content[..<equals]).trimmingWhitespace()
             var value = String(content[content.index(after: equals)...]).trimmingWhitespace()
             guard let key = Key(rawValue: name) else {
-                let known = Key.allCases.map(\.rawValue).joined(separator: " or ")
+                let names = Key.allCases.map(\.rawValue)
+                let known = names.dropLast().joined(separator: ", ") + " or " + names.last!
                 throw OverlayError.message("\(path):\(number): unknown setting '\(name)': use \(known)")
             }
             if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {

@@ -31,7 +31,7 @@ public enum OverlayError: UserFacingError, Equatable, Sendable {
         case let .secondWritable(path):
             return "\(path): only the first overlay may be writable; add ':ro' to it (e.g. -o \(path):ro)"
         case .noOverlays:
-            return "no overlay given: name one with -o IMAGE (create one with create-overlay)"
+            return "no overlay given: name one with -o IMAGE (create one with create-overlay), or a snapshot with --snapshot NAME"
         case let .invalidBind(text):
             return "invalid bind '\(text)': write SRC, SRC:DST or SRC:DST:ro with absolute paths"
         case let .imageInUse(path, heldForWriting, wantWrite):

@@ -157,6 +157,20 @@ public struct Job: Equatable, Sendable {
     public var workingDirectory: String
     /// Extra options passed to Singularity/Apptainer verbatim (ignored by the native runtime).
     public var runtimeOptions: [String]
+    /// Directories a snapshot in the stack shows as captured (`--snapshot`): never bound live
+    /// (not as the working directory, not as or around `$HOME`).
+    public var frozenPaths: [String] = []
+    /// No writable overlay, but the job may write: its changes go to a private scratch layer
+    /// thrown away when it ends (`--snapshot` without a writable first `-o`).
+    public var scratch = false
+
+    /// Whether `path` is one of ``frozenPaths``, lies inside one, or holds one (a bind there
+    /// would hide the snapshot's directory).
+    public func touchesFrozen(_ path: String) -> Bool {
+        frozenPaths.contains { frozen in
+            path == frozen || path.hasPrefix(frozen + "/") || frozen.hasPrefix(path == "/" ? "/" : path + "/")
+        }
+    }
 
     public init(stack: OverlayStack, container: ContainerReference, binds: [Bind] = [],
                 command: JobCommand, workingDirectory: String, runtimeOptions: [String] = []) {

@@ -10,12 +10,14 @@ public struct ConfigCommand: ParsableCommand {
         abstract: "Show the default container and runtime run-overlay and mount-overlay use, and where each comes from.",
         discussion: """
         Each value comes from the first of: the flag (-c, --runtime), the environment \
-        ($OVERLAY_CONTAINER, $OVERLAY_RUNTIME), the user's file \
+        ($OVERLAY_CONTAINER, $OVERLAY_RUNTIME, $OVERLAY_SNAPSHOTS), the user's file \
         ${XDG_CONFIG_HOME:-~/.config}/overlay/config, the system-wide file /etc/overlay/config \
-        ($OVERLAY_SYSTEM_CONFIG names another), the built-in default (runtime auto, no container). \
+        ($OVERLAY_SYSTEM_CONFIG names another), the built-in default (runtime auto, no container, snapshots in \
+        ${XDG_DATA_HOME:-~/.local/share}/overlay/snapshots). \
         The files hold 'key = value' lines and # comments, for example:
           container = /project/images/pytorch.sif
           runtime = apptainer
+          snapshots = /project/me/snapshots
         """
     )
 
@@ -66,6 +68,8 @@ public struct ConfigCommand: ParsableCommand {
             lines.append("runtime: \(runtimeText) (unknown: use auto, native, singularity or apptainer)")
         }
         lines.append("  from: \(settings.runtime.source)")
+        lines.append("snapshots: \(settings.snapshots.value ?? "none (set $OVERLAY_SNAPSHOTS, or snapshots in a config file)")")
+        lines.append("  from: \(settings.snapshots.source)")
         lines.append("files (the user's overrides the system-wide one; the environment and flags override both):")
         for file in settings.files {
             lines.append("  \(file.path): \(file.present ? "read" : "not present")")

@@ -11,6 +11,7 @@ public struct RunOverlay: ParsableCommand {
         earlier ones. Examples:
           run-overlay -o env.ext3:ro -f job.txt
           run-overlay -o scratch.ext3 -o env.ext3:ro -c image.sif -- python train.py
+          run-overlay --snapshot inputs-v1 --writable-dir results -o env.ext3:ro -f job.txt
         """
     )
 

@@ -2,6 +2,7 @@ import LinuxSupport
 import ArgumentParser
 import Overlay
 import Runtime
+import Snapshot
 
 #if canImport(Glibc)
 import Glibc
@@ -42,11 +43,23 @@ public struct StackOptions: ParsableArguments {
                                valueName: "option"))
     public var runtimeOptions: [String] = []
 
+    @Option(name: .customLong("snapshot"), parsing: .singleValue,
+            help: ArgumentHelp("Show the job this snapshot (a name in the store, or its file) as it was captured; its changes go to the writable -o, else to a scratch layer thrown away at the end. Repeatable.",
+                               valueName: "name"))
+    public var snapshots: [String] = []
+
+    @Option(name: .customLong("writable-dir"), parsing: .singleValue,
+            help: ArgumentHelp("Bind this live host directory read-write (changes persist), also inside a snapshot. Without --snapshot, the working directory (a git repository's top level) is snapshotted for this job. Repeatable.",
+                               valueName: "dir"))
+    public var writableDirs: [String] = []
+
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
     public var dryRun = false
 
     public func validate() throws {
-        _ = try OverlayStack(parsed: overlay)
+        if !overlay.isEmpty || (snapshots.isEmpty && writableDirs.isEmpty) {
+            _ = try OverlayStack(parsed: overlay)
+        }
     }
 
     /// The effective settings: the flags, else the environment, else the configuration files
@@ -72,16 +85,69 @@ public struct StackOptions: ParsableArguments {
         return kind
     }
 
-    /// Builds the validated job for `command`.
-    public func job(command: JobCommand, environment: [String: String] = currentEnvironment()) throws -> Job {
-        let stack = try OverlayStack(parsed: overlay)
+    /// Builds the validated job for `command`; `extraSnapshots` are snapshot files stacked
+    /// after the `--snapshot` ones (the job's own, for --writable-dir alone).
+    public func job(command: JobCommand, environment: [String: String] = currentEnvironment(),
+                    extraSnapshots: [String] = []) throws -> Job {
+        var specs = overlay.isEmpty ? [] : try OverlayStack(parsed: overlay).specs
+        var frozen: [String] = []
+        var files: [String] = []
+        if !snapshots.isEmpty {
+            let store = try SnapshotStore.locate(environment: environment)
+            files = try snapshots.map { try store.resolve($0) }
+        }
+        for file in files + extraSnapshots {
+            let description = try SnapshotStore.describe(file)
+            frozen += description.captured.filter { $0.kind != "image" }.map(\.path)
+            specs.append(OverlaySpec(path: file, mode: .readOnly))
+        }
+        let stack = try OverlayStack(specs: specs)
         try stack.checkDistinctImages()
+        var binds = bind
+        for directory in writableDirs {
+            binds.append(Bind(source: try Self.writableDirectory(directory), destination: try Self.writableDirectory(directory)))
+        }
         let configuration = try configuration(environment: environment)
         let kind = try Self.runtimeKind(from: configuration)
         let reference = try Self.container(configuration.container,
                                            forSingularity: RuntimeSelection.choosesSingularity(kind))
-        return Job(stack: stack, container: reference, binds: bind, command: command,
-                   workingDirectory: currentDirectory(), runtimeOptions: runtimeOptions)
+        var job = Job(stack: stack, container: reference, binds: binds, command: command,
+                      workingDirectory: currentDirectory(), runtimeOptions: runtimeOptions)
+        job.frozenPaths = frozen
+        job.scratch = !(files + extraSnapshots).isEmpty && stack.writable == nil
+        return job
+    }
+
+    /// A `--writable-dir` as an absolute, resolved path (a relative one from the working
+    /// directory); it must be an existing directory.
+    static func writableDirectory(_ path: String) throws -> String {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        var info = stat()
+        guard realpath(path, &resolved) != nil, stat(resolved, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw CommandFailure("--writable-dir \(path): no such directory: make it first (mkdir -p \(path))")
+        }
+        return String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// For --writable-dir without --snapshot: the working directory (a git repository's top
+    /// level) captured into a snapshot of this job's own, in `<store>/.jobs/`; removed by
+    /// the caller when the job ends (and on SIGINT, SIGTERM or SIGHUP).
+    func jobSnapshot(environment: [String: String]) throws -> (path: String, slot: Int?) {
+        let store = try SnapshotStore.locate(environment: environment)
+        let jobs = SnapshotStore(directory: store.directory + "/.jobs", setting: store.setting)
+        let directory = GitSnapshot.topLevel(of: currentDirectory()) ?? currentDirectory()
+        let owner = CreateOverlay.owner(fakeroot: false, environment: environment)
+        let now = SnapshotCreate.utcNow()
+        let capture = try SnapshotCapture(store: jobs, name: "job-\(now.stamp)-\(getpid())", owner: owner.layout, imageOwner: owner.image)
+        let slot = TemporaryFiles.register(capture.target)
+        do {
+            _ = try capture.capture(directories: [directory], created: now.iso, host: SnapshotCreate.hostName(),
+                                    user: SnapshotCreate.userName(owner.layout.uid, environment: environment))
+        } catch {
+            TemporaryFiles.unregister(slot)
+            throw error
+        }
+        return (capture.target, slot)
     }
 
     /// The message when Singularity is chosen and nothing names a container.
@@ -149,11 +215,25 @@ public struct StackOptions: ParsableArguments {
 
     /// Runs (or, with --dry-run, prints) the job; exits with the job's status.
     func execute(_ command: JobCommand) throws {
-        let job = try job(command: command)
         let runtime = try RuntimeSelection.make(try runtimeKind())
         if runtime is NativeRuntime, let option = runtimeOptions.first {
             throw CommandFailure(Self.nativeRefusal(option))
         }
+        var own: (path: String, slot: Int?)?
+        if snapshots.isEmpty && !writableDirs.isEmpty {
+            guard runtime is NativeRuntime else {
+                throw CommandFailure("--writable-dir without --snapshot needs the native runtime (\(runtime.name) replaces this process, which could not remove the job's snapshot): make one with overlay snapshot create NAME and give --snapshot NAME")
+            }
+            for directory in writableDirs { _ = try Self.writableDirectory(directory) }
+            own = try jobSnapshot(environment: currentEnvironment())
+        }
+        defer {
+            if let own {
+                unlink(own.path)
+                TemporaryFiles.unregister(own.slot)
+            }
+        }
+        let job = try job(command: command, extraSnapshots: own.map { [$0.path] } ?? [])
         if dryRun {
             for line in try runtime.plan(for: job) { print(line) }
             return

@@ -6,7 +6,7 @@ extension Ext3.Formatter {
     /// before the filesystem is closed and the file renamed into place: on any failure
     /// (an unreadable file, a full disk) nothing is left behind. `progress` is called a few
     /// times a second while file data is written.
-    public func create(at target: String, packing source: Ext3.PackSource,
+    public func create(at target: String, packing source: Ext3.PackSource, rootFiles: [Ext3.RootFile] = [],
                        progress: ((Ext3.PackProgress) -> Void)? = nil) throws -> Ext3.Summary {
         let geometry = self.geometry
         guard geometry.inodeCount >= source.inodesNeeded + Ext3.PackSource.reservedInodes,
@@ -17,7 +17,7 @@ extension Ext3.Formatter {
             // An archive is read a second time for its files' data (the first read the tree).
             let data = source.kind == .directory
                 ? nil : ArchiveData(try TarReader.open(source.path, format: source.kind.archiveFormat))
-            return try create(at: target, writing: source.tree, data: data, progress: progress)
+            return try create(at: target, writing: source.tree, data: data, rootFiles: rootFiles, progress: progress)
         }
     }
 }

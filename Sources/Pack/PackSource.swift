@@ -9,11 +9,11 @@ extension Ext3 {
     public struct PackSource: Sendable {
         public let path: String
         public let kind: SourceKind
-        /// Changed only through ``addDirectories(_:owner:)``, which keeps `blocksNeeded` up to date.
-        package private(set) var tree: Tree
+        /// Changed only through methods of this type (``addDirectories(_:owner:)``...), which keep `blocksNeeded` up to date.
+        package internal(set) var tree: Tree
         /// Blocks the tree takes (data, indirect blocks, directories, long symlinks, xattr
         /// blocks): worked out once, as a pack asks for it several times.
-        public private(set) var blocksNeeded: UInt64
+        public internal(set) var blocksNeeded: UInt64
 
         /// Inodes taken in every image before any packed file: 1 to 10 reserved, lost+found,
         /// upper/ and work/.

@@ -92,6 +92,9 @@ public struct NativePlan: Codable, Equatable, Sendable {
     public var lowerDirs: [String]
     public var upperDir: String?
     public var workDir: String?
+    /// The private scratch layer on the run's tmpfs (`upper/` and `work/`), when the job may
+    /// write but has no writable overlay (``Job/scratch``).
+    public var scratch: String?
     public var root: String
     public var session: String
     public var binds: [BindMount]
@@ -191,6 +194,9 @@ public struct NativePlan: Codable, Equatable, Sendable {
                 lines.append("squashfuse\(range) \(q(squashfs.path)) \(squashfs.mountPoint)")
             }
         }
+        if let scratch {
+            lines.append("mkdir \(scratch)/upper \(scratch)/work (the scratch layer, on the tmpfs: thrown away at the end)")
+        }
         let readOnly = upperDir == nil ? "ro," : ""
         switch mode {
         case .kernel: lines.append("mount -t overlay -o \(readOnly)\(q(overlayOptions)) overlay \(root)")
@@ -271,6 +277,7 @@ extension NativePlan {
             lowerDirs.append(containerRoot)
         }
         let writable = job.stack.writable != nil ? images[0] : nil
+        let scratch = writable == nil && job.scratch ? staging + "/scratch" : nil
         var userOverlay: UserOverlay?
         if mode == .fuse {
             let asked = environment["OVERLAY_FUSE_STACK"].map { $0.isEmpty ? "auto" : $0 } ?? "auto"
@@ -295,9 +302,16 @@ extension NativePlan {
                                    isDirectory: (info.st_mode & S_IFMT) == S_IFDIR))
         }
         // /proc is the job's own (it has a PID namespace): mounted by its first process.
-        for system in ["/sys", "/dev", "/tmp"] { try add(system, system, readOnly: false, required: false) }
-        if let home = environment["HOME"], home.hasPrefix("/") { try add(home, home, readOnly: false, required: false) }
-        try add(job.workingDirectory, job.workingDirectory, readOnly: false, required: false)
+        for system in ["/sys", "/dev", "/tmp"] where system != "/tmp" || !job.touchesFrozen(system) {
+            try add(system, system, readOnly: false, required: false)
+        }
+        // Not where a snapshot shows a directory as captured: the job sees the snapshot there.
+        if let home = environment["HOME"], home.hasPrefix("/"), !job.touchesFrozen(home) {
+            try add(home, home, readOnly: false, required: false)
+        }
+        if !job.touchesFrozen(job.workingDirectory) {
+            try add(job.workingDirectory, job.workingDirectory, readOnly: false, required: false)
+        }
         for bind in job.binds {
             try add(try absolute(bind.source, what: "bind source"), bind.destination, readOnly: bind.readOnly, required: true)
         }
@@ -320,9 +334,9 @@ extension NativePlan {
         }
         return NativePlan(mode: mode, userOverlay: userOverlay, staging: staging, images: images, squashfs: squashfs,
                           containerRoot: containerRoot, hostCopy: hostCopy, lowerDirs: lowerDirs,
-                          upperDir: writable.map { $0.mountPoint + "/upper" },
-                          workDir: writable.map { $0.mountPoint + "/work" },
-                          root: root, session: session, binds: binds, command: command,
+                          upperDir: writable.map { $0.mountPoint + "/upper" } ?? scratch.map { $0 + "/upper" },
+                          workDir: writable.map { $0.mountPoint + "/work" } ?? scratch.map { $0 + "/work" },
+                          scratch: scratch, root: root, session: session, binds: binds, command: command,
                           interactive: job.command == .interactiveShell,
                           workingDirectory: job.workingDirectory, identity: identity,
                           environment: extra, lockDescriptors: [])

@@ -8,7 +8,8 @@ import Glibc
 /// FUSE drivers, see Setup+Drivers.swift), the overlay on them and the binds on it.
 extension Setup {
     mutating func mountStack() throws {
-        for dir in [plan.session, plan.session + "/proc", plan.root] + plan.images.map(\.mountPoint) + [plan.squashfs?.mountPoint].compactMap({ $0 }) {
+        let scratch = plan.scratch.map { [$0 + "/upper", $0 + "/work"] } ?? []
+        for dir in [plan.session, plan.session + "/proc", plan.root] + plan.images.map(\.mountPoint) + [plan.squashfs?.mountPoint].compactMap({ $0 }) + scratch {
             try makeDirectories(dir)
         }
         // The image and container drivers do not depend on each other: all start at once.

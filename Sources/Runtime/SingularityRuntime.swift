@@ -38,6 +38,16 @@ public struct SingularityRuntime: Runtime {
         for spec in job.stack.specs {
             argv += ["--overlay", spec.isWritable ? spec.path : "\(spec.path):ro"]
         }
+        // Snapshots: writes without a writable overlay go to a tmpfs thrown away at the end,
+        // and $HOME and the working directory are not bound live where a snapshot shows them.
+        if job.scratch && job.stack.writable == nil { argv.append("--writable-tmpfs") }
+        if !job.frozenPaths.isEmpty {
+            var skipped: [String] = []
+            if let home = environmentValue("HOME"), job.touchesFrozen(home) { skipped.append("home") }
+            if job.touchesFrozen(job.workingDirectory) { skipped.append("cwd") }
+            if job.touchesFrozen("/tmp") { skipped.append("tmp") }
+            if !skipped.isEmpty { argv += ["--no-mount", skipped.joined(separator: ",")] }
+        }
         for bind in job.binds {
             argv += ["-B", bind.description]
         }

@@ -85,6 +85,8 @@ struct SingularityConfigurationTests {
               from: \(scene.file("system-config")):1
             runtime: apptainer
               from: \(scene.file("config/overlay/config")):2
+            snapshots: \(scene.file(".local/share/overlay/snapshots"))
+              from: the built-in default
             files (the user's overrides the system-wide one; the environment and flags override both):
               \(scene.file("system-config")): read
               \(scene.file("config/overlay/config")): read
@@ -113,6 +115,8 @@ struct SingularityConfigurationTests {
             container: none (the native runtime uses the host, /)
               from: the built-in default
             runtime: auto (here: native)
+              from: the built-in default
+            snapshots: \(scene.file(".local/share/overlay/snapshots"))
               from: the built-in default
             files (the user's overrides the system-wide one; the environment and flags override both):
               \(scene.file("system-config")): not present

@@ -70,6 +70,21 @@ import TestSupport
         #expect(Configuration.systemPath(environment: [:]) == "/etc/overlay/config")
     }
 
+    @Test func theSnapshotStoreComesFromTheEnvironmentThenTheFileThenTheDataHome() throws {
+        let directory = try TempDirectory("config")
+        let file = directory.file("config/overlay/config")
+        try FileManager.default.createDirectory(atPath: directory.file("config/overlay"), withIntermediateDirectories: true)
+        let base = ["HOME": "/home/ada", "XDG_CONFIG_HOME": directory.file("config"), "OVERLAY_SYSTEM_CONFIG": directory.file("none")]
+        #expect(try Configuration.load(environment: base).snapshots == .init(value: "/home/ada/.local/share/overlay/snapshots", source: .builtIn))
+        var withData = base
+        withData["XDG_DATA_HOME"] = "/data/ada"
+        #expect(try Configuration.load(environment: withData).snapshots.value == "/data/ada/overlay/snapshots")
+        try "snapshots = ~/snaps\n".write(toFile: file, atomically: false, encoding: .utf8)
+        #expect(try Configuration.load(environment: withData).snapshots == .init(value: "/home/ada/snaps", source: .file(path: file, line: 1)))
+        withData["OVERLAY_SNAPSHOTS"] = "/scratch/ada/snaps"
+        #expect(try Configuration.load(environment: withData).snapshots == .init(value: "/scratch/ada/snaps", source: .environment("OVERLAY_SNAPSHOTS")))
+    }
+
     @Test func quotesAndSpacingAreForgiven() throws {
         let parsed = try Configuration.parse("  container=\"/a b/c.sif\"\n\truntime =  'native'  \n\n#x=y\n", path: "f")
         #expect(parsed[.container]?.value == "/a b/c.sif")
@@ -77,7 +92,7 @@ import TestSupport
     }
 
     @Test func malformedLinesNameTheFileAndLine() throws {
-        #expect(throws: OverlayError.message("/etc/overlay/config:2: unknown setting 'contaner': use container or runtime")) {
+        #expect(throws: OverlayError.message("/etc/overlay/config:2: unknown setting 'contaner': use container, runtime or snapshots")) {
             try Configuration.parse("runtime = auto\ncontaner = /x.sif\n", path: "/etc/overlay/config")
         }
         #expect(throws: OverlayError.message("f:1: expected 'key = value', found 'container /x.sif'")) {

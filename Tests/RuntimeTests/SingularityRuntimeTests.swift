@@ -72,3 +72,28 @@ import TestSupport
         #expect(result.stdout.split(separator: "\0", omittingEmptySubsequences: false).dropLast().map(String.init) == words)
     }
 }
+
+/// `--snapshot` on the Apptainer command line: the snapshot is a `:ro` overlay, writes go to
+/// a tmpfs thrown away at the end, and the working directory it shows is not bound live.
+@Suite struct SingularitySnapshotArgumentTests {
+    @Test func aSnapshotIsReadOnlyWithScratchAndNoLiveWorkingDirectory() throws {
+        var job = Job(stack: try OverlayStack(arguments: ["/store/inputs.ext3:ro"]), container: .sif("/images/base.sif"),
+                      binds: [Bind(source: "/work/results", destination: "/work/results")],
+                      command: .argv(["python", "train.py"]), workingDirectory: "/work")
+        job.frozenPaths = ["/work"]
+        job.scratch = true
+        let argv = SingularityRuntime(executable: "/usr/bin/apptainer").arguments(for: job)
+        #expect(argv == ["/usr/bin/apptainer", "exec", "--overlay", "/store/inputs.ext3:ro", "--writable-tmpfs",
+                         "--no-mount", "cwd", "-B", "/work/results", "/images/base.sif", "python", "train.py"])
+    }
+
+    @Test func withAWritableOverlayThereIsNoScratch() throws {
+        var job = Job(stack: try OverlayStack(arguments: ["scratch.ext3", "/store/inputs.ext3:ro"]), container: .sif("/images/base.sif"),
+                      command: .argv(["true"]), workingDirectory: "/elsewhere")
+        job.frozenPaths = ["/work"]
+        job.scratch = false
+        let argv = SingularityRuntime(executable: "/usr/bin/apptainer").arguments(for: job)
+        #expect(argv == ["/usr/bin/apptainer", "exec", "--overlay", "scratch.ext3", "--overlay", "/store/inputs.ext3:ro",
+                         "/images/base.sif", "true"])
+    }
+}

@@ -60,6 +60,9 @@ int clinux_open_tmpfile(const char *directory, int mode);
 /// linkat(fd, "", AT_FDCWD, target, AT_EMPTY_PATH) through /proc/self/fd: gives the unnamed
 /// file a name; fails with EEXIST when the target exists. 0, or -1 with errno set.
 int clinux_link_tmpfile(int fd, const char *target);
+/// ioctl(destination, FICLONE, source): the whole file shared by reflink (XFS, btrfs). 0, or -1
+/// with errno set (EOPNOTSUPP, EXDEV, EINVAL where the filesystem cannot).
+int clinux_ficlone(int destination, int source);
 
 /// llistxattr(2) and lgetxattr(2) (sys/xattr.h is not in the Glibc module).
 long long clinux_llistxattr(const char *path, char *list, size_t size);

@@ -1,0 +1,170 @@
+import Ext3
+import LinuxSupport
+import Overlay
+import Pack
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Makes one snapshot in a store: directories packed at their absolute paths, an overlay image
+/// copied, or a git working tree recorded as a commit. Built in an unnamed file and linked as
+/// `<store>/NAME.ext3` only when complete, so a failure leaves no file behind.
+public struct SnapshotCapture: Sendable {
+    public let store: SnapshotStore
+    public let name: String
+    /// Who owns upper/ and work/ (the invoking user; after sudo, the user who ran it), and who
+    /// gets the image file (nil: whoever makes it).
+    public let owner: Ext3.Owner
+    public let imageOwner: Ext3.Owner?
+
+    public init(store: SnapshotStore, name: String, owner: Ext3.Owner, imageOwner: Ext3.Owner?) throws {
+        try SnapshotStore.validate(name: name)
+        self.store = store
+        self.name = name
+        self.owner = owner
+        self.imageOwner = imageOwner
+    }
+
+    public var target: String { store.path(of: name) }
+
+    /// What a PATH is: a directory, or an overlay image file.
+    public enum PathKind: Equatable, Sendable { case directory, image }
+
+    /// The absolute, resolved path and its kind; a missing PATH or one that is neither is refused.
+    public static func classify(_ path: String) throws -> (path: String, kind: PathKind) {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        guard realpath(path, &resolved) != nil else {
+            throw SnapshotError("\(path) does not exist (\(Errno.last)): give an existing directory or overlay image to capture")
+        }
+        let absolute = String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var info = stat()
+        guard stat(absolute, &info) == 0 else {
+            throw SnapshotError("\(path) cannot be read (\(Errno.last)): give a directory or overlay image you can read")
+        }
+        switch info.st_mode & S_IFMT {
+        case S_IFDIR:
+            guard absolute != "/" else {
+                throw SnapshotError("/ cannot be captured whole: give the directories the job needs (e.g. your project directory)")
+            }
+            return (absolute, .directory)
+        case S_IFREG:
+            guard let image = try? Ext3.Image(path: absolute) else {
+                throw SnapshotError("\(path) is a file but not an overlay image: give a directory, or an .ext3 overlay image")
+            }
+            defer { try? image.close() }
+            guard (try? image.lookup("/upper"))?.kind == .directory else {
+                throw SnapshotError("\(path) is an ext3 image without upper/ (not an overlay): give a directory, or an overlay image")
+            }
+            return (absolute, .image)
+        default:
+            throw SnapshotError("\(path) is neither a directory nor an overlay image")
+        }
+    }
+
+    func checkFree() throws {
+        var info = stat()
+        if lstat(target, &info) == 0 {
+            throw SnapshotError("snapshot '\(name)' exists already in \(store.directory): choose another name, or remove it first (overlay snapshot rm \(name))")
+        }
+        try store.create()
+    }
+
+    /// Captures directories (absolute, resolved; none inside another) into one image.
+    public func capture(directories: [String], created: String, host: String, user: String) throws -> SnapshotDescription {
+        for (index, first) in directories.enumerated() {
+            for second in directories[(index + 1)...] where first == second || second.hasPrefix(first + "/") || first.hasPrefix(second + "/") {
+                throw SnapshotError(first == second ? "\(first) is given twice: give it once"
+                                    : "\(first) and \(second): one lies inside the other: give only the outer one")
+            }
+        }
+        try checkFree()
+        var sources: [Ext3.PackSource] = []
+        for directory in directories {
+            var source = try Ext3.PackSource(path: directory)
+            try source.placeAsCaptured(at: directory, owner: owner)
+            sources.append(source)
+        }
+        let merged = try Ext3.PackSource.merging(sources, path: directories.joined(separator: ", "))
+        let captured = directories.map { SnapshotDescription.Captured(path: $0, kind: "directory") }
+        return try write(merged, captured: captured, git: nil, created: created, host: host, user: user)
+    }
+
+    /// Packs `source` (already placed) with its description and links it into the store.
+    func write(_ source: Ext3.PackSource, captured: [SnapshotDescription.Captured], git: SnapshotDescription.GitRecord?,
+               created: String, host: String, user: String) throws -> SnapshotDescription {
+        let plan = try source.snugPlan()
+        let formatter = try Ext3.Formatter(Ext3.Formatter.Configuration(
+            sizeBytes: plan.sizeBytes, minimumInodes: plan.inodes, owner: owner, directories: [], imageOwner: imageOwner))
+        let description = SnapshotDescription(
+            name: name, created: created, host: host, user: user, captured: captured, git: git,
+            sizeBytes: plan.sizeBytes, entries: source.inodesNeeded, dataBytes: source.fileBytes)
+        let file = Ext3.RootFile(name: SnapshotDescription.fileName, contents: Array((description.json + "\n").utf8), owner: owner)
+        do {
+            _ = try formatter.create(at: target, packing: source, rootFiles: [file])
+        } catch Ext3.Error.exists {
+            throw SnapshotError("snapshot '\(name)' exists already in \(store.directory): choose another name, or remove it first (overlay snapshot rm \(name))")
+        }
+        chmod(target, 0o444)
+        return description
+    }
+
+    /// Captures an overlay image: a reflink copy where the filesystem can, else a copy of its
+    /// allocated blocks only. Refused while a job has it mounted writable; a read lock is held
+    /// while it is copied, so no job can start writing it meanwhile.
+    public func capture(image: String, created: String, host: String, user: String) throws -> SnapshotDescription {
+        try checkFree()
+        let lock: ImageLock
+        do { lock = try ImageLock.acquire(image, .read) } catch OverlayError.imageInUse {
+            throw SnapshotError("\(image) is mounted writable by a running job: capture it when the job has ended (or capture it with :ro jobs only)")
+        }
+        defer { lock.release() }
+        let input = open(image, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw SnapshotError("cannot read \(image): \(Errno.last)") }
+        defer { close(input) }
+        var info = stat()
+        fstat(input, &info)
+        let output = FileCalls.openUnnamed(in: store.directory, mode: 0o644)
+        guard output >= 0 else { throw SnapshotError("cannot make a file in the snapshot store \(store.directory): \(Errno.last)") }
+        defer { close(output) }
+        if FileCalls.cloneFile(output, from: input) != 0 {
+            try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+        }
+        if let imageOwner { fchown(output, imageOwner.uid, imageOwner.gid) }
+        let description = SnapshotDescription(
+            name: name, created: created, host: host, user: user,
+            captured: [SnapshotDescription.Captured(path: image, kind: "image")], git: nil,
+            sizeBytes: UInt64(info.st_size), entries: 0, dataBytes: UInt64(info.st_blocks) * 512)
+        let file = Ext3.RootFile(name: SnapshotDescription.fileName, contents: Array((description.json + "\n").utf8), owner: owner)
+        // The copy may already describe a snapshot (a snapshot of a snapshot): replace that.
+        try file.add(toImage: "/proc/self/fd/\(output)", replacing: true)
+        fchmod(output, 0o444)
+        guard FileCalls.linkUnnamed(output, to: target) == 0 else {
+            if errno == EEXIST { throw SnapshotError("snapshot '\(name)' exists already in \(store.directory): choose another name") }
+            throw SnapshotError("cannot link the snapshot into \(store.directory): \(Errno.last)")
+        }
+        return description
+    }
+
+    /// Copies the data regions of `input` (SEEK_DATA/SEEK_HOLE) with copy_file_range; holes stay holes.
+    static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String) throws {
+        guard ftruncate(output, off_t(size)) == 0 else { throw SnapshotError("cannot size the copy of \(path): \(Errno.last)") }
+        var offset: Int64 = 0
+        while offset < size {
+            let data = FileCalls.seekData(input, offset)
+            if data < 0 { break }  // ENXIO: only a hole is left
+            var hole = FileCalls.seekHole(input, data)
+            if hole < 0 { hole = size }
+            var inOffset = data
+            var outOffset = data
+            while inOffset < hole {
+                let copied = FileCalls.copyFileRange(input, &inOffset, output, &outOffset, Int(min(hole - inOffset, 1 << 30)))
+                if copied < 0 {
+                    if errno == EINTR { continue }
+                    throw SnapshotError("cannot copy \(path) into the snapshot store: \(Errno.last)")
+                }
+                if copied == 0 { break }
+            }
+            offset = hole
+        }
+    }
+}
