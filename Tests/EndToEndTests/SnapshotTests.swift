@@ -212,7 +212,8 @@ struct SnapshotGitTests {
         let formatter = DateFormatter()
         formatter.dateFormat = "yyyyMMdd-HHmmss"
         formatter.timeZone = TimeZone(identifier: "UTC")
-        for offset in 0..<20 {
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        for offset in -10..<60 {
             let name = "job-" + formatter.string(from: Date().addingTimeInterval(Double(offset)))
             _ = try git(["branch", name], in: repo)
             taken.append(name)
@@ -220,7 +221,7 @@ struct SnapshotGitTests {
         let made = try scene.run("overlay", ["snapshot", "create", "--git", "--branch-prefix", "job-", "--quiet"], in: repo + "/sub")
         #expect(made.status == 0, "\(made)")
         let branch = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(branch.hasSuffix("-2") && taken.contains(String(branch.dropLast(2))), "\(branch)")
+        #expect(branch.hasSuffix("-2") && taken.contains(String(branch.dropLast(2))), "\(branch), taken: \(taken.first ?? "") ...")
         let again = try scene.run("overlay", ["snapshot", "create", "--git", "--branch-prefix", "job-", "--quiet"], in: repo)
         let second = again.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(again.status == 0 && second != branch && !second.isEmpty, "\(again)")
