@@ -293,6 +293,18 @@ struct SnapshotBadInputTests {
         #expect(scene.storeFiles().isEmpty, "\(scene.storeFiles())")
     }
 
+    @Test func rmByPathRemovesOnlySnapshots() throws {
+        let scene = try SnapshotScene()
+        let result = try scene.run("overlay", ["snapshot", "rm", scene.project + "/a.txt"])
+        #expect(result.status == 1, "\(result)")
+        #expect(result.stderr.contains("is not a snapshot"), "\(result)")
+        #expect(scene.exists(scene.project + "/a.txt"))
+        #expect(try scene.run("overlay", ["snapshot", "create", "byPath", "sub"]).status == 0)
+        let removed = try scene.run("overlay", ["snapshot", "rm", scene.store + "/byPath.ext3"])
+        #expect(removed.status == 0, "\(removed)")
+        #expect(scene.storeFiles().isEmpty)
+    }
+
     @Test func anUnknownSnapshotIsRefusedBeforeAnythingRuns() throws {
         let scene = try SnapshotScene()
         let result = try scene.run("run-overlay", ["--snapshot", "nope", "--", "touch", scene.project + "/ran"])
