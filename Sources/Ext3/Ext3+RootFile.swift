@@ -28,7 +28,14 @@ extension Ext3 {
             try check(ext2fs_read_bitmaps(fs), "read the bitmaps", path: path)
             if replacing { try remove(from: fs, path: path) }
             try write(into: fs, path: path)
-            try handle.close()
+            // Written out without fsync, like cp (the data is left to the kernel's writeback: an
+            // fsync would wait for a whole copied image to reach the disk). ext2fs_close would
+            // sync again when the image counts kilobytes written (s_kbytes_written), so the
+            // bitmaps and the metadata are written here and the handle freed, which closes
+            // the I/O channel after writing what it caches.
+            try check(ext2fs_write_bitmaps(fs), "write the bitmaps", path: path)
+            try check(ext2fs_flush2(fs, Int32(EXT2_FLAG_FLUSH_NO_SYNC)), "write the filesystem metadata", path: path)
+            handle.abandon()
         }
 
         /// Removes a regular file of this name at the root, if there is one.

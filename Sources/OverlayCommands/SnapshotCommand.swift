@@ -225,6 +225,11 @@ public struct SnapshotRemove: ParsableCommand {
     public func run() throws {
         let store = try SnapshotCommand.store()
         let path = try store.resolve(name)
+        if path != store.path(of: name) {
+            // A file named by its path is removed only when it is a snapshot (it describes
+            // itself); one in the store, by its name, even when its description is damaged.
+            _ = try SnapshotStore.describe(path)
+        }
         try SnapshotStore.remove(path)
         print("removed \(Escaped.terminal(name))")
     }

@@ -212,7 +212,8 @@ struct SnapshotGitTests {
         let formatter = DateFormatter()
         formatter.dateFormat = "yyyyMMdd-HHmmss"
         formatter.timeZone = TimeZone(identifier: "UTC")
-        for offset in 0..<20 {
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        for offset in -10..<60 {
             let name = "job-" + formatter.string(from: Date().addingTimeInterval(Double(offset)))
             _ = try git(["branch", name], in: repo)
             taken.append(name)
@@ -220,7 +221,7 @@ struct SnapshotGitTests {
         let made = try scene.run("overlay", ["snapshot", "create", "--git", "--branch-prefix", "job-", "--quiet"], in: repo + "/sub")
         #expect(made.status == 0, "\(made)")
         let branch = made.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        #expect(branch.hasSuffix("-2") && taken.contains(String(branch.dropLast(2))), "\(branch)")
+        #expect(branch.hasSuffix("-2") && taken.contains(String(branch.dropLast(2))), "\(branch), taken: \(taken.first ?? "") ...")
         let again = try scene.run("overlay", ["snapshot", "create", "--git", "--branch-prefix", "job-", "--quiet"], in: repo)
         let second = again.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(again.status == 0 && second != branch && !second.isEmpty, "\(again)")
@@ -290,6 +291,18 @@ struct SnapshotBadInputTests {
         #expect(result.stderr.contains(expected), "\(result)")
         #expect(result.stderr.split(separator: "\n").count == 1, "\(result)")
         #expect(scene.storeFiles().isEmpty, "\(scene.storeFiles())")
+    }
+
+    @Test func rmByPathRemovesOnlySnapshots() throws {
+        let scene = try SnapshotScene()
+        let result = try scene.run("overlay", ["snapshot", "rm", scene.project + "/a.txt"])
+        #expect(result.status == 1, "\(result)")
+        #expect(result.stderr.contains("is not a snapshot"), "\(result)")
+        #expect(scene.exists(scene.project + "/a.txt"))
+        #expect(try scene.run("overlay", ["snapshot", "create", "byPath", "sub"]).status == 0)
+        let removed = try scene.run("overlay", ["snapshot", "rm", scene.store + "/byPath.ext3"])
+        #expect(removed.status == 0, "\(removed)")
+        #expect(scene.storeFiles().isEmpty)
     }
 
     @Test func anUnknownSnapshotIsRefusedBeforeAnythingRuns() throws {
