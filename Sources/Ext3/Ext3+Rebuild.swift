@@ -113,9 +113,14 @@ extension Ext3.Formatter {
         if unnamed >= 0 {
             defer { close(unnamed) }
             let path = "/proc/self/fd/\(unnamed)"
-            var summary = try format(path, mustCreate: false, contents: fill)
+            var summary: Ext3.Summary
+            do {
+                summary = try format(path, mustCreate: false, contents: fill)
+            } catch let error as Ext3.Error {
+                throw error.naming(path, as: "\(target) (the new image)")
+            }
             // The path other processes (e2fsck) can open it by.
-            try Ext3.Formatter.finish(unnamed, path: "/proc/\(getpid())/fd/\(unnamed)", like: old, verify: verify)
+            try Ext3.Formatter.finish(unnamed, path: "/proc/\(getpid())/fd/\(unnamed)", named: target, like: old, verify: verify)
             _ = try? FileLock.tryLock(unnamed, .write, path: path)  // marks the hidden name as in use
             let slot = TemporaryFiles.register(temporary)
             defer { TemporaryFiles.unregister(slot) }
@@ -138,7 +143,7 @@ extension Ext3.Formatter {
             guard fd >= 0 else { throw Ext3.Error.system(operation: "open", path: temporary, errno: errno) }
             defer { close(fd) }
             _ = try? FileLock.tryLock(fd, .write, path: temporary)
-            try Ext3.Formatter.finish(fd, path: temporary, like: old, verify: verify)
+            try Ext3.Formatter.finish(fd, path: temporary, named: temporary, like: old, verify: verify)
             try Ext3.Formatter.move(temporary, over: target, directory: place)
         } catch {
             unlink(temporary)
@@ -148,19 +153,20 @@ extension Ext3.Formatter {
         return summary
     }
 
-    /// Gives the new image the old one's mode and owner, checks it, and makes it durable
-    /// before it replaces the old one.
-    private static func finish(_ fd: Int32, path: String, like old: stat, verify: (String) throws -> Void) throws {
+    /// Gives the new image the old one's mode and owner, checks it (`verify` gets `path`, which
+    /// other processes can open), and makes it durable before it replaces the old one. Errors
+    /// name the image as `named`.
+    private static func finish(_ fd: Int32, path: String, named: String, like old: stat, verify: (String) throws -> Void) throws {
         var now = stat()
-        guard fstat(fd, &now) == 0 else { throw Ext3.Error.system(operation: "stat", path: path, errno: errno) }
+        guard fstat(fd, &now) == 0 else { throw Ext3.Error.system(operation: "stat the new image", path: named, errno: errno) }
         if now.st_uid != old.st_uid || now.st_gid != old.st_gid, fchown(fd, old.st_uid, old.st_gid) != 0 {
-            throw Ext3.Error.system(operation: "give the new image to \(old.st_uid):\(old.st_gid) as the old one", path: path, errno: errno)
+            throw Ext3.Error.system(operation: "give the new image to \(old.st_uid):\(old.st_gid) as the old one", path: named, errno: errno)
         }
         guard fchmod(fd, old.st_mode & 0o7777) == 0 else {
-            throw Ext3.Error.system(operation: "give the new image mode \(String(old.st_mode & 0o7777, radix: 8))", path: path, errno: errno)
+            throw Ext3.Error.system(operation: "give the new image mode \(String(old.st_mode & 0o7777, radix: 8))", path: named, errno: errno)
         }
         try verify(path)
-        guard fsync(fd) == 0 else { throw Ext3.Error.system(operation: "write the new image to disk", path: path, errno: errno) }
+        guard fsync(fd) == 0 else { throw Ext3.Error.system(operation: "write the new image to disk", path: named, errno: errno) }
     }
 
     /// rename(2) of the hidden file over the image, then the directory made durable; the
@@ -237,5 +243,23 @@ extension Ext3.Formatter {
         }
         sb.pointee.s_def_hash_version = contents.hashVersion
         ext2fs_mark_super_dirty(fs)
+    }
+}
+
+extension Ext3.Error {
+    /// The same error with `path` (a file's /proc/self/fd name) shown as `name`.
+    func naming(_ path: String, as name: String) -> Ext3.Error {
+        switch self {
+        case let .library(operation, where_, code, message) where where_ == path:
+            return .library(operation: operation, path: name, code: code, message: message)
+        case let .system(operation, where_, code) where where_ == path:
+            return .system(operation: operation, path: name, errno: code)
+        case let .other(text):
+            return .other(text.replacing(path, with: name))
+        case let .invalidConfiguration(text):
+            return .invalidConfiguration(text.replacing(path, with: name))
+        default:
+            return self
+        }
     }
 }

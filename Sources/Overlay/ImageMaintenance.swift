@@ -39,11 +39,6 @@ public enum ImageMaintenance {
         }
     }
 
-    /// What a resize did, in one line.
-    public static func grow(_ path: String, to size: ImageSize) throws -> String {
-        try resize(path, to: size, files: nil)
-    }
-
     /// Grows an image to `size` (nil: keeps its size) with at least its old share of inodes
     /// (old inodes x new size / old size) and at least `files` inodes: in place with resize2fs
     /// where the block groups it adds bring that many, else by rebuilding the image (a new one
@@ -132,6 +127,9 @@ public enum ImageMaintenance {
             return try Ext3.Geometry(sizeBytes: sizeBytes, inodes: inodes)
         } catch {
             let most = Ext3.Geometry.maximumInodes(sizeBytes: sizeBytes)
+            if most >= inodes || most == 0, let error = error as? Ext3.Error {
+                throw OverlayError.message("\(path): \(error.description)")  // not the inodes: the size itself
+            }
             let what = asked.map { "-n \($0 / 1000): " } ?? ""
             throw OverlayError.message("\(path): \(what)\(ImageInfo.grouped(inodes)) inodes do not fit in \(ImageSize.human(sizeBytes)): "
                 + "it holds at most \(ImageInfo.grouped(most)) (-n \(most / 1000)); give a larger -s or a smaller -n")
