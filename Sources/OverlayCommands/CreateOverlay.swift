@@ -33,7 +33,8 @@ public struct CreateOverlay: ParsableCommand {
         is printed. A tree that does not fit the -s/-n given is refused, saying what it needs. \
         The default name is SRC's name with .ext3 (env/ -> env.ext3, data.tar.gz -> \
         data.ext3). A file that cannot be read is named and nothing is written.
-        """
+        """,
+        version: ToolVersion.line("create-overlay")
     )
 
     public init() {}

@@ -5,7 +5,9 @@ public struct OverlayTool: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "overlay",
         abstract: "Inspect ext3 overlay images without mounting them.",
-        subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self]
+        version: ToolVersion.line("overlay"),
+        subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self,
+                      VersionCommand.self]
     )
     public init() {}
 }

@@ -11,7 +11,8 @@ public struct RunOverlay: ParsableCommand {
         earlier ones. Examples:
           run-overlay -o env.ext3:ro -f job.txt
           run-overlay -o scratch.ext3 -o env.ext3:ro -c image.sif -- python train.py
-        """
+        """,
+        version: ToolVersion.line("run-overlay")
     )
 
     public init() {}
@@ -52,7 +53,8 @@ public struct MountOverlay: ParsableCommand {
         Examples:
           mount-overlay -o env.ext3            # install things into env.ext3
           mount-overlay -o data.ext3:ro -o env.ext3:ro -c image.sif
-        """
+        """,
+        version: ToolVersion.line("mount-overlay")
     )
 
     public init() {}
