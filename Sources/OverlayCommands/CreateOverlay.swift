@@ -103,7 +103,7 @@ public struct CreateOverlay: ParsableCommand {
         if let from { return try pack(from) }
         let formatter = try formatter()
         let size = ImageSize(bytes: formatter.configuration.sizeBytes, typed: self.size?.typed)
-        let target = output ?? OverlayName.defaultName(size: size, files: files)
+        let target = output ?? OverlayName.defaultName(size: size, files: files, inodes: formatter.geometry.inodeCount)
         let summary: Ext3.Summary
         do {
             summary = try formatter.create(at: target)
