@@ -104,7 +104,7 @@ struct CreateOverlayTests {
         let result = try user.run([tool, "-s", "64"], currentDirectory: directory.path)
         #expect(result.status != 0)
         #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
-        #expect(result.stderr.contains("overlay-64M.ext3") && result.stderr.contains("not writable"), "\(result.stderr)")
+        #expect(result.stderr.contains("overlay-64M-4K.ext3") && result.stderr.contains("not writable"), "\(result.stderr)")
         #expect(try directory.listing() == [])
     }
 
