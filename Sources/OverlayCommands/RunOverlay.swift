@@ -1,6 +1,10 @@
 import ArgumentParser
 import Overlay
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `run-overlay`: run a command file (or a command) in the container with the overlays.
 public struct RunOverlay: ParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -19,21 +23,24 @@ public struct RunOverlay: ParsableCommand {
 
     @OptionGroup public var stack: StackOptions
 
-    @Option(name: .shortAndLong, help: ArgumentHelp("Run this file with /bin/bash inside the container.", valueName: "file"))
+    @Option(name: .shortAndLong, help: ArgumentHelp("Run this file with /bin/bash inside the container.", valueName: "file"),
+            completion: .file())
     public var file: String?
 
     @Argument(parsing: .postTerminator, help: ArgumentHelp("Command and arguments to run (after --).", valueName: "command"))
     public var command: [String] = []
 
     public func validate() throws {
-        switch (file, command.isEmpty) {
-        case (nil, true): throw UsageError("nothing to run: give a command file with -f FILE, or a command after --")
-        case (.some, false): throw UsageError("give either -f FILE or a command after --, not both")
-        default: break
+        if file != nil && !command.isEmpty {
+            throw UsageError("give either -f FILE or a command after --, not both")
         }
     }
 
     public func run() throws {
+        // Checked here rather than in validate(), so that a mistyped option is named first.
+        if file == nil && command.isEmpty {
+            throw UsageError("nothing to run: give a command file with -f FILE, or a command after --")
+        }
         if let file {
             // A failure (exit 1), not a usage error: the command line is fine.
             try CommandFile.check(file)
@@ -61,7 +68,15 @@ public struct MountOverlay: ParsableCommand {
 
     @OptionGroup public var stack: StackOptions
 
+    static let needsTerminal = "mount-overlay needs a terminal: it opens an interactive shell; in a batch job (sbatch) or a script "
+        + "use run-overlay -o IMAGE -f FILE, or run-overlay -o IMAGE -- COMMAND"
+
     public func run() throws {
+        // Without a terminal (an sbatch script, a pipe) a shell would read nothing and end at
+        // once, as if it had worked.
+        if !stack.dryRun && isatty(0) != 1 {
+            throw CommandFailure(MountOverlay.needsTerminal)
+        }
         try stack.execute(.interactiveShell)
     }
 }
