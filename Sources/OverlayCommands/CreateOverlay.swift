@@ -22,7 +22,9 @@ public struct CreateOverlay: ParsableCommand {
         the user who ran it). Sizes are MiB (1,048,576 bytes), as Apptainer's --size; the \
         units M, G and T are binary however written (5G, 5GB and 5GiB are all 5120 MiB), and a \
         size is whole MiB (-s 1.5G is refused: use 1536M). The image path may also come last, \
-        as with apptainer overlay create (create-overlay -s 1024 my.img). Examples:
+        as with apptainer overlay create (create-overlay -s 1024 my.img). Shell completion \
+        (installed by Scripts/install) offers images (.ext3, .img) for -o and directories and \
+        archives (.tar, .gz, .tgz) for --from. Examples:
           create-overlay -s 500 -n 700       # overlay-500M-700K.ext3, 700,000 files
           create-overlay -s 5G -n 3200 -o env.ext3 --create-dir opt/conda
           create-overlay --from env/ --to /opt/env   # env.ext3, sized from the tree, at /opt/env
@@ -56,11 +58,11 @@ public struct CreateOverlay: ParsableCommand {
     @Option(name: [.customShort("o"), .customLong("output")],
             help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3, the size in MiB and the files in thousands; with --from, <src name>.ext3).",
                                valueName: "path"),
-            completion: .file(extensions: ["ext3", "img"]))
+            completion: .overlayImage)
     public var output: String?
 
     @Argument(help: ArgumentHelp("The image path, as apptainer overlay create takes it: the same as -o.", valueName: "path"),
-              completion: .file(extensions: ["ext3", "img"]))
+              completion: .overlayImage)
     public var imagePath: String?
 
     @Option(name: .customLong("from"),

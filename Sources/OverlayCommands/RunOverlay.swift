@@ -12,7 +12,10 @@ public struct RunOverlay: ParsableCommand {
         abstract: "Run a command file or a command in a container with overlays; its exit status passes through.",
         discussion: """
         The first -o is writable unless it ends in :ro; later ones are read-only, later ones above \
-        earlier ones. Examples:
+        earlier ones. Shell completion (installed by Scripts/install, or source <(run-overlay \
+        --generate-completion-script bash)) offers images (.ext3, .img) for -o, containers \
+        (.sif, .sqsh, .squashfs, .img, directories) for -c, files for -f and the runtimes for \
+        --runtime. Examples:
           run-overlay -o env.ext3:ro -f job.txt
           run-overlay -o scratch.ext3 -o env.ext3:ro -c image.sif -- python train.py
         """,
@@ -57,6 +60,8 @@ public struct MountOverlay: ParsableCommand {
         commandName: "mount-overlay",
         abstract: "Open an interactive shell in a container with overlays (the first writable, the rest read-only).",
         discussion: """
+        It needs a terminal: in a batch job, use run-overlay. Shell completion (installed by \
+        Scripts/install) offers images for -o, containers for -c and the runtimes for --runtime. \
         Examples:
           mount-overlay -o env.ext3            # install things into env.ext3
           mount-overlay -o data.ext3:ro -o env.ext3:ro -c image.sif

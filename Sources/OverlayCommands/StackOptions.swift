@@ -14,14 +14,14 @@ public struct StackOptions: ParsableArguments {
     @Option(name: .shortAndLong, parsing: .singleValue,
             help: ArgumentHelp("Overlay image; the first is writable unless it ends in :ro, the rest are read-only. Repeat to stack.",
                                valueName: "image[:ro]"),
-            completion: .file(extensions: ["ext3", "img"]),
+            completion: .overlayImage,
             transform: { try OverlayArgument(parsing: $0) })
     public var overlay: [OverlayArgument] = []
 
     @Option(name: .shortAndLong,
             help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, /, or for Singularity a URI such as docker://ubuntu (default: $OVERLAY_CONTAINER, else container in the config file, else / for the native runtime; Singularity needs one; see overlay config).",
                                valueName: "container"),
-            completion: .file(extensions: ["sif", "sqsh", "squashfs", "img"]))
+            completion: .container)
     public var container: String?
 
     @Option(name: [.customShort("B"), .customLong("bind")], parsing: .singleValue,
@@ -82,7 +82,7 @@ public struct StackOptions: ParsableArguments {
 
     @Argument(help: ArgumentHelp("Not taken: the container goes with -c (apptainer exec takes it here; refused with that hint).",
                                  valueName: "container", visibility: .hidden),
-              completion: .file(extensions: ["sif", "sqsh", "squashfs", "img"]))
+              completion: .container)
     public var positionalContainer: String?
 
     public func validate() throws {
