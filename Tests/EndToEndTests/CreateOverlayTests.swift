@@ -66,8 +66,8 @@ struct CreateOverlayTests {
 
     static let badInputs: [BadInput] = [
         BadInput(arguments: ["-s", "0"], mentions: "invalid size '0'"),
-        BadInput(arguments: ["-s=-5"], mentions: "invalid size '-5'"),
-        BadInput(arguments: ["-s", "-5"], mentions: "-s"),
+        BadInput(arguments: ["-s=-5"], mentions: "-s -5: a size cannot be negative"),
+        BadInput(arguments: ["-s", "-5"], mentions: "-s -5: a size cannot be negative"),
         BadInput(arguments: ["-s", "abc"], mentions: "invalid size 'abc'"),
         BadInput(arguments: ["-s", "4"], mentions: "at least 8 MiB"),
         BadInput(arguments: ["-s", "100", "-n", "0"], mentions: "invalid file count '0'"),
