@@ -86,19 +86,26 @@ public struct StackOptions: ParsableArguments {
     public var positionalContainer: String?
 
     public func validate() throws {
-        if let word = positionalContainer { throw UsageError(Self.positionalAdvice(word)) }
+        if let word = positionalContainer {
+            let tool = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+            throw UsageError(Self.positionalAdvice(word, shell: tool == "mount-overlay"))
+        }
         _ = try OverlayStack(parsed: overlay)
     }
 
     /// For a word before `--` that is not an option: a container (`image.sif`, as apptainer
     /// exec takes it) goes with -c; anything else is a command, which goes after --.
-    static func positionalAdvice(_ word: String) -> String {
+    static func positionalAdvice(_ word: String, shell: Bool = false) -> String {
         var info = stat()
         let lower = word.lowercased()
         let container = isURI(word) || lower.hasSuffix(".sif") || lower.hasSuffix(".sqsh") || lower.hasSuffix(".squashfs")
             || lower.hasSuffix(".img") || (stat(word, &info) == 0 && (info.st_mode & S_IFMT) != S_IFREG || word.contains("/") && access(word, F_OK) == 0)
         if container {
+            if shell { return "'\(word)': give the container with -c: mount-overlay -o IMAGE -c \(word)" }
             return "'\(word)': give the container with -c (-c \(word)), and a command after --, e.g. run-overlay -o IMAGE:ro -c \(word) -- COMMAND"
+        }
+        if shell {
+            return "'\(word)': mount-overlay takes no command (it opens a shell); to run one, use run-overlay -o IMAGE -- \(word) ..."
         }
         return "'\(word)': put the command after -- (run-overlay -o IMAGE -- \(word) ...), or give a command file with -f"
     }

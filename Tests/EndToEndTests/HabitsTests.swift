@@ -37,6 +37,9 @@ import TestSupport
          "'image.sif': give the container with -c (-c image.sif), and a command after --, e.g. run-overlay -o IMAGE:ro -c image.sif -- COMMAND"),
         (["run-overlay", "-o", "x.ext3", "python", "--", "train.py"],
          "'python': put the command after -- (run-overlay -o IMAGE -- python ...), or give a command file with -f"),
+        (["mount-overlay", "-o", "x.ext3", "image.sif"], "'image.sif': give the container with -c: mount-overlay -o IMAGE -c image.sif"),
+        (["mount-overlay", "-o", "x.ext3", "python"],
+         "'python': mount-overlay takes no command (it opens a shell); to run one, use run-overlay -o IMAGE -- python ..."),
         (["create-overlay", "-s", "64", "-o", "a.ext3", "b.ext3"],
          "the image path is given twice (-o a.ext3 and b.ext3): give it once, with -o or last"),
     ])
