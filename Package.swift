@@ -57,8 +57,11 @@ let package = Package(
             dependencies: [
                 "Ext3", "Pack", "Overlay", "Snapshot", "Runtime", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            ],
+            plugins: ["VersionStamp"]
         ),
+        // Before each build: the git commit the sources come from, for --version.
+        .plugin(name: "VersionStamp", capability: .buildTool()),
         .executableTarget(name: "create-overlay", dependencies: ["OverlayCommands"]),
         .executableTarget(name: "mount-overlay", dependencies: ["OverlayCommands"]),
         .executableTarget(name: "run-overlay", dependencies: ["OverlayCommands"]),

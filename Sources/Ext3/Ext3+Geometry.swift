@@ -116,7 +116,7 @@ extension Ext3 {
             let size = Units.humanBytes(sizeBytes)
             switch failure {
             case .tooLarge:
-                return "\(size) is too large for ext3 (at most 16 TiB with 4 KiB blocks); ask for less with -s"
+                return "\(size) is too large for ext3: with 4 KiB blocks it holds 4 KiB less than 16 TiB, at most -s \((maximumBlocks * blockSize) >> 20) (16 TiB less 1 MiB)"
             case .tooSmall:
                 return "\(size) is too small for an ext3 overlay with a journal: make it at least 8 MiB with -s"
             case .tooManyInodes:

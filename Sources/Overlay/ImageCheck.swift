@@ -16,13 +16,31 @@ public enum ImageCheck {
         public var work: Ext3.Entry?
     }
 
+    /// Why `path` is not there, with a hint when it looks like a mode in capitals (`a.ext3:RO`)
+    /// or a comma list (`a.ext3,b.ext3`, which Apptainer splits but one -o does not).
+    static func notFound(_ path: String) -> String {
+        let start = "overlay '\(path)' not found: "
+        if let colon = path.lastIndex(of: ":"), path.index(after: colon) < path.endIndex {
+            let mode = path[path.index(after: colon)...]
+            if mode.lowercased() == "ro" || mode.lowercased() == "rw" {
+                return start + "write the mode in lower case: -o \(path[..<colon]):\(mode.lowercased())"
+            }
+        }
+        if path.contains(",") {
+            let parts = path.split(separator: ",").map(String.init)
+            let options = parts.enumerated().map { "-o \($0.element)\($0.offset > 0 && !$0.element.hasSuffix(":ro") ? ":ro" : "")" }
+            return start + "give each overlay its own -o: \(options.joined(separator: " "))"
+        }
+        return start + "give an existing image, or make one with create-overlay -s SIZE -n FILES -o \(path)"
+    }
+
     /// Validates `spec`; throws ``OverlayError/message(_:)`` with one actionable line.
     @discardableResult
     public static func validate(_ spec: OverlaySpec) throws -> Result {
         let path = spec.path
         var info = stat()
         guard stat(path, &info) == 0 else {
-            throw OverlayError.message("overlay '\(path)' not found: give an existing image, or make one with create-overlay -s SIZE -n FILES -o \(path)")
+            throw OverlayError.message(notFound(path))
         }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
             throw OverlayError.message("overlay '\(path)' is not a file: give an ext3 image file made with create-overlay")

@@ -135,15 +135,15 @@ public struct ImageInfo: Sendable, Equatable {
             return "\(file); not usable as an overlay without upper/"
         }
         if readers == .owner {
-            return "\(file); others cannot use it: chmod o+r \(path) (or g+r) to share it read-only"
+            return "\(file); others cannot use it: chmod o+r \(ShellQuote.quote(path)) (or g+r) to share it read-only"
         }
         if let closedDirectory {
-            return "\(file), but \(closedDirectory) does not let them through: chmod \(readers == .everyone ? "o" : "g")+x \(closedDirectory)"
+            return "\(file), but \(closedDirectory) does not let them through: chmod \(readers == .everyone ? "o" : "g")+x \(ShellQuote.quote(closedDirectory))"
         }
         if lock == .writeLocked {
-            return "\(file); others can mount it read-only (--overlay \(path):ro) once the writer is done"
+            return "\(file); others can mount it read-only (--overlay \(ShellQuote.quote(path + ":ro"))) once the writer is done"
         }
-        return "\(file); others can mount it read-only now (--overlay \(path):ro)"
+        return "\(file); others can mount it read-only now (--overlay \(ShellQuote.quote(path + ":ro")))"
     }
 
     /// One JSON object on one line.

@@ -1,7 +1,9 @@
 import LinuxSupport
 
 /// Image sizes as users type them: MiB by default (`500`), or with a unit (`500M`, `5G`, `1T`).
-/// 1 MiB = 1,048,576 bytes, as Apptainer's `--size`.
+/// 1 MiB = 1,048,576 bytes, as Apptainer's `--size`; the units are binary whichever way they are
+/// written (`5G`, `5GB` and `5GiB` are all 5 x 1024 MiB). Whole MiB only: `1.5G` is refused with
+/// "use 1536M".
 public struct ImageSize: Equatable, Sendable, CustomStringConvertible {
     public let bytes: UInt64
     /// The text as the user typed it (for the default file name).
@@ -15,9 +17,13 @@ public struct ImageSize: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// Parses `500`, `500M`, `500MiB`, `5G`, `5GiB`, `1T` (case-insensitive). Throws
-    /// ``OverlayError/invalidSize(_:)`` for zero, negative, fractional-to-zero or unparsable text.
+    /// ``OverlayError/invalidSize(_:)`` for zero or unparsable text, and a message naming the
+    /// problem for a negative size and for a fraction (with the whole MiB to give instead).
     public init(parsing text: String) throws {
         let trimmed = text.trimmingWhitespace()
+        if trimmed.hasPrefix("-") {
+            throw OverlayError.message("-s \(text): a size cannot be negative; give a positive number of MiB such as 500, or with a unit: 500M, 5G")
+        }
         var digits = Substring(trimmed)
         var unit = ""
         while let last = digits.last, last.isLetter {
@@ -32,6 +38,11 @@ public struct ImageSize: Equatable, Sendable, CustomStringConvertible {
         case "K", "KB", "KIB": multiplier = 1 << 10
         default: throw OverlayError.invalidSize(text)
         }
+        if let point = digits.firstIndex(where: { $0 == "." || $0 == "," }) {
+            throw OverlayError.message(ImageSize.fractionAdvice(text, whole: digits[..<point],
+                                                                fraction: digits[digits.index(after: point)...],
+                                                                multiplier: multiplier))
+        }
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
               let value = UInt64(digits), value > 0 else {
             throw OverlayError.invalidSize(text)
@@ -42,9 +53,33 @@ public struct ImageSize: Equatable, Sendable, CustomStringConvertible {
         self.typed = String(digits) + (unit.isEmpty || unit.hasPrefix("M") ? "" : String(unit.prefix(1)))
     }
 
-    /// `500M`, `5G`: the size in the default file name, as typed.
+    /// `-s 1.5G: give whole MiB: use 1536M`; a fraction that is no whole MiB gets the nearest
+    /// below and above.
+    static func fractionAdvice(_ text: String, whole: Substring, fraction: Substring, multiplier: UInt64) -> String {
+        let refusal = "-s \(text): give a whole number of MiB"
+        guard !fraction.isEmpty, (whole + fraction).allSatisfy({ $0.isASCII && $0.isNumber }),
+              whole.count + fraction.count <= 15,
+              let wholeValue = UInt64(whole.isEmpty ? "0" : whole), let fractionValue = UInt64(fraction) else {
+            return refusal + ", e.g. 500, or with a unit: 500M, 5G"
+        }
+        var scale: UInt64 = 1
+        for _ in fraction { scale *= 10 }
+        // bytes = (whole + fraction / scale) * multiplier, in MiB: exact when it divides.
+        let numerator = (wholeValue * scale + fractionValue).multipliedReportingOverflow(by: multiplier / min(multiplier, mebibyte))
+        guard !numerator.overflow, multiplier >= mebibyte else {
+            return refusal + " (at least 1M), e.g. 500, or with a unit: 500M, 5G"
+        }
+        let mebibytes = numerator.partialValue / scale
+        if numerator.partialValue % scale == 0 {
+            return refusal + ": use \(mebibytes)M"
+        }
+        return refusal + ": use \(mebibytes)M or \(mebibytes + 1)M"
+    }
+
+    /// `500M`, `5120M`: the size in the default file name, always in MiB (`-s 5G` gives
+    /// `overlay-5120M-...`), as `-s` counts.
     public var nameComponent: String {
-        typed.last.map { $0.isLetter } == true ? typed : typed + "M"
+        "\(bytes / ImageSize.mebibyte)M"
     }
 
     public var description: String { ImageSize.human(bytes) }
@@ -72,6 +107,9 @@ public struct FileCount: Equatable, Sendable {
 
     public init(parsing text: String) throws {
         let trimmed = text.trimmingWhitespace()
+        if trimmed.hasPrefix("-") {
+            throw OverlayError.message("-n \(text): a file count cannot be negative; give a positive number of thousands of files, e.g. -n 700 for 700,000")
+        }
         var digits = Substring(trimmed)
         if let last = digits.last, last == "K" || last == "k" { digits = digits.dropLast() }
         guard !digits.isEmpty, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
@@ -83,12 +121,11 @@ public struct FileCount: Equatable, Sendable {
     }
 }
 
-/// The default overlay name: `overlay-<s>M-<n>K.ext3`, sizes as typed.
+/// The default overlay name: `overlay-<s>M-<n>K.ext3`: the size in MiB, and the thousands of
+/// files as given with `-n`, else the thousands the image got (`-s 500` alone: 32K).
 public enum OverlayName {
-    public static func defaultName(size: ImageSize, files: FileCount?) -> String {
-        if let files {
-            return "overlay-\(size.nameComponent)-\(files.typed)K.ext3"
-        }
-        return "overlay-\(size.nameComponent).ext3"
+    public static func defaultName(size: ImageSize, files: FileCount?, inodes: UInt64) -> String {
+        let thousands = files?.typed ?? "\(max(1, inodes / 1000))"
+        return "overlay-\(size.nameComponent)-\(thousands)K.ext3"
     }
 }

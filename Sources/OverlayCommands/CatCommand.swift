@@ -19,7 +19,7 @@ public struct CatCommand: ParsableCommand {
 
     public init() {}
 
-    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
+    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"), completion: .overlayImage)
     public var image: String
 
     @Argument(help: ArgumentHelp("The file to print.", valueName: "path"))

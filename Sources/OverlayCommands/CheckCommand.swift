@@ -16,7 +16,7 @@ public struct CheckCommand: ParsableCommand {
 
     public init() {}
 
-    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
+    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"), completion: .overlayImage)
     public var image: String
 
     @Flag(help: "Fix what e2fsck finds (e2fsck -fy).")

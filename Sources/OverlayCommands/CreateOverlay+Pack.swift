@@ -12,7 +12,11 @@ extension CreateOverlay {
     /// `--from SRC`: read the tree, choose or check the size, build and fill the image.
     func pack(_ source: String) throws {
         let owner = CreateOverlay.owner(fakeroot: fakeroot, environment: currentEnvironment())
-        var tree = try Ext3.PackSource(path: source)
+        // The output name is checked before the tree is read: a scan can take minutes.
+        var info = stat()
+        let isDirectory = stat(source, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+        try CreateOverlay.checkFree(self.target ?? Ext3.PackSource.defaultImageName(for: source, isDirectory: isDirectory))
+        var tree = try withProgress("reading \(source)") { try Ext3.PackSource(path: source) }
         if let to {
             try tree.place(at: to, owner: owner.layout)
         } else if !rootTree, !tree.shadowedSystemDirectories.isEmpty {
@@ -23,7 +27,7 @@ extension CreateOverlay {
         let formatter = try Ext3.Formatter(Ext3.Formatter.Configuration(
             sizeBytes: plan.sizeBytes, minimumInodes: plan.inodes, owner: owner.layout,
             directories: [], imageOwner: owner.image))
-        let target = output ?? tree.defaultImageName
+        let target = self.target ?? tree.defaultImageName
         if !json && (plan.sizeChosen || plan.inodesChosen) {
             print(CreateOverlay.choiceLine(tree, plan: plan, inodes: formatter.geometry.inodeCount))
         }
@@ -53,13 +57,16 @@ extension CreateOverlay {
             + "it was created at, e.g. --to /opt/env), or --root-tree if it is a whole root tree meant to lie over /"
     }
 
-    /// `sized from the tree: -s 1388 -n 77 (env/ has 61,203 entries and 1.1 GiB; room for a quarter more ...)`.
+    /// `sized from the tree: -s 1388 -n 77 (env/: 60,033 files, 981.8 MiB; with directories and
+    /// links 61,203 inodes and 1.1 GiB of blocks; room ...)`: the files and bytes as the result
+    /// line counts them, then what the image must hold for them.
     static func choiceLine(_ source: Ext3.PackSource, plan: Ext3.PackSource.Plan, inodes: UInt64) -> String {
         var chosen: [String] = []
         if plan.sizeChosen { chosen.append("-s \(plan.sizeBytes >> 20)") }
         if plan.inodesChosen { chosen.append("-n \(inodes / 1000)") }
-        return "sized from the tree: \(chosen.joined(separator: " ")) (\(source.path) takes \(grouped(source.inodesNeeded)) files "
-            + "and \(ImageSize.human(source.bytesNeeded)); room is left for a quarter more, plus 1,000 files and 64 MiB)"
+        return "sized from the tree: \(chosen.joined(separator: " ")) (\(source.path): \(grouped(UInt64(source.fileCount))) files, "
+            + "\(ImageSize.human(source.fileBytes)); with directories and links \(grouped(source.inodesNeeded)) inodes and "
+            + "\(ImageSize.human(source.bytesNeeded)) of blocks; room is left for a quarter more, plus 1,000 files and 64 MiB)"
     }
 }
 

@@ -13,17 +13,21 @@ public struct CreateOverlay: ParsableCommand {
         commandName: "create-overlay",
         abstract: "Create a sized, sparse ext3 overlay image, empty or packed from a tree.",
         usage: """
-        create-overlay -s <size> [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
-        create-overlay --from <src> [--to <path> | --root-tree] [-s <size>] [-n <thousands>] [-o <path>] [--create-dir <path> ...] [--fakeroot] [--json]
+        create-overlay -s <size> [-n <thousands>] [-o <path> | <path>] [--create-dir <path> ...] [--fakeroot] [--json]
+        create-overlay --from <src> [--to <path> | --root-tree] [-s <size>] [-n <thousands>] [-o <path> | <path>] [--create-dir <path> ...] [--fakeroot] [--json]
         """,
         discussion: """
         The image is exactly the size asked for but takes almost no disk space until files are \
         written into it. upper/ and work/ belong to you (to root with --fakeroot; under sudo, to \
-        the user who ran it). Examples:
+        the user who ran it). Sizes are MiB (1,048,576 bytes), as Apptainer's --size; the \
+        units M, G and T are binary however written (5G, 5GB and 5GiB are all 5120 MiB), and a \
+        size is whole MiB (-s 1.5G is refused: use 1536M). The image path may also come last, \
+        as with apptainer overlay create (create-overlay -s 1024 my.img). Shell completion \
+        (installed by Scripts/install) offers images (.ext3, .img) for -o and directories and \
+        archives (.tar, .gz, .tgz) for --from. Examples:
           create-overlay -s 500 -n 700       # overlay-500M-700K.ext3, 700,000 files
           create-overlay -s 5G -n 3200 -o env.ext3 --create-dir opt/conda
           create-overlay --from env/ --to /opt/env   # env.ext3, sized from the tree, at /opt/env
-
         From a directory or a tar archive: --from packs SRC (a directory, a tar archive or a \
         gzip-compressed one, told apart by content) into upper/: files, directories, symlinks, \
         hard links, devices, FIFOs, sockets, permission bits, owners, times to the nanosecond, \
@@ -33,30 +37,37 @@ public struct CreateOverlay: ParsableCommand {
         is printed. A tree that does not fit the -s/-n given is refused, saying what it needs. \
         The default name is SRC's name with .ext3 (env/ -> env.ext3, data.tar.gz -> \
         data.ext3). A file that cannot be read is named and nothing is written.
-        """
+        """,
+        version: ToolVersion.line("create-overlay")
     )
 
     public init() {}
 
-    @Option(name: .shortAndLong,
-            help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G). With --from: default, from the tree.",
+    @Option(name: .shortAndLong, parsing: .unconditional,
+            help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G, 1T; binary: 5G = 5GB = 5120 MiB). With --from: default, from the tree.",
                                valueName: "size"),
             transform: { try ImageSize(parsing: $0) })
     public var size: ImageSize?
 
-    @Option(name: [.customShort("n"), .customLong("files")],
+    @Option(name: [.customShort("n"), .customLong("files")], parsing: .unconditional,
             help: ArgumentHelp("Make room for this many thousand files (-n 700: 700,000). Default: one per 16 KiB; with --from, from the tree.",
                                valueName: "thousands"),
             transform: { try FileCount(parsing: $0) })
     public var files: FileCount?
 
     @Option(name: [.customShort("o"), .customLong("output")],
-            help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3; with --from, <src name>.ext3).",
-                               valueName: "path"))
+            help: ArgumentHelp("Write the image here (default: overlay-<size>M-<files>K.ext3, the size in MiB and the files in thousands; with --from, <src name>.ext3).",
+                               valueName: "path"),
+            completion: .overlayImage)
     public var output: String?
 
+    @Argument(help: ArgumentHelp("The image path, as apptainer overlay create takes it: the same as -o.", valueName: "path"),
+              completion: .overlayImage)
+    public var imagePath: String?
+
     @Option(name: .customLong("from"),
-            help: ArgumentHelp("Pack this directory or tar archive (plain or gzip) into upper/.", valueName: "src"))
+            help: ArgumentHelp("Pack this directory or tar archive (plain or gzip) into upper/.", valueName: "src"),
+            completion: .file(extensions: ["tar", "gz", "tgz"]))
     public var from: String?
 
     @Option(name: .customLong("to"),
@@ -73,14 +84,25 @@ public struct CreateOverlay: ParsableCommand {
                                valueName: "path"))
     public var createDirectories: [String] = []
 
-    @Flag(help: "Give upper/ and work/ to root (uid 0), for containers run with --fakeroot.")
+    @Flag(name: [.customShort("f"), .customLong("fakeroot")],
+          help: "Give upper/ and work/ to root (uid 0), for containers run with --fakeroot.")
     public var fakeroot = false
+
+    @Flag(name: [.customShort("S"), .customLong("sparse")],
+          help: "Accepted as apptainer overlay create takes it: images are always sparse, so it changes nothing.")
+    public var sparse = false
 
     @Flag(help: "Print the result as one JSON object.")
     public var json = false
 
+    /// Where the image goes: -o, else the path given last, else nil (the default name).
+    var target: String? { output ?? imagePath }
+
     public func validate() throws {
-        if let output, output.isEmpty || output.hasSuffix("/") {
+        if let output, let imagePath {
+            throw UsageError("the image path is given twice (-o \(output) and \(imagePath)): give it once, with -o or last")
+        }
+        if let output = target, output.isEmpty || output.hasSuffix("/") {
             throw UsageError("-o '\(output)' names no file: give the image's file name, e.g. -o env.ext3")
         }
         if from?.isEmpty == true {
@@ -95,17 +117,19 @@ public struct CreateOverlay: ParsableCommand {
         if to != nil && rootTree {
             throw UsageError("give either --to PATH or --root-tree, not both")
         }
-        if from == nil { _ = try formatter() }
     }
 
     public func run() throws {
+        if sparse { printError("note: images are always sparse (they take disk space only as files are written); -S/--sparse changes nothing") }
         if let from { return try pack(from) }
+        // Checked here rather than in validate(), so that a mistyped option is named first.
         let formatter = try formatter()
         let size = ImageSize(bytes: formatter.configuration.sizeBytes, typed: self.size?.typed)
-        let target = output ?? OverlayName.defaultName(size: size, files: files)
+        let target = self.target ?? OverlayName.defaultName(size: size, files: files, inodes: formatter.geometry.inodeCount)
         let summary: Ext3.Summary
         do {
-            summary = try formatter.create(at: target)
+            try CreateOverlay.checkFree(target)
+            summary = try withProgress("creating \(target) (\(size))") { try formatter.create(at: target) }
         } catch let error as Ext3.Error {
             throw CommandFailure(CreateOverlay.explain(error, target: target))
         }
@@ -180,6 +204,9 @@ public struct CreateOverlay: ParsableCommand {
             default:
                 return "cannot create \(target) in \(directory): \(Ext3.errnoString(code))"
             }
+        case .exists:
+            var info = stat()
+            return lstat(target, &info) == 0 ? existing(target, mode: info.st_mode) : error.description
         case let .system(_, _, code) where code == ENOSPC || code == EDQUOT:
             return noSpace(target, code)
         case let .library(_, _, code, _) where code == Int64(ENOSPC) || code == Int64(EDQUOT):
@@ -191,6 +218,27 @@ public struct CreateOverlay: ParsableCommand {
             return "cannot create \(target): \(operation): \(message)"
         default:
             return error.description
+        }
+    }
+
+    /// Refuses a target that exists, before anything is read or written; a directory or a
+    /// device is named as what it is (it is not to be removed).
+    static func checkFree(_ target: String) throws {
+        var info = stat()
+        guard lstat(target, &info) == 0 else { return }
+        throw CommandFailure(existing(target, mode: info.st_mode))
+    }
+
+    static func existing(_ target: String, mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR:
+            return "\(target) is a directory: give the image's file name, e.g. -o \(target.hasSuffix("/") ? target : target + "/")env.ext3"
+        case S_IFREG, S_IFLNK:
+            return "\(target) already exists; choose another name with -o or remove it first"
+        case S_IFCHR, S_IFBLK:
+            return "\(target) is a device, not a file: choose the image's file name with -o"
+        default:
+            return "\(target) exists and is not a regular file: choose the image's file name with -o"
         }
     }
 

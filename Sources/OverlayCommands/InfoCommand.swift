@@ -17,7 +17,7 @@ public struct InfoCommand: ParsableCommand {
 
     public init() {}
 
-    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
+    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"), completion: .overlayImage)
     public var image: String
 
     @Flag(help: "Print the result as one JSON object.")

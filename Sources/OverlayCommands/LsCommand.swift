@@ -21,7 +21,7 @@ public struct LsCommand: ParsableCommand {
 
     public init() {}
 
-    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
+    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"), completion: .overlayImage)
     public var image: String
 
     @Argument(help: ArgumentHelp("The directory to list, from the image root.", valueName: "path"))

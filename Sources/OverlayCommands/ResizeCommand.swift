@@ -24,7 +24,7 @@ public struct ResizeCommand: ParsableCommand {
 
     public init() {}
 
-    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"))
+    @Argument(help: ArgumentHelp("The overlay image.", valueName: "image"), completion: .overlayImage)
     public var image: String
 
     @Option(name: .shortAndLong, help: ArgumentHelp("Make the image this big: MiB, or with a unit (500M, 5G). Default: its size now.", valueName: "size"),

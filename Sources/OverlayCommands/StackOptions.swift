@@ -15,21 +15,25 @@ public struct StackOptions: ParsableArguments {
     @Option(name: .shortAndLong, parsing: .singleValue,
             help: ArgumentHelp("Overlay image; the first is writable unless it ends in :ro, the rest are read-only. Repeat to stack.",
                                valueName: "image[:ro]"),
+            completion: .overlayImage,
             transform: { try OverlayArgument(parsing: $0) })
     public var overlay: [OverlayArgument] = []
 
     @Option(name: .shortAndLong,
             help: ArgumentHelp("Container: a SIF file, a squashfs image, a sandbox directory, /, or for Singularity a URI such as docker://ubuntu (default: $OVERLAY_CONTAINER, else container in the config file, else / for the native runtime; Singularity needs one; see overlay config).",
-                               valueName: "container"))
+                               valueName: "container"),
+            completion: .container)
     public var container: String?
 
     @Option(name: [.customShort("B"), .customLong("bind")], parsing: .singleValue,
             help: ArgumentHelp("Bind a host path into the container. Repeatable.", valueName: "src[:dst[:ro]]"),
+            completion: .file(),
             transform: { try Bind(parsing: $0) })
     public var bind: [Bind] = []
 
     @Option(help: ArgumentHelp("Runtime: auto (Apptainer/Singularity when on PATH, else native), native, singularity, apptainer (default: $OVERLAY_RUNTIME, else runtime in the config file, else auto).",
                                valueName: "runtime"),
+            completion: .list(RuntimeKind.allCases.map(\.rawValue)),
             transform: { text in
                 guard let kind = RuntimeKind(rawValue: text) else {
                     throw UsageError("unknown runtime '\(text)': use auto, native, singularity or apptainer")
@@ -56,10 +60,67 @@ public struct StackOptions: ParsableArguments {
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
     public var dryRun = false
 
+    // Apptainer's own options, as its users type them: passed to Apptainer/Singularity; the
+    // native runtime refuses each in one line saying what to do instead.
+    @Flag(help: "NVIDIA GPUs, as Apptainer's --nv (Apptainer/Singularity only).")
+    public var nv = false
+
+    @Flag(help: "AMD GPUs, as Apptainer's --rocm (Apptainer/Singularity only).")
+    public var rocm = false
+
+    @Flag(help: "A clean environment, as Apptainer's --cleanenv (Apptainer/Singularity only).")
+    public var cleanenv = false
+
+    @Option(help: ArgumentHelp("Start in this directory inside the container, as Apptainer's --pwd (Apptainer/Singularity only).",
+                               valueName: "dir"),
+            completion: .directory)
+    public var pwd: String?
+
+    @Flag(name: .customLong("writable-tmpfs"),
+          help: "A writable layer in memory, as Apptainer's --writable-tmpfs (Apptainer/Singularity only).")
+    public var writableTmpfs = false
+
+    /// Those options as Apptainer takes them.
+    var apptainerOptions: [String] {
+        var options: [String] = []
+        if nv { options.append("--nv") }
+        if rocm { options.append("--rocm") }
+        if cleanenv { options.append("--cleanenv") }
+        if let pwd { options += ["--pwd", pwd] }
+        if writableTmpfs { options.append("--writable-tmpfs") }
+        return options
+    }
+
+    @Argument(help: ArgumentHelp("Not taken: the container goes with -c (apptainer exec takes it here; refused with that hint).",
+                                 valueName: "container", visibility: .hidden),
+              completion: .container)
+    public var positionalContainer: String?
+
     public func validate() throws {
+        if let word = positionalContainer {
+            let tool = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
+            throw UsageError(Self.positionalAdvice(word, shell: tool == "mount-overlay"))
+        }
         if !overlay.isEmpty || (snapshots.isEmpty && writableDirs.isEmpty) {
             _ = try OverlayStack(parsed: overlay)
         }
+    }
+
+    /// For a word before `--` that is not an option: a container (`image.sif`, as apptainer
+    /// exec takes it) goes with -c; anything else is a command, which goes after --.
+    static func positionalAdvice(_ word: String, shell: Bool = false) -> String {
+        var info = stat()
+        let lower = word.lowercased()
+        let container = isURI(word) || lower.hasSuffix(".sif") || lower.hasSuffix(".sqsh") || lower.hasSuffix(".squashfs")
+            || lower.hasSuffix(".img") || (stat(word, &info) == 0 && (info.st_mode & S_IFMT) != S_IFREG || word.contains("/") && access(word, F_OK) == 0)
+        if container {
+            if shell { return "'\(word)': give the container with -c: mount-overlay -o IMAGE -c \(word)" }
+            return "'\(word)': give the container with -c (-c \(word)), and a command after --, e.g. run-overlay -o IMAGE:ro -c \(word) -- COMMAND"
+        }
+        if shell {
+            return "'\(word)': mount-overlay takes no command (it opens a shell); to run one, use run-overlay -o IMAGE -- \(word) ..."
+        }
+        return "'\(word)': put the command after -- (run-overlay -o IMAGE -- \(word) ...), or give a command file with -f"
     }
 
     /// The effective settings: the flags, else the environment, else the configuration files
@@ -112,7 +173,7 @@ public struct StackOptions: ParsableArguments {
         let reference = try Self.container(configuration.container,
                                            forSingularity: RuntimeSelection.choosesSingularity(kind))
         var job = Job(stack: stack, container: reference, binds: binds, command: command,
-                      workingDirectory: currentDirectory(), runtimeOptions: runtimeOptions)
+                      workingDirectory: currentDirectory(), runtimeOptions: apptainerOptions + runtimeOptions)
         job.frozenPaths = frozen
         job.scratch = !(files + extraSnapshots).isEmpty && stack.writable == nil
         return job
@@ -185,7 +246,7 @@ public struct StackOptions: ParsableArguments {
     /// Why the native runtime does not take `--runtime-option=OPTION`, and what to do instead:
     /// the options are Singularity/Apptainer's, and ignoring one silently would run the job
     /// without what it asked for.
-    static func nativeRefusal(_ option: String) -> String {
+    static func nativeRefusal(_ option: String, asFlag: Bool = false) -> String {
         let name = option.split(separator: "=", maxSplits: 1).first.map(String.init) ?? option
         let advice: String
         switch name {
@@ -195,12 +256,14 @@ public struct StackOptions: ParsableArguments {
             advice = "it runs the job as you (as root, run-overlay as root); for a root-owned overlay use create-overlay --fakeroot with Apptainer"
         case "--writable-tmpfs":
             advice = "give a writable overlay as the first -o instead: it keeps what the job writes"
+        case "--pwd":
+            advice = "the job starts in the directory you run it from (bound in): cd there first, or use --runtime apptainer"
         case "--contain", "-c", "--containall", "-C", "--cleanenv", "-e":
             advice = "it always binds /sys, /dev, /tmp, $HOME and the working directory and keeps your environment; use --runtime apptainer for \(name)"
         default:
             advice = "it takes no Singularity/Apptainer options; use --runtime apptainer or singularity, or leave the option out"
         }
-        return "--runtime-option=\(option) is not supported by the native runtime: \(advice)"
+        return "\(asFlag ? name : "--runtime-option=" + option) is not supported by the native runtime: \(advice)"
     }
 
     /// `scheme://...`, as Singularity writes image sources.
@@ -215,9 +278,11 @@ public struct StackOptions: ParsableArguments {
 
     /// Runs (or, with --dry-run, prints) the job; exits with the job's status.
     func execute(_ command: JobCommand) throws {
+        // The runtime first: a missing Apptainer is named before anything it would need.
         let runtime = try RuntimeSelection.make(try runtimeKind())
-        if runtime is NativeRuntime, let option = runtimeOptions.first {
-            throw CommandFailure(Self.nativeRefusal(option))
+        if runtime is NativeRuntime {
+            if let option = apptainerOptions.first { throw CommandFailure(Self.nativeRefusal(option, asFlag: true)) }
+            if let option = runtimeOptions.first { throw CommandFailure(Self.nativeRefusal(option)) }
         }
         var own: (path: String, slot: Int?)?
         if snapshots.isEmpty && !writableDirs.isEmpty {

@@ -108,6 +108,11 @@ extension Ext3 {
 
         /// `env.ext3` for `env/`, `data.ext3` for `data.tar.gz`, `data.tgz` or `data.tar`.
         public var defaultImageName: String {
+            PackSource.defaultImageName(for: path, isDirectory: kind == .directory)
+        }
+
+        /// The default image name for `path` before it is read: the same as ``defaultImageName``.
+        public static func defaultImageName(for path: String, isDirectory: Bool) -> String {
             var name = path
             while name.count > 1 && name.hasSuffix("/") { name.removeLast() }
             if let slash = name.lastIndex(of: "/") { name = String(name[name.index(after: slash)...]) }
@@ -118,7 +123,7 @@ extension Ext3 {
                     name = full.split(separator: "/").last.map(String.init) ?? ""
                 }
             }
-            for suffix in [".tar.gz", ".tgz", ".tar", ".gz"] where kind != .directory && name.hasSuffix(suffix) && name.count > suffix.count {
+            for suffix in [".tar.gz", ".tgz", ".tar", ".gz"] where !isDirectory && name.hasSuffix(suffix) && name.count > suffix.count {
                 name.removeLast(suffix.count)
                 break
             }

@@ -9,7 +9,8 @@ public enum RuntimeSelection {
             return NativeRuntime()
         case .apptainer, .singularity:
             guard let path = findExecutable(kind.rawValue) else {
-                throw RuntimeError.unavailable("\(kind.rawValue) is not on PATH: install it, or use --runtime native")
+                let name = kind == .apptainer ? "Apptainer" : "Singularity"
+                throw RuntimeError.unavailable("\(name) is missing: no \(kind.rawValue) on PATH; install it (or load its module), or use --runtime native")
             }
             return SingularityRuntime(executable: path)
         case .auto:

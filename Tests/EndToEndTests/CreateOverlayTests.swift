@@ -66,8 +66,8 @@ struct CreateOverlayTests {
 
     static let badInputs: [BadInput] = [
         BadInput(arguments: ["-s", "0"], mentions: "invalid size '0'"),
-        BadInput(arguments: ["-s=-5"], mentions: "invalid size '-5'"),
-        BadInput(arguments: ["-s", "-5"], mentions: "-s"),
+        BadInput(arguments: ["-s=-5"], mentions: "-s -5: a size cannot be negative"),
+        BadInput(arguments: ["-s", "-5"], mentions: "-s -5: a size cannot be negative"),
         BadInput(arguments: ["-s", "abc"], mentions: "invalid size 'abc'"),
         BadInput(arguments: ["-s", "4"], mentions: "at least 8 MiB"),
         BadInput(arguments: ["-s", "100", "-n", "0"], mentions: "invalid file count '0'"),
@@ -104,7 +104,7 @@ struct CreateOverlayTests {
         let result = try user.run([tool, "-s", "64"], currentDirectory: directory.path)
         #expect(result.status != 0)
         #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
-        #expect(result.stderr.contains("overlay-64M.ext3") && result.stderr.contains("not writable"), "\(result.stderr)")
+        #expect(result.stderr.contains("overlay-64M-4K.ext3") && result.stderr.contains("not writable"), "\(result.stderr)")
         #expect(try directory.listing() == [])
     }
 

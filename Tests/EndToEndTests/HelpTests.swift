@@ -13,13 +13,13 @@ import TestSupport
 /// Bad command lines get one line on stderr, never the usage dump, and exit 64 (EX_USAGE).
 @Suite struct UsageErrorTests {
     @Test(arguments: [
-        (["create-overlay", "-s", "64", "--bogus"], "Error: Unknown option '--bogus' (see create-overlay --help)"),
+        (["create-overlay", "-s", "64", "--bogus"], "error: Unknown option '--bogus' (see create-overlay --help)"),
         (["run-overlay", "-o", "a.ext3", "-o", "b.ext3:rw", "--", "true"],
-         "Error: b.ext3: only the first overlay may be writable; add ':ro' to it (e.g. -o b.ext3:ro)"),
-        (["run-overlay", "-o", "a.ext3"], "Error: nothing to run: give a command file with -f FILE, or a command after --"),
+         "error: b.ext3: only the first overlay may be writable; add ':ro' to it (e.g. -o b.ext3:ro)"),
+        (["run-overlay", "-o", "a.ext3"], "error: nothing to run: give a command file with -f FILE, or a command after --"),
         (["mount-overlay", "--runtime", "bogus", "-o", "a.ext3"],
-         "Error: unknown runtime 'bogus': use auto, native, singularity or apptainer"),
-        (["overlay", "cat", "a.ext3"], "Error: Missing expected argument '<path>' (see overlay --help)"),
+         "error: unknown runtime 'bogus': use auto, native, singularity or apptainer"),
+        (["overlay", "cat", "a.ext3"], "error: Missing expected argument '<path>' (see overlay --help)"),
     ])
     func oneLineAndUsageStatus(_ argv: [String], _ line: String) throws {
         let result = try run([product(argv[0])] + argv.dropFirst())

@@ -51,7 +51,7 @@ struct JobChecksTests {
         for (file, message) in cases {
             let result = try scene.run("run-overlay", ["-o", "env.ext3:ro", "-f", file])
             #expect(result.status == 1, "\(file): \(result)")
-            #expect(result.stderr == "Error: \(message): give a text file of shell commands with -f\n", "\(result.stderr)")
+            #expect(result.stderr == "error: \(message): give a text file of shell commands with -f\n", "\(result.stderr)")
         }
         // Unreadable by the user who runs the job.
         let unreadable = try user.run([product("run-overlay"), "--runtime", "native", "-o", scene.file("env.ext3") + ":ro",
@@ -77,7 +77,7 @@ struct JobChecksTests {
             for dryRun in [[], ["--dry-run"]] {
                 let result = try scene.run("run-overlay", ["-o", "env.ext3:ro", "--runtime-option=\(option)"] + dryRun + ["--", "true"])
                 #expect(result.status == 1, "\(option): \(result)")
-                #expect(result.stderr.hasPrefix("Error: --runtime-option=\(option) is not supported by the native runtime: \(advice)"),
+                #expect(result.stderr.hasPrefix("error: --runtime-option=\(option) is not supported by the native runtime: \(advice)"),
                         "\(result.stderr)")
                 #expect(result.stderr.split(separator: "\n").count == 1)
                 #expect(result.stdout.isEmpty)
@@ -132,7 +132,7 @@ struct DamagedImageRefusalTests {
         let before = try Data(contentsOf: URL(fileURLWithPath: image))
         let result = try scene.run("run-overlay", ["-o", "locked.ext3", "--", "/bin/sh", "-c", "echo x > /written-\(scene.mark)"])
         #expect(result.status == 1, "\(result)")
-        #expect(result.stderr == "Error: overlay 'locked.ext3' is read-only on disk (mode 0444): use it read-only with 'locked.ext3:ro', or make it writable first (chmod u+w locked.ext3)\n", "\(result.stderr)")
+        #expect(result.stderr == "error: overlay 'locked.ext3' is read-only on disk (mode 0444): use it read-only with 'locked.ext3:ro', or make it writable first (chmod u+w locked.ext3)\n", "\(result.stderr)")
         #expect(try Data(contentsOf: URL(fileURLWithPath: image)) == before)
         // Read-only use is fine.
         let reading = try scene.run("run-overlay", ["-o", "locked.ext3:ro", "--", "true"])
@@ -149,7 +149,7 @@ struct DamagedImageRefusalTests {
         #expect(!info.stdout.contains("can mount it read-only"), "\(info.stdout)")
         let readOnly = try scene.run("run-overlay", ["-o", "bare.ext3:ro", "--", "true"])
         #expect(readOnly.status == 1, "\(readOnly)")
-        #expect(readOnly.stderr == "Error: overlay 'bare.ext3' has no upper/ directory at its root, so it is not an overlay (Apptainer stacks upper/ too): add it with: debugfs -w -R 'mkdir upper' bare.ext3, or pack the files with create-overlay --from\n", "\(readOnly.stderr)")
+        #expect(readOnly.stderr == "error: overlay 'bare.ext3' has no upper/ directory at its root, so it is not an overlay (Apptainer stacks upper/ too): add it with: debugfs -w -R 'mkdir upper' bare.ext3, or pack the files with create-overlay --from\n", "\(readOnly.stderr)")
         let writable = try scene.run("run-overlay", ["-o", "bare.ext3", "--", "true"])
         #expect(writable.status == 1, "\(writable)")
         #expect(writable.stderr.contains("has no upper/ and work/ directory at its root, so it cannot be mounted writable: add them with: debugfs"), "\(writable.stderr)")
@@ -170,7 +170,7 @@ struct DamagedImageRefusalTests {
         #expect(filled.status == 0, "\(filled)")
         let refused = try scene.run("run-overlay", ["-o", "full.ext3", "--", "true"])
         #expect(refused.status == 1, "\(refused)")
-        #expect(refused.stderr.hasPrefix("Error: overlay 'full.ext3' has no free inodes (all 1008 files are used), so it cannot be mounted writable"), "\(refused.stderr)")
+        #expect(refused.stderr.hasPrefix("error: overlay 'full.ext3' has no free inodes (all 1008 files are used), so it cannot be mounted writable"), "\(refused.stderr)")
         #expect(refused.stderr.split(separator: "\n").count == 1)
         // Read-only, it is there to look at.
         let looking = try scene.run("run-overlay", ["-o", "full.ext3:ro", "--", "/bin/sh", "-c", "ls /upper 2>/dev/null; true"])
@@ -278,7 +278,7 @@ struct PackPlacementTests {
         chmod("\(env)/bin/python", 0o755)
         let refused = try TestSupport.run([product("create-overlay"), "--from", "env"], currentDirectory: scene.directory.path)
         #expect(refused.status == 1, "\(refused)")
-        #expect(refused.stderr.hasPrefix("Error: env has bin/, lib/, lib64/ at its top: stacked at the container's / they would hide the container's own"), "\(refused.stderr)")
+        #expect(refused.stderr.hasPrefix("error: env has bin/, lib/, lib64/ at its top: stacked at the container's / they would hide the container's own"), "\(refused.stderr)")
         #expect(refused.stderr.contains("--to"), "\(refused.stderr)")
         #expect(!FileManager.default.fileExists(atPath: scene.file("env.ext3")), "nothing written")
 

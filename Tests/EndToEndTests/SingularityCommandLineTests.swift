@@ -65,7 +65,7 @@ struct SingularityCommandLineTests {
         try scene.overlay("env.ext3")
         try scene.overlay("data.ext3")
         let sif = try scene.sif("base.sif")
-        let result = try scene.run("mount-overlay", ["-o", "env.ext3", "-o", "data.ext3", "-c", sif, "--runtime-option=--fakeroot"])
+        let result = try scene.runOnTerminal("mount-overlay", ["-o", "env.ext3", "-o", "data.ext3", "-c", sif, "--runtime-option=--fakeroot"])
         #expect(result.status == 0, "\(result)")
         #expect(scene.standIn.arguments() == ["shell", "--fakeroot", "--overlay", "env.ext3", "--overlay", "data.ext3:ro", sif])
     }
@@ -120,7 +120,7 @@ struct SingularityCommandLineTests {
         try scene.overlay("env.ext3")
         let result = try scene.run("run-overlay", ["-o", "env.ext3", "--", "true"])
         #expect(result.status == 1, "\(result)")
-        #expect(result.stderr == "Error: Singularity needs a container image: give -c IMAGE or set container in ~/.config/overlay/config\n")
+        #expect(result.stderr == "error: Singularity needs a container image: give -c IMAGE or set container in ~/.config/overlay/config\n")
         #expect(!scene.standIn.started)
     }
 
@@ -155,7 +155,7 @@ struct SingularityLockTests {
         for overlay in ["env.ext3", "env.ext3:ro"] {
             let result = try scene.run("run-overlay", ["-o", overlay, "-c", "docker://alpine", "--", "true"])
             #expect(result.status == 1, "\(result)")
-            #expect(result.stderr == "Error: env.ext3 is in use: another job has it mounted writable; wait for it to finish (nobody can mount it until then)\n")
+            #expect(result.stderr == "error: env.ext3 is in use: another job has it mounted writable; wait for it to finish (nobody can mount it until then)\n")
         }
         #expect(!scene.standIn.started)
     }

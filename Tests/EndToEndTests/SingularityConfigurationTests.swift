@@ -42,7 +42,7 @@ struct SingularityConfigurationTests {
 
         let bad = try scene.run("run-overlay", ["-o", "env.ext3", "--", "true"], environment: ["OVERLAY_RUNTIME": "docker"])
         #expect(bad.status == 1)
-        #expect(bad.stderr == "Error: unknown runtime 'docker' (from $OVERLAY_RUNTIME): use auto, native, singularity or apptainer\n")
+        #expect(bad.stderr == "error: unknown runtime 'docker' (from $OVERLAY_RUNTIME): use auto, native, singularity or apptainer\n")
     }
 
     @Test func aContainerThatIsNotThereSaysWhereItWasSet() throws {
@@ -51,7 +51,7 @@ struct SingularityConfigurationTests {
         let result = try scene.run("run-overlay", ["-o", "env.ext3", "--", "true"],
                                    environment: ["OVERLAY_CONTAINER": scene.file("gone.sif")])
         #expect(result.status == 1)
-        #expect(result.stderr == "Error: container '\(scene.file("gone.sif"))' not found: give a SIF file, a squashfs image, a sandbox directory or / with -c (from $OVERLAY_CONTAINER)\n")
+        #expect(result.stderr == "error: container '\(scene.file("gone.sif"))' not found: give a SIF file, a squashfs image, a sandbox directory or / with -c (from $OVERLAY_CONTAINER)\n")
         #expect(!scene.standIn.started)
     }
 
@@ -61,7 +61,7 @@ struct SingularityConfigurationTests {
         try write("container = docker://ubuntu\n", to: scene.file("config/overlay/config"))
         let result = try scene.run("run-overlay", ["--runtime", "native", "-o", "env.ext3", "--", "true"])
         #expect(result.status == 1)
-        #expect(result.stderr == "Error: container 'docker://ubuntu' (from \(scene.file("config/overlay/config")):1) is a URI only Singularity/Apptainer can pull: use --runtime apptainer, or give a local SIF file, squashfs image or directory\n")
+        #expect(result.stderr == "error: container 'docker://ubuntu' (from \(scene.file("config/overlay/config")):1) is a URI only Singularity/Apptainer can pull: use --runtime apptainer, or give a local SIF file, squashfs image or directory\n")
     }
 
     @Test func aBrokenFileIsOneLineNamingIt() throws {
@@ -70,7 +70,7 @@ struct SingularityConfigurationTests {
         try write("container: /x.sif\n", to: scene.file("system-config"))
         let result = try scene.run("run-overlay", ["-o", "env.ext3", "-c", "docker://x", "--", "true"])
         #expect(result.status == 1)
-        #expect(result.stderr == "Error: \(scene.file("system-config")):1: expected 'key = value', found 'container: /x.sif'\n")
+        #expect(result.stderr == "error: \(scene.file("system-config")):1: expected 'key = value', found 'container: /x.sif'\n")
         #expect(!scene.standIn.started)
     }
 

@@ -105,6 +105,14 @@ struct SingularityScene {
         return file(name)
     }
 
+    /// Runs one of our built executables on a terminal of its own (script(1) gives it a pty), as
+    /// mount-overlay needs one.
+    func runOnTerminal(_ tool: String, _ arguments: [String]) throws -> ProcessResult {
+        let line = ([product(tool)] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        return try TestSupport.run(["/usr/bin/script", "-qec", line, "/dev/null"], environment: environment(),
+                                   currentDirectory: directory.path)
+    }
+
     /// Runs one of our built executables in the scene's directory with its environment.
     func run(_ tool: String, _ arguments: [String], environment extra: [String: String] = [:]) throws -> ProcessResult {
         try TestSupport.run([product(tool)] + arguments, environment: environment(extra),

@@ -1,3 +1,4 @@
+import LinuxSupport
 import Testing
 import TestSupport
 @testable import Overlay
