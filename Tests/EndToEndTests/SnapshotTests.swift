@@ -259,7 +259,7 @@ struct SnapshotGitTests {
         _ = try git(["remote", "set-url", "origin", scene.directory.file("missing.git")], in: repo)
         let failed = try scene.run("overlay", ["snapshot", "create", "--git", "--push", "--quiet", "run-2"], in: repo)
         #expect(failed.status == 1, "\(failed)")
-        #expect(failed.stderr.hasPrefix("Error: --push: cannot push run-2"), "\(failed)")
+        #expect(failed.stderr.hasPrefix("error: --push: cannot push run-2"), "\(failed)")
         #expect(failed.stderr.split(separator: "\n").count == 1, "\(failed)")
         #expect(try git(["branch", "--list", "run-2"], in: repo).isEmpty, "the branch of a failed snapshot was kept")
         #expect(scene.storeFiles() == ["run-1.ext3"], "\(scene.storeFiles())")
@@ -269,7 +269,7 @@ struct SnapshotGitTests {
         let scene = try SnapshotScene()
         let result = try scene.run("overlay", ["snapshot", "create", "--git"], in: scene.directory.path)
         #expect(result.status == 1, "\(result)")
-        #expect(result.stderr.hasPrefix("Error: --git: ") && result.stderr.contains("not inside a git repository"), "\(result)")
+        #expect(result.stderr.hasPrefix("error: --git: ") && result.stderr.contains("not inside a git repository"), "\(result)")
         #expect(result.stderr.split(separator: "\n").count == 1)
         #expect(scene.storeFiles().isEmpty)
     }
