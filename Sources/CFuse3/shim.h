@@ -36,6 +36,9 @@ static inline int cfuse3_loop_mt(struct fuse_session *se, unsigned int max_threa
 static inline void cfuse3_want(struct fuse_conn_info *conn, unsigned int capability) {
     if (conn->capable & capability) conn->want |= capability;
 }
+static inline int cfuse3_capable(const struct fuse_conn_info *conn, unsigned int capability) {
+    return (conn->capable & capability) != 0;
+}
 static inline void cfuse3_unwant(struct fuse_conn_info *conn, unsigned int capability) {
     conn->want &= ~capability;
 }

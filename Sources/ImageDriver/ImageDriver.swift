@@ -48,10 +48,21 @@ public enum ImageDriver {
         let server = Unmanaged.passRetained(tree)
         defer { server.release() }
         var ops = fuse_lowlevel_ops()
-        ops.`init` = { _, conn in
-            guard let conn else { return }
+        ops.`init` = { userdata, conn in
+            guard let conn, let userdata else { return }
+            // Where the kernel can do without OPEN and OPENDIR (and RELEASE), they are answered
+            // ENOSYS once: the kernel then keeps file contents and listings cached across opens,
+            // and an open costs no round trip.
+            let tree = Unmanaged<ImageTree>.fromOpaque(userdata).takeUnretainedValue()
+            tree.withoutOpen = cfuse3_capable(conn, UInt32(FUSE_CAP_NO_OPEN_SUPPORT)) != 0
+            tree.withoutOpendir = cfuse3_capable(conn, UInt32(FUSE_CAP_NO_OPENDIR_SUPPORT)) != 0
             cfuse3_want(conn, UInt32(FUSE_CAP_CACHE_SYMLINKS))
             cfuse3_want(conn, UInt32(FUSE_CAP_PARALLEL_DIROPS))
+            // Every listing comes with its entries' attributes (not only the first batch, as
+            // the kernel's "auto" would have it): a `stat` or open of each file after it costs
+            // no lookup. Reading the inodes of a listing costs little next to a round trip each.
+            cfuse3_want(conn, UInt32(FUSE_CAP_READDIRPLUS))
+            cfuse3_unwant(conn, UInt32(FUSE_CAP_READDIRPLUS_AUTO))
             // Nothing changes the image: no need to compare times to drop cached pages.
             cfuse3_unwant(conn, UInt32(FUSE_CAP_AUTO_INVAL_DATA))
         }
@@ -73,6 +84,7 @@ public enum ImageDriver {
             Self.answer(req) { tree in
                 guard let fi else { throw FuseError(EIO) }
                 guard cfuse3_open_flags(fi) & O_ACCMODE == O_RDONLY else { throw FuseError(EROFS) }
+                if tree.withoutOpen { throw FuseError(ENOSYS) }
                 let info = try tree.attributes(Self.inode(ino))
                 guard info.st_mode & S_IFMT != S_IFDIR else { throw FuseError(EISDIR) }
                 cfuse3_keep_cache(fi, 0)
@@ -84,6 +96,7 @@ public enum ImageDriver {
             Self.answer(req) { tree in
                 guard let fi else { throw FuseError(EIO) }
                 _ = try tree.listing(Self.inode(ino))
+                if tree.withoutOpendir { throw FuseError(ENOSYS) }
                 cfuse3_keep_cache(fi, 1)
                 fuse_reply_open(req, fi)
             }

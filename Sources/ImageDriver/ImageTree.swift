@@ -41,6 +41,10 @@ final class ImageTree: @unchecked Sendable {
     /// The image, opened read-only, for file contents.
     let descriptor: Int32
     let blockSize: Int
+    /// Whether the kernel opens files (directories) without asking: set once, when the
+    /// session starts, before any request.
+    var withoutOpen = false
+    var withoutOpendir = false
     private let fs: ext2_filsys
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var nodes: [UInt32: Node] = [:]
