@@ -215,25 +215,18 @@ public enum ImageDriver {
             let blockSize = UInt64(tree.blockSize)
             var position = start
             while position < end {
-                let logical = Int(position / blockSize)
-                let physical = logical < map.blocks.count ? map.blocks[logical] : 0
                 // A run of physically consecutive blocks (or of holes) is one read.
-                var next = logical + 1
-                while UInt64(next) * blockSize < end {
-                    let following: UInt32 = next < map.blocks.count ? map.blocks[next] : 0
-                    if physical == 0 ? following != 0 : following != physical &+ UInt32(next - logical) { break }
-                    next += 1
-                }
-                let runEnd = min(end, UInt64(next) * blockSize)
+                let (physical, count) = map.locate(position / blockSize)
+                let runEnd = min(end, (position / blockSize + min(count, (end - position) / blockSize + 1)) * blockSize)
                 let target = buffer + Int(position - start)
-                let count = Int(runEnd - position)
+                let length = Int(runEnd - position)
                 if physical == 0 {
-                    memset(target, 0, count)
+                    memset(target, 0, length)
                 } else {
                     var done = 0
-                    let base = off_t(UInt64(physical) * blockSize + position % blockSize)
-                    while done < count {
-                        let got = pread(tree.descriptor, target + done, count - done, base + off_t(done))
+                    let base = off_t(physical * blockSize + position % blockSize)
+                    while done < length {
+                        let got = pread(tree.descriptor, target + done, length - done, base + off_t(done))
                         if got < 0, errno == EINTR { continue }
                         guard got > 0 else { throw FuseError(EIO) }
                         done += got

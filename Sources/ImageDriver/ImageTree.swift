@@ -22,10 +22,32 @@ final class ImageTree: @unchecked Sendable {
         var entries: [Entry] = []
     }
 
-    /// An inode's data blocks, logical block i at physical block `blocks[i]` (0: a hole).
+    /// An inode's data blocks as runs: logical blocks `logical..<logical+count` are physical
+    /// blocks `physical..<physical+count`; blocks in no run are holes. As many runs as the file
+    /// has pieces (one for most files), whatever size a damaged inode claims.
     struct BlockMap {
-        var blocks: [UInt32]
+        struct Run {
+            var logical: UInt64
+            var physical: UInt64
+            var count: UInt64
+        }
+        var runs: [Run]
         var size: UInt64
+
+        /// The physical block of logical block `block` (0: a hole) and how many blocks from it
+        /// on are laid out the same way (consecutive, or all holes; at least 1).
+        func locate(_ block: UInt64) -> (physical: UInt64, count: UInt64) {
+            // The first run that ends after `block`.
+            var low = 0, high = runs.count
+            while low < high {
+                let middle = (low + high) / 2
+                if runs[middle].logical + runs[middle].count <= block { low = middle + 1 } else { high = middle }
+            }
+            guard low < runs.count else { return (0, UInt64.max - block) }
+            let run = runs[low]
+            if run.logical > block { return (0, run.logical - block) }
+            return (run.physical + (block - run.logical), run.count - (block - run.logical))
+        }
     }
 
     private final class Node {
@@ -151,7 +173,8 @@ final class ImageTree: @unchecked Sendable {
                 target = Array(UnsafeBufferPointer(start: cext2fs_inode_block_bytes(&raw), count: size))
             } else {
                 let map = try readBlockMap(inode, size: UInt64(size))
-                guard let first = map.blocks.first, first != 0 else { throw FuseError(EIO) }
+                let first = map.locate(0).physical
+                guard first != 0 else { throw FuseError(EIO) }
                 target = [UInt8](repeating: 0, count: size)
                 let count = target.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, size, off_t(first) * off_t(blockSize)) }
                 guard count == size else { throw FuseError(EIO) }
@@ -223,25 +246,26 @@ final class ImageTree: @unchecked Sendable {
     }
 
     private func readBlockMap(_ inode: UInt32, size: UInt64) throws(FuseError) -> BlockMap {
-        final class Context { var blocks: [UInt32] = []; var limit = 0 }
+        final class Context { var runs: [BlockMap.Run] = []; var limit: UInt64 = 0 }
         let context = Context()
-        context.limit = Int((size + UInt64(blockSize) - 1) / UInt64(blockSize))
-        context.blocks.reserveCapacity(context.limit)
+        context.limit = (size + UInt64(blockSize) - 1) / UInt64(blockSize)
         let code = withExtendedLifetime(context) {
             ext2fs_block_iterate3(fs, inode, BLOCK_FLAG_READ_ONLY | BLOCK_FLAG_DATA_ONLY, nil, { _, block, index, _, _, data in
                 guard let block, let data, index >= 0 else { return 0 }
                 let context = Unmanaged<Context>.fromOpaque(data).takeUnretainedValue()
-                let logical = Int(index)
+                let logical = UInt64(index), physical = block.pointee
                 guard logical < context.limit else { return BLOCK_ABORT }
-                if context.blocks.count <= logical {
-                    context.blocks.append(contentsOf: repeatElement(0, count: logical + 1 - context.blocks.count))
+                // In logical order: extend the last run, or start one.
+                if let last = context.runs.last, last.logical + last.count == logical, last.physical + last.count == physical {
+                    context.runs[context.runs.count - 1].count += 1
+                } else if context.runs.last.map({ $0.logical + $0.count <= logical }) ?? true {
+                    context.runs.append(.init(logical: logical, physical: physical, count: 1))
                 }
-                context.blocks[logical] = UInt32(truncatingIfNeeded: block.pointee)
                 return 0
             }, Unmanaged.passUnretained(context).toOpaque())
         }
         guard code == 0 else { throw FuseError(EIO) }
-        return BlockMap(blocks: context.blocks, size: size)
+        return BlockMap(runs: context.runs, size: size)
     }
 
     private func readExtendedAttributes(_ inode: UInt32) throws(FuseError) -> [(name: [UInt8], value: [UInt8])] {

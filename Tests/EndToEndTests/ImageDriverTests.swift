@@ -10,7 +10,7 @@ import Glibc
 /// image packed from a tree reads back through it as the tree, every kind of entry, attribute
 /// and extended attribute; it ends when its mount goes, leaving the image as it was.
 @Suite("Built-in image driver", .serialized, .requiresRoot,
-       .requires(executable: "getfattr", "from the attr package"), .requires(executable: "e2fsck"))
+       .requires(executable: "getfattr", "from the attr package"), .requires(executable: "e2fsck"), .requires(executable: "debugfs"))
 struct ImageDriverTests {
     /// One line per entry (path, kind, mode, owner, size but a directory's, links, mtime to the
     /// nanosecond, link target), the contents' checksums and every extended attribute, in path order.
@@ -110,6 +110,23 @@ struct ImageDriverTests {
         #expect(!ended.timedOut, "\(ended)")
         let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         #expect(!mounts.contains(mountPoint), "still mounted")
+    }
+
+    /// A damaged inode claiming 8 TiB with one block of data: read at its start and its end
+    /// (a hole, zeros) without the driver sizing anything by the claim.
+    @Test func aFileClaimingAHugeSizeReadsAsItsBlocksAndHoles() throws {
+        let directory = try TempDirectory("image-driver")
+        try FixtureImage.ext3(at: directory.file("image.ext3"), mebibytes: 16, files: ["srv/a.txt": "abc\n"])
+        let damaged = try run(["debugfs", "-w", "-R", "set_inode_field upper/srv/a.txt size 8796093022208", directory.file("image.ext3")])
+        #expect(damaged.status == 0, "\(damaged)")
+        let mountPoint = directory.file("mnt")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let driver = try Self.mount(directory.file("image.ext3"), at: mountPoint)
+        let read = try run(["sh", "-c", "stat -c %s \(mountPoint)/upper/srv/a.txt; head -c 4 \(mountPoint)/upper/srv/a.txt; tail -c 3 \(mountPoint)/upper/srv/a.txt | od -An -tx1"], timeout: 30)
+        #expect(read.stdout == "8796093022208\nabc\n 00 00 00\n", "\(read)")
+        #expect(umount(mountPoint) == 0)
+        let ended = driver.wait(timeout: 10)
+        #expect(!ended.timedOut && ended.status == 0, "\(ended)")
     }
 
     @Test func aMissingImageIsOneLine() throws {
