@@ -199,13 +199,13 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     done
     # The read-only rows: what a batch job sharing an image (-o IMAGE:ro) gets.
     echo
-    printf '%-30s %9s %9s %9s %9s %9s %7s %7s\n' "$MANY files, :ro (ms, one run)" root builtin:kern builtin:fovl fuse2fs:kern plain-ro builtin/root plain/builtin
+    printf '%-30s %9s %13s %13s %13s %9s %13s %13s\n' "$MANY files, :ro (ms, one run)" root builtin:kernel builtin:fuse-ovl fuse2fs:kernel plain-ro builtin/root plain/builtin
     read -ra RR <<<"$rootro"; read -ra O <<<"$oldro"; read -ra PR <<<"$plainro"
     k=0
     for i in 0 1 2 4 5 6; do
         awk -v n="${names[i]}" -v r="${RR[k]:-0}" -v b="${K[k]:-0}" -v f="${F[k]:-0}" -v o="${O[k]:-0}" -v p="${PR[k]:-0}" 'BEGIN {
             r1 = r < 1 ? 1 : r; b1 = b < 1 ? 1 : b
-            printf "%-30s %9d %9d %9d %9d %9d %7.1f %7.1f\n", n, r, b, f, o, p, b / r1, p / b1 }'
+            printf "%-30s %9d %13d %13d %13d %9d %13.1f %13.1f\n", n, r, b, f, o, p, b / r1, p / b1 }'
         k=$((k + 1))
     done
     rm -rf tree sandbox many.ext3 m.ext3
