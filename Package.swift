@@ -45,17 +45,26 @@ let package = Package(
         // create-overlay --from: a directory or tar archive read into Ext3's tree, sized, and
         // written into a new image.
         .target(name: "Pack", dependencies: ["Ext3", "TarArchive", "LinuxSupport"]),
+        // libfuse3's low-level API (FUSE_USE_VERSION set in the shim header).
+        .systemLibrary(
+            name: "CFuse3",
+            pkgConfig: "fuse3",
+            providers: [.apt(["libfuse3-dev"])]
+        ),
+        // The toolkit's own FUSE driver for read-only ext3 layers (an ordinary user's `:ro`
+        // images): libext2fs read once into hash maps, served by several threads.
+        .target(name: "ImageDriver", dependencies: ["CFuse3", "CExt2fs"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
         // Snapshots: the store, capture (directories, images, git) and their description.
         .target(name: "Snapshot", dependencies: ["Pack", "Overlay", "Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "ImageDriver", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",
             dependencies: [
-                "Ext3", "Pack", "Overlay", "Snapshot", "Runtime", "LinuxSupport",
+                "Ext3", "Pack", "Overlay", "Snapshot", "Runtime", "ImageDriver", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             plugins: ["VersionStamp"]

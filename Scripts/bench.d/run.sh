@@ -7,7 +7,10 @@
 #   many files: find, stat, cat and create over $MANY files (default 20,000) in one directory
 #   and in a tree of 1,000-file directories, in one run each (the first pass is cold): root,
 #   an ordinary user (run-overlay: cached fuse2fs + fuse-overlayfs on the host root; the
-#   kernel's overlay on a read-only sandbox) and the plain fuse2fs + fuse-overlayfs stack.
+#   kernel's overlay on a read-only sandbox) and the plain fuse2fs + fuse-overlayfs stack;
+#   then read-only on a sandbox (-o IMAGE:ro): root, the built-in image driver under the
+#   kernel's overlay and under fuse-overlayfs, fuse2fs under the kernel's overlay, and the
+#   plain stack read-only.
 # Median of $RUNS runs each; ratios below 1 mean run-overlay is faster.
 # Needs $BIN (release bin dir), $BENCH_TMP (scratch) and now/median; see Scripts/bench. Needs root.
 set -euo pipefail
@@ -164,8 +167,23 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
         chroot "$m/root" bash -c "$1" sh "$2"
     ' sh "$dir/mnt" "$job" "$MANY" 3>&1 2>/dev/null | cat)
+    # Read-only on the sandbox: the built-in driver under the kernel's overlay and under
+    # fuse-overlayfs; fuse2fs (OVERLAY_IMAGE_DRIVER=fuse2fs) under the kernel's overlay; root;
+    # and the plain stack read-only (fuse2fs ro + fuse-overlayfs ro), by hand.
     fresh; kernel=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=kernel "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
     fresh; fov=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=fuse-overlayfs "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
+    fresh; oldro=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=kernel OVERLAY_IMAGE_DRIVER=fuse2fs "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
+    fresh; rootro=$("$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
+    fresh; plainro=$(as_user unshare --map-current-user --keep-caps -m --propagation private \
+        setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
+        m="$1"; shift
+        trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
+        mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
+        fuse2fs m.ext3 "$m/a" -o fakeroot,ro
+        fuse-overlayfs -o "ro,noacl,static_nlink,lowerdir=$m/a/upper:$PWD/sandbox" "$m/root"
+        for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
+        chroot "$m/root" bash -c "$1" sh "$2"
+    ' sh "$dir/mnt" "$job" "$MANY" 3>&1 2>/dev/null | cat)
     echo
     printf '%-30s %9s %9s %9s %7s %7s %9s %9s %7s\n' "$MANY files (ms, one run)" root user plain user/root plain/root "user ro:kernel" "ro:fuse-ovl" kernel/root
     read -ra R <<<"$root"; read -ra U <<<"$user"; read -ra P <<<"$plain"; read -ra K <<<"$kernel"; read -ra F <<<"$fov"
@@ -178,6 +196,17 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         awk -v n="${names[i]}" -v r="${R[i]:-0}" -v u="${U[i]:-0}" -v p="${P[i]:-0}" -v k="${kv:-0}" -v f="${fv:-0}" 'BEGIN {
             r1 = r < 1 ? 1 : r
             printf "%-30s %9d %9d %9d %7.1f %7.1f %9s %9s %7s\n", n, r, u, p, u / r1, p / r1, k, f, (k == "-" ? "-" : sprintf("%.1f", k / r1)) }'
+    done
+    # The read-only rows: what a batch job sharing an image (-o IMAGE:ro) gets.
+    echo
+    printf '%-30s %9s %13s %13s %13s %9s %13s %13s\n' "$MANY files, :ro (ms, one run)" root builtin:kernel builtin:fuse-ovl fuse2fs:kernel plain-ro builtin/root plain/builtin
+    read -ra RR <<<"$rootro"; read -ra O <<<"$oldro"; read -ra PR <<<"$plainro"
+    k=0
+    for i in 0 1 2 4 5 6; do
+        awk -v n="${names[i]}" -v r="${RR[k]:-0}" -v b="${K[k]:-0}" -v f="${F[k]:-0}" -v o="${O[k]:-0}" -v p="${PR[k]:-0}" 'BEGIN {
+            r1 = r < 1 ? 1 : r; b1 = b < 1 ? 1 : b
+            printf "%-30s %9d %13d %13d %13d %9d %13.1f %13.1f\n", n, r, b, f, o, p, b / r1, p / b1 }'
+        k=$((k + 1))
     done
     rm -rf tree sandbox many.ext3 m.ext3
 fi

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ImageDriver
 import LinuxSupport
 
 #if canImport(Glibc)
@@ -27,6 +28,8 @@ public struct CommandFailure: UserFacingError {
 /// print as usual, and an exit status a command passes on (a job's) is exited with silently.
 public enum OneLineErrors {
     public static func main<Command: ParsableCommand>(_ type: Command.Type) -> Never {
+        // The native runtime starts this executable as its FUSE driver for read-only images.
+        ImageDriver.runIfAsked()
         if let mistyped = unknownSubcommand(type, Array(CommandLine.arguments.dropFirst())) {
             fail(mistyped, status: 64)
         }

@@ -1,3 +1,4 @@
+import ImageDriver
 import LinuxSupport
 import Overlay
 
@@ -46,6 +47,14 @@ public struct NativePlan: Codable, Equatable, Sendable {
         case fuseOverlayfs = "fuse-overlayfs"
     }
 
+    /// What mounts a read-only image in FUSE mode. `OVERLAY_IMAGE_DRIVER` chooses: `builtin`
+    /// (the default: this toolkit's own driver, ``ImageDriver``) or `fuse2fs`. A writable image
+    /// is always fuse2fs's.
+    public enum ReadOnlyDriver: String, Codable, Sendable {
+        case builtin
+        case fuse2fs
+    }
+
     public struct ImageMount: Codable, Equatable, Sendable {
         public var path: String
         public var readOnly: Bool
@@ -83,6 +92,11 @@ public struct NativePlan: Codable, Equatable, Sendable {
     public var staging: String
     public var images: [ImageMount]
     public var squashfs: SquashfsMount?
+    /// FUSE mode: the driver of the read-only images.
+    public var readOnlyDriver: ReadOnlyDriver?
+    /// FUSE mode: the executable that is the built-in driver (this one, with
+    /// ``ImageDriver/argument``).
+    public var driverExecutable: String?
     /// The container root: `/`, a sandbox directory, or the squashfs mount point.
     public var containerRoot: String
     /// Where `/` is bound recursively (without the staging tmpfs) for fuse-overlayfs to read
@@ -141,6 +155,20 @@ public struct NativePlan: Codable, Equatable, Sendable {
 
     static let fuse2fsCaching = ",kernel_cache,entry_timeout=3600,attr_timeout=3600,negative_timeout=3600"
 
+    /// The command that mounts `image` in FUSE mode: the built-in driver for a read-only image
+    /// (unless `OVERLAY_IMAGE_DRIVER=fuse2fs`), fuse2fs for the writable one. In the foreground.
+    public func fuseImageCommand(_ image: ImageMount) -> [String] {
+        if image.readOnly, readOnlyDriver == .builtin, let driverExecutable {
+            return [driverExecutable, ImageDriver.argument, image.path, image.mountPoint]
+        }
+        return ["fuse2fs", image.path, image.mountPoint, "-f", "-o", fuse2fsOptions(image)]
+    }
+
+    /// Whether any image is mounted by fuse2fs (FUSE mode).
+    public var needsFuse2fs: Bool {
+        images.contains { fuseImageCommand($0).first == "fuse2fs" }
+    }
+
     /// The options of fuse-overlayfs: the layers, read-only when no layer is writable, and
     /// - noacl: squashfuse answers ACL queries with EOPNOTSUPP, which would fail every exec;
     /// - static_nlink: a directory's link count is 1 (as on btrfs; `find` knows it means
@@ -181,7 +209,12 @@ public struct NativePlan: Codable, Equatable, Sendable {
             case .kernel:
                 lines.append("mount -t ext3 -o loop,autoclear,\(image.readOnly ? "ro" : "rw"),nosuid,nodev,errors=remount-ro \(q(image.path)) \(image.mountPoint)")
             case .fuse:
-                lines.append("fuse2fs \(q(image.path)) \(image.mountPoint) -o \(fuse2fsOptions(image))")
+                let command = fuseImageCommand(image)
+                if command.first == "fuse2fs" {
+                    lines.append("fuse2fs \(q(image.path)) \(image.mountPoint) -o \(fuse2fsOptions(image))")
+                } else {
+                    lines.append(ShellQuote.line(command) + " (the built-in read-only driver)")
+                }
             }
         }
         if let squashfs {
@@ -279,6 +312,8 @@ extension NativePlan {
         let writable = job.stack.writable != nil ? images[0] : nil
         let scratch = writable == nil && job.scratch ? staging + "/scratch" : nil
         var userOverlay: UserOverlay?
+        var readOnlyDriver: ReadOnlyDriver?
+        var driverExecutable: String?
         if mode == .fuse {
             let asked = environment["OVERLAY_FUSE_STACK"].map { $0.isEmpty ? "auto" : $0 } ?? "auto"
             guard let chosen = UserOverlay(rawValue: asked) else {
@@ -286,6 +321,12 @@ extension NativePlan {
             }
             // The host root is never a layer of the kernel's overlay in a user namespace.
             userOverlay = chosen == .kernelElseFuseOverlayfs && containerRoot == "/" ? .fuseOverlayfs : chosen
+            let driver = environment["OVERLAY_IMAGE_DRIVER"].map { $0.isEmpty ? "builtin" : $0 } ?? "builtin"
+            guard let driverChoice = ReadOnlyDriver(rawValue: driver) else {
+                throw RuntimeError.failed("OVERLAY_IMAGE_DRIVER is '\(driver)': give builtin or fuse2fs")
+            }
+            readOnlyDriver = driverChoice
+            if driverChoice == .builtin { driverExecutable = try ownExecutable() }
         }
 
         // The binds Singularity makes, then the current directory, then -B, in mount order.
@@ -333,6 +374,7 @@ extension NativePlan {
             extra["OVERLAY_STACK"] = job.stack.specs.map(\.description).joined(separator: " ")
         }
         return NativePlan(mode: mode, userOverlay: userOverlay, staging: staging, images: images, squashfs: squashfs,
+                          readOnlyDriver: readOnlyDriver, driverExecutable: driverExecutable,
                           containerRoot: containerRoot, hostCopy: hostCopy, lowerDirs: lowerDirs,
                           upperDir: writable.map { $0.mountPoint + "/upper" } ?? scratch.map { $0 + "/upper" },
                           workDir: writable.map { $0.mountPoint + "/work" } ?? scratch.map { $0 + "/work" },
@@ -349,6 +391,17 @@ extension NativePlan {
         if let shell = environment["SHELL"], shell.hasPrefix("/") { candidates.append(shell) }
         for shell in ["/bin/bash", "/bin/sh"] where !candidates.contains(shell) { candidates.append(shell) }
         return candidates
+    }
+
+    /// This process's executable, which serves read-only images when started with
+    /// ``ImageDriver/argument``.
+    static func ownExecutable() throws -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let count = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard count > 0 else {
+            throw RuntimeError.failed("cannot find this program's executable (/proc/self/exe): \(Errno.last); set OVERLAY_IMAGE_DRIVER=fuse2fs")
+        }
+        return String(decoding: buffer[..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     static func absolute(_ path: String, what: String) throws -> String {

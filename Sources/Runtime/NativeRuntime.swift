@@ -61,7 +61,7 @@ public struct NativeRuntime: Runtime {
             try Self.checkAccess(spec, result, identity: identity, mode: mode)
         }
         let plan = try NativePlan.make(for: job, mode: mode, identity: identity, environment: currentEnvironment())
-        if mode == .fuse { try Self.checkUnprivilegedPrerequisites(job, overlay: plan.userOverlay ?? .fuseOverlayfs) }
+        if mode == .fuse { try Self.checkUnprivilegedPrerequisites(job, plan, overlay: plan.userOverlay ?? .fuseOverlayfs) }
         return plan
     }
 
@@ -101,9 +101,9 @@ public struct NativeRuntime: Runtime {
     }
 
     /// What an ordinary user needs: user namespaces, /dev/fuse, and the FUSE drivers.
-    static func checkUnprivilegedPrerequisites(_ job: Job, overlay: NativePlan.UserOverlay) throws {
+    static func checkUnprivilegedPrerequisites(_ job: Job, _ plan: NativePlan, overlay: NativePlan.UserOverlay) throws {
         // In the order they mount; each tool comes in the Debian package of its name.
-        var tools = ["fuse2fs"]
+        var tools = plan.needsFuse2fs ? ["fuse2fs"] : []
         switch job.container {
         case .sif, .squashfs: tools.append("squashfuse")
         case .host, .sandbox: break

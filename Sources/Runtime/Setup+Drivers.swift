@@ -1,3 +1,4 @@
+import ImageDriver
 import LinuxSupport
 
 #if canImport(Glibc)
@@ -12,6 +13,11 @@ extension Setup {
         var argv: [String]
         var mountPoint: String
         var what: String
+
+        /// The driver's name in messages.
+        var name: String {
+            argv.count > 1 && argv[1] == ImageDriver.argument ? "the built-in image driver" : argv[0]
+        }
     }
 
     /// Starts FUSE drivers in the foreground (children of this process) with CAP_SYS_ADMIN in
@@ -33,8 +39,8 @@ extension Setup {
             spec.deathSignal = SIGTERM
             spec.nullStandardIO = true
             spec.newProcessGroup = true
-            let pid = try start(spec, what: "cannot start \(driver.argv[0])")
-            daemons.append((pid, driver.argv[0]))
+            let pid = try start(spec, what: "cannot start \(driver.name)")
+            daemons.append((pid, driver.name))
             watchdog?.watch(pid)
             waiting.append((driver, pid, UInt(before.st_dev)))
         }
@@ -53,12 +59,12 @@ extension Setup {
             // The exit byte of waitpid's status (0 when a signal ended the driver).
             let code: Int32
             if case let .exited(value) = status { code = value } else { code = 0 }
-            failure = Failure(text: "\(entry.driver.argv[0]) could not mount \(entry.driver.what) (it exited with status \(code); its message is above)")
+            failure = Failure(text: "\(entry.driver.name) could not mount \(entry.driver.what) (it exited with status \(code); its message is above)")
         })
         daemons.removeAll { exited.contains($0.pid) }
         if let failure { throw failure }
         if let first = waiting.first {
-            throw Failure(text: "\(first.driver.argv[0]) did not mount \(first.driver.what) within 10 seconds")
+            throw Failure(text: "\(first.driver.name) did not mount \(first.driver.what) within 10 seconds")
         }
     }
 

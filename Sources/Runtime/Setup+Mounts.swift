@@ -24,8 +24,8 @@ extension Setup {
                 try mountLoop(image.path, at: image.mountPoint, type: "ext3", readOnly: image.readOnly, backing: lock,
                               flags: UInt(MS_NOSUID | MS_NODEV), data: "errors=remount-ro")
             case .fuse:
-                drivers.append(Driver(argv: ["fuse2fs", image.path, image.mountPoint, "-f", "-o", plan.fuse2fsOptions(image)],
-                                      mountPoint: image.mountPoint, what: "overlay '\(image.path)'"))
+                drivers.append(Driver(argv: plan.fuseImageCommand(image), mountPoint: image.mountPoint,
+                                      what: "overlay '\(image.path)'"))
             }
         }
         if let squashfs = plan.squashfs {

@@ -117,6 +117,35 @@ struct NativeSharedImageTests {
         #expect(scene.leftovers(waiting: 5).isEmpty, "\(scene.leftovers())")
     }
 
+    /// Written by root, read by an ordinary user on a container: the same through the built-in
+    /// read-only driver and through fuse2fs (forced), under the kernel's overlay (`userxattr`)
+    /// and under fuse-overlayfs (forced, as where the kernel refuses its overlay).
+    @Test(.requires(executable: "busybox", "a static shell for the container tree"),
+          arguments: ["builtin", "fuse2fs"], ["kernel", "fuse-overlayfs"])
+    func writtenByRootReadByAnOrdinaryUserOnAContainer(driver: String, stack: String) throws {
+        let user = try TestUser.ensure()
+        TestUser.openFuseToUsers()
+        let scene = try NativeScene()
+        let mark = scene.mark
+        try scene.userOverlay("env.ext3", for: user)
+        let lower = try Self.lowerImage(scene, for: user)
+        let written = try scene.run("run-overlay", ["-o", "env.ext3", "-o", "lower.ext3:ro", "--"] + Self.writer(mark))
+        #expect(written.status == 0, "\(written)")
+        let sandbox = try scene.containerTree("sandbox", marker: "overlaytest-sandbox.txt", text: "inside the sandbox\n")
+        let before = try Self.bytes(scene.file("env.ext3"))
+        let reader = Self.reader(mark)
+        let job = reader.dropLast() + [reader.last! + "; echo --; while read -r d m t r; do [ \"$m\" = / ] && echo $t; done < /proc/self/mounts; true"]
+        let reading = try user.run([product("run-overlay"), "--runtime", "native", "-o", "\(lower):ro", "-o", scene.file("env.ext3") + ":ro",
+                                    "-c", sandbox, "--"] + job,
+                                   currentDirectory: scene.directory.path,
+                                   environment: scene.configIsolation.merging(["OVERLAY_FUSE_STACK": stack, "OVERLAY_IMAGE_DRIVER": driver]) { $1 },
+                                   timeout: 60)
+        #expect(reading.status == 0, "\(reading)")
+        #expect(reading.stdout == Self.expected + "--\n" + (stack == "kernel" ? "overlay" : "fuse.fuse-overlayfs") + "\n", "\(reading)")
+        #expect(try Self.bytes(scene.file("env.ext3")) == before, "a read-only image changed")
+        #expect(scene.leftovers(waiting: 5).isEmpty, "\(scene.leftovers())")
+    }
+
     /// An image holding fuse-overlayfs's markers (as Apptainer's FUSE mode leaves them) is not
     /// touched by a read-only run, and a writable run, even of a job that fails, rewrites them.
     @Test func markersAreRewrittenByTheNextWritableRunOnly() throws {

@@ -57,10 +57,33 @@ import TestSupport
     }
 
     @Test func theUnprivilegedPlanUsesTheFUSEDrivers() throws {
-        let lines = try plan(["a.ext3", "b.ext3"], mode: .fuse).lines
+        let fuse = try plan(["a.ext3", "b.ext3"], mode: .fuse)
+        let lines = fuse.lines
         #expect(lines.first?.hasPrefix("unshare user namespace (uid 1000 -> 1000, gid 1000 -> 1000)") == true)
-        #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") && $0.hasSuffix("-o fakeroot,ro" + NativePlan.fuse2fsCaching) })
+        // The writable image: fuse2fs; the read-only one: the built-in driver (this executable).
+        #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("a.ext3")) ") && $0.hasSuffix("-o fakeroot" + NativePlan.fuse2fsCaching) })
+        #expect(lines.contains { $0.hasSuffix(" --serve-image-read-only \(directory.file("b.ext3")) \(fuse.staging)/image1 (the built-in read-only driver)") }, "\(lines)")
+        #expect(!lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") })
         #expect(lines.contains { $0.hasPrefix("fuse-overlayfs -o noacl,") })
+    }
+
+    @Test func readOnlyImagesCanBeMountedByFuse2fsInstead() throws {
+        let builtin = try plan(["a.ext3:ro"], mode: .fuse)
+        #expect(builtin.readOnlyDriver == .builtin)
+        #expect(builtin.fuseImageCommand(builtin.images[0]).dropFirst() == ["--serve-image-read-only", directory.file("a.ext3"), "\(builtin.staging)/image0"])
+        // The driver is this very executable.
+        let ownExecutable = try #require(builtin.driverExecutable)
+        #expect(FileManager.default.isExecutableFile(atPath: ownExecutable), "\(ownExecutable)")
+        #expect(!builtin.needsFuse2fs)
+        let old = try plan(["a.ext3:ro"], mode: .fuse, environment: ["OVERLAY_IMAGE_DRIVER": "fuse2fs"])
+        #expect(old.readOnlyDriver == .fuse2fs)
+        #expect(old.needsFuse2fs)
+        #expect(old.lines.contains { $0.hasPrefix("fuse2fs \(directory.file("a.ext3")) ") && $0.hasSuffix("-o fakeroot,ro" + NativePlan.fuse2fsCaching) })
+        #expect(throws: RuntimeError.failed("OVERLAY_IMAGE_DRIVER is 'fuse3': give builtin or fuse2fs")) {
+            try self.plan(["a.ext3:ro"], mode: .fuse, environment: ["OVERLAY_IMAGE_DRIVER": "fuse3"])
+        }
+        // Root's plan mounts with the kernel and ignores it.
+        #expect(try plan(["a.ext3:ro"], environment: ["OVERLAY_IMAGE_DRIVER": "fuse2fs"]).readOnlyDriver == nil)
     }
 
     @Test func fuseOverlayfsReadsTheHostRootWithoutTheRunsMounts() throws {
