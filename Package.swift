@@ -47,13 +47,15 @@ let package = Package(
         .target(name: "Pack", dependencies: ["Ext3", "TarArchive", "LinuxSupport"]),
         // The domain: overlay specs, stack rules, naming, locks, command files, containers.
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
+        // Process checkpoints with CRIU: dump a process tree into a directory, restore it.
+        .target(name: "Checkpoint", dependencies: ["LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "Checkpoint", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",
             dependencies: [
-                "Ext3", "Pack", "Overlay", "Runtime", "LinuxSupport",
+                "Ext3", "Pack", "Overlay", "Runtime", "Checkpoint", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -5,7 +5,8 @@ public struct OverlayTool: ParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "overlay",
         abstract: "Inspect ext3 overlay images without mounting them.",
-        subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self]
+        subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self,
+                      DoctorCommand.self, CheckpointCommand.self]
     )
     public init() {}
 }
