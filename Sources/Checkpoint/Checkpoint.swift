@@ -49,10 +49,11 @@ public enum Checkpoint {
         guard imagesFD >= 0 else { throw .cannot("open", images, .last) }
         defer { close(imagesFD) }
 
-        let command = commandLine(of: pid)
         let pidNamespace = namespace("pid", of: pid) != namespace("pid", of: getpid()) && isNamespaceInit(pid)
+        // A native-runtime job's init: its command is the job's (init's first child).
+        let command = commandLine(of: pidNamespace ? children(of: pid).first ?? pid : pid)
         let otherMounts = namespace("mnt", of: pid) != namespace("mnt", of: getpid())
-        let streams = (0...2).compactMap { stream(Int32($0), of: pid) }
+        var streams = (0...2).compactMap { stream(Int32($0), of: pid) }
 
         // CRIU reads and writes the images through descriptor 3, so the directory need not be
         // visible in the job's mount namespace.
@@ -75,6 +76,11 @@ public enum Checkpoint {
             let reason = firstError(inLog: images + "/dump.log") ?? "criu exited with status \(status)"
             let alive = kill(pid, 0) == 0
             throw .dumpFailed(pid: pid, reason: reason, stillRunning: alive)
+        }
+        let paths = filePaths(root: pid, inLog: images + "/dump.log")
+        streams = streams.compactMap { s in
+            guard s.resource.isEmpty else { return s }
+            return paths[s.fd].map { .init(fd: s.fd, resource: $0, external: "") }
         }
         let manifest = CheckpointManifest(criuVersion: criu.version ?? "", created: utcNow(), rootPID: pid, command: command,
                                           belongsTo: belongsTo, leftRunning: leaveRunning, pidNamespace: pidNamespace,
@@ -133,10 +139,14 @@ public enum Checkpoint {
         var inherited = Set<String>()
         for s in manifest.streams where !inherited.contains(s.resource) {
             inherited.insert(s.resource)
-            argv += ["--inherit-fd", "fd[\(s.fd)]:\(s.resource)"]
+            // The streams are criu's descriptors 3, 4 and 5 (criu takes over its own 0-2).
+            argv += ["--inherit-fd", "fd[\(s.fd + 3)]:\(s.resource)"]
         }
         let status: Int32
-        do { status = try run([criu.path!] + argv, descriptors: [stdio.0, stdio.1, stdio.2]) } catch {
+        do {
+            let null = try OwnedDescriptor(opening: "/dev/null", O_RDWR)
+            status = try run([criu.path!] + argv, descriptors: [null.rawValue, -2, -2, stdio.0, stdio.1, stdio.2])
+        } catch {
             throw .cannot("run", criu.path!, error.errno)
         }
         guard status == 0 else {
@@ -198,7 +208,8 @@ public enum CheckpointError: Error, UserFacingError, Equatable {
 
 extension Checkpoint {
     /// How CRIU names the object behind descriptor `fd` of `pid`, and the `--external` it needs
-    /// at dump time: pipes by inode, terminals by device, sockets by inode, files by path.
+    /// at dump time: pipes by inode, terminals by device, sockets by inode, files by mount id
+    /// and inode.
     static func stream(_ fd: Int32, of pid: Int32) -> CheckpointManifest.Stream? {
         let link = "/proc/\(pid)/fd/\(fd)"
         guard let target = readLink(link) else { return nil }
@@ -218,8 +229,33 @@ extension Checkpoint {
                 return .init(fd: fd, resource: id, external: id)
             }
         }
+        // Files (and devices such as /dev/null): by the path CRIU records, which may differ
+        // from this process's view (another mount namespace); ``filePaths(root:inLog:)`` reads it
+        // from the dump's log.
         guard target.hasPrefix("/") else { return nil }
-        return .init(fd: fd, resource: String(target.dropFirst()), external: "")
+        return .init(fd: fd, resource: "", external: "")
+    }
+
+    /// The paths CRIU recorded for descriptors 0-2 of `root` (its log at -v4 says "Dumping
+    /// path for N fd via self M [PATH]" while dumping that process's files), without the
+    /// leading slash, as `--inherit-fd` names files.
+    static func filePaths(root: Int32, inLog path: String) -> [Int32: String] {
+        guard let log = try? readSmall(path) else { return [:] }
+        var paths: [Int32: String] = [:]
+        var inRoot = false
+        for line in log.split(separator: "\n") {
+            if line.contains("Dumping opened files (pid: ") {
+                inRoot = line.contains("Dumping opened files (pid: \(root))")
+                continue
+            }
+            guard inRoot, let start = line.firstRange(of: "Dumping path for ") else { continue }
+            let rest = line[start.upperBound...]
+            guard let space = rest.firstIndex(of: " "), let fd = Int32(rest[..<space]), (0...2).contains(fd),
+                  let open = rest.firstIndex(of: "["), rest.hasSuffix("]") else { continue }
+            let name = rest[rest.index(after: open)..<rest.index(before: rest.endIndex)]
+            if name.hasPrefix("/") && paths[fd] == nil { paths[fd] = String(name.dropFirst()) }
+        }
+        return paths
     }
 
     static func readLink(_ path: String) -> String? {
@@ -255,7 +291,8 @@ extension Checkpoint {
     static func firstError(inLog path: String) -> String? {
         guard let log = try? readSmall(path) else { return nil }
         for line in log.split(separator: "\n").map(String.init) {
-            guard let start = line.firstRange(of: "Error (") else { continue }
+            // CRIU logs its failure to raise its own descriptor limit as an error and goes on.
+            guard let start = line.firstRange(of: "Error ("), !line.contains("RLIMIT_NOFILE") else { continue }
             let rest = line[start.upperBound...]
             if let close = rest.firstRange(of: "): ") { return String(rest[close.upperBound...]).trimmingWhitespace }
             return String(line[start.lowerBound...]).trimmingWhitespace

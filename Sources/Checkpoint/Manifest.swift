@@ -23,7 +23,7 @@ public struct CheckpointManifest: Sendable, Equatable {
     /// Milliseconds the tree was stopped for the dump.
     public var pauseMilliseconds: Int
     /// The root's standard input, output and error as CRIU names them (`pipe:[INODE]`,
-    /// `tty[RDEV:DEV]`, `socket:[INODE]`, or a path without its leading slash); a restore hands
+    /// `tty[RDEV:DEV]`, `socket:[INODE]`, or a file's path as CRIU recorded it, without the leading slash); a restore hands
     /// the caller's descriptors in their place.
     public var streams: [Stream]
 
