@@ -73,6 +73,8 @@ let package = Package(
         .testTarget(name: "PackTests", dependencies: ["Pack", "Ext3", "TarArchive", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
+        // Real CRIU on real process trees (root).
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),
         // Runs the built executables (create-overlay, run-overlay, ...) as a user would.
         .testTarget(name: "EndToEndTests", dependencies: ["Ext3", "Overlay", "TestSupport"]),

@@ -78,11 +78,14 @@ public enum Checkpoint {
             throw .dumpFailed(pid: pid, reason: reason, stillRunning: alive)
         }
         let paths = filePaths(root: pid, inLog: images + "/dump.log")
+        // The processes CRIU stopped ("Seized task PID"), as the tree was at that instant.
+        let seized = seizedTasks(inLog: images + "/dump.log")
+        let pids = [pid] + (seized.isEmpty ? descendants(of: pid) : seized.filter { $0 != pid })
         streams = streams.compactMap { s in
             guard s.resource.isEmpty else { return s }
             return paths[s.fd].map { .init(fd: s.fd, resource: $0, external: "") }
         }
-        let manifest = CheckpointManifest(criuVersion: criu.version ?? "", created: utcNow(), rootPID: pid, command: command,
+        let manifest = CheckpointManifest(criuVersion: criu.version ?? "", created: utcNow(), rootPID: pid, pids: pids, command: command,
                                           belongsTo: belongsTo, leftRunning: leaveRunning, pidNamespace: pidNamespace,
                                           mountNamespace: otherMounts, pauseMilliseconds: pause, streams: streams)
         do {
@@ -127,6 +130,17 @@ public enum Checkpoint {
         let criu = try ready()
         let manifest = try manifest(in: directory)
         let images = directory + "/" + imagesDirectory
+        if !manifest.pidNamespace {
+            // The tree takes its old pids back: wait a moment for the dumped processes (killed,
+            // perhaps not yet reaped) to be gone.
+            let deadline = MonotonicClock.milliseconds + 3000
+            while let busy = manifest.pids.first(where: { kill($0, 0) == 0 || Glibc.errno == EPERM }) {
+                if MonotonicClock.milliseconds >= deadline {
+                    throw .restoreFailed(directory: directory, reason: "pid \(busy), which the tree had, is in use (the dumped processes must be gone)")
+                }
+                usleep(10_000)
+            }
+        }
         var work = Array("/tmp/overlay-restore-XXXXXX".utf8CString)
         guard mkdtemp(&work) != nil else { throw .cannot("make a directory in", "/tmp", .last) }
         let workDirectory = String(decoding: work.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
@@ -234,6 +248,16 @@ extension Checkpoint {
         // from the dump's log.
         guard target.hasPrefix("/") else { return nil }
         return .init(fd: fd, resource: "", external: "")
+    }
+
+    /// The pids of the processes CRIU stopped for a dump (its log says "Seized task PID, ...").
+    static func seizedTasks(inLog path: String) -> [Int32] {
+        guard let log = try? readSmall(path) else { return [] }
+        return log.split(separator: "\n").compactMap { line in
+            guard let start = line.firstRange(of: "Seized task ") else { return nil }
+            let rest = line[start.upperBound...]
+            return Int32(rest.prefix(while: { $0.isNumber }))
+        }
     }
 
     /// The paths CRIU recorded for descriptors 0-2 of `root` (its log at -v4 says "Dumping
@@ -366,8 +390,29 @@ extension Checkpoint {
         return nil
     }
 
+    /// Children of every thread of `pid` (a child belongs to the thread that forked it).
     static func children(of pid: Int32) -> [Int32] {
-        guard let text = try? readSmall("/proc/\(pid)/task/\(pid)/children") else { return [] }
-        return text.split(separator: " ").compactMap { Int32($0.trimmingWhitespace) }
+        guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(dir) }
+        var found: [Int32] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            guard Int32(name) != nil, let text = try? readSmall("/proc/\(pid)/task/\(name)/children") else { continue }
+            found += text.split(separator: " ").compactMap { Int32($0.trimmingWhitespace) }
+        }
+        return found
+    }
+
+    static func descendants(of pid: Int32) -> [Int32] {
+        var found: [Int32] = []
+        var queue = [pid]
+        while let next = queue.popLast(), found.count < 100_000 {
+            let children = children(of: next)
+            found += children
+            queue += children
+        }
+        return found
     }
 }

@@ -10,6 +10,8 @@ public struct CheckpointManifest: Sendable, Equatable {
     public var created: String
     /// The dumped tree's root, as this machine's (outermost) PID namespace saw it.
     public var rootPID: Int32
+    /// Every process of the tree when it was dumped, the root first (outermost pids).
+    public var pids: [Int32]
     /// The root's command line, from /proc/PID/cmdline.
     public var command: [String]
     /// What the dump belongs to (a job, a snapshot), as the caller said; may be empty.
@@ -41,6 +43,7 @@ public struct CheckpointManifest: Sendable, Equatable {
             ("criuVersion", JSON.quoted(criuVersion)),
             ("created", JSON.quoted(created)),
             ("rootPid", "\(rootPID)"),
+            ("pids", "[" + pids.map { "\($0)" }.joined(separator: ",") + "]"),
             ("command", "[" + command.map(JSON.quoted).joined(separator: ",") + "]"),
             ("belongsTo", JSON.quoted(belongsTo)),
             ("leftRunning", "\(leftRunning)"),
@@ -61,6 +64,7 @@ public struct CheckpointManifest: Sendable, Equatable {
               case let .string(criuVersion)? = o["criuVersion"],
               case let .string(created)? = o["created"],
               case let .number(rootPID)? = o["rootPid"],
+              case let .array(pidList)? = o["pids"],
               case let .array(command)? = o["command"],
               case let .string(belongsTo)? = o["belongsTo"],
               case let .bool(leftRunning)? = o["leftRunning"],
@@ -75,21 +79,27 @@ public struct CheckpointManifest: Sendable, Equatable {
                   case let .string(external)? = s["external"], (0...2).contains(fd) else { return nil }
             parsedStreams.append(Stream(fd: Int32(fd), resource: resource, external: external))
         }
+        var pids: [Int32] = []
+        for entry in pidList {
+            guard case let .number(pid) = entry, pid > 0, pid <= Int(Int32.max) else { return nil }
+            pids.append(Int32(pid))
+        }
         var words: [String] = []
         for word in command {
             guard case let .string(w) = word else { return nil }
             words.append(w)
         }
-        self.init(criuVersion: criuVersion, created: created, rootPID: Int32(truncatingIfNeeded: rootPID), command: words,
+        self.init(criuVersion: criuVersion, created: created, rootPID: Int32(truncatingIfNeeded: rootPID), pids: pids, command: words,
                   belongsTo: belongsTo, leftRunning: leftRunning, pidNamespace: pidNamespace,
                   mountNamespace: mountNamespace, pauseMilliseconds: pause, streams: parsedStreams)
     }
 
-    public init(criuVersion: String, created: String, rootPID: Int32, command: [String], belongsTo: String,
+    public init(criuVersion: String, created: String, rootPID: Int32, pids: [Int32], command: [String], belongsTo: String,
                 leftRunning: Bool, pidNamespace: Bool, mountNamespace: Bool, pauseMilliseconds: Int, streams: [Stream]) {
         self.criuVersion = criuVersion
         self.created = created
         self.rootPID = rootPID
+        self.pids = pids
         self.command = command
         self.belongsTo = belongsTo
         self.leftRunning = leftRunning

@@ -15,7 +15,7 @@ public struct CheckpointCommand: ParsableCommand {
         root (or CAP_CHECKPOINT_RESTORE on the criu binary); 'overlay doctor --checkpoint' says \
         what is missing.
         """,
-        subcommands: [CheckpointDumpCommand.self, CheckpointRestoreCommand.self]
+        subcommands: [CheckpointDumpCommand.self, CheckpointRestoreCommand.self, CheckpointRestoreJobCommand.self]
     )
     public init() {}
 }
@@ -67,11 +67,38 @@ public struct CheckpointRestoreCommand: ParsableCommand {
         abstract: "Restore the processes dumped in DIR and wait for them.",
         discussion: """
         The restored tree's standard input, output and error are this command's, and its exit \
-        status is this command's (128+N for signal N). Without -o, the tree gets its old pids \
-        back, so the dumped processes must be gone. With -o (a checkpoint of a native-runtime \
-        job, 'dump --job'), the job's mounts are rebuilt with the native runtime as run-overlay \
-        would (give the same -o, -c and -B options and start from the same directory as the \
-        dumped run) and its processes restored into them.
+        status is this command's (128+N for signal N). The tree gets its old pids back, so the \
+        dumped processes must be gone. A native-runtime job ('dump --job') is restored with \
+        'overlay checkpoint restore-job'.
+        """
+    )
+    public init() {}
+
+    @Argument(help: ArgumentHelp("The checkpoint directory.", valueName: "dir"))
+    public var directory: String
+
+    public func run() throws {
+        let manifest = try Checkpoint.manifest(in: directory)
+        if manifest.pidNamespace && manifest.mountNamespace {
+            throw CommandFailure("the checkpoint in \(Escaped.terminal(directory)) is of a native-runtime job: restore it with 'overlay checkpoint restore-job \(Escaped.terminal(directory)) -o IMAGE ...' so its mounts are rebuilt")
+        }
+        let tree = try Checkpoint.restore(from: directory)
+        let status = tree.wait()?.shellStatus ?? 125
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+public struct CheckpointRestoreJobCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "restore-job",
+        abstract: "Rebuild a native-runtime job's mounts and restore its processes dumped in DIR.",
+        discussion: """
+        For a checkpoint made with 'overlay checkpoint dump --job'. The job's mounts are built \
+        with the native runtime as run-overlay builds them: give the same -o, -c and -B options \
+        and start from the same directory as the dumped run. Then the dumped processes are \
+        restored into them in place of a command: their standard input, output and error are \
+        this command's, signals reach them as run-overlay passes them on, and the exit status \
+        is the job's.
         """
     )
     public init() {}
@@ -82,30 +109,23 @@ public struct CheckpointRestoreCommand: ParsableCommand {
     @OptionGroup public var stack: StackOptions
 
     public func run() throws {
-        let status: Int32
-        if stack.overlay.isEmpty {
-            let manifest = try Checkpoint.manifest(in: directory)
-            if manifest.pidNamespace && manifest.mountNamespace {
-                throw CommandFailure("the checkpoint in \(Escaped.terminal(directory)) is of a native-runtime job: give the job's overlays with -o so its mounts can be rebuilt")
-            }
-            let tree = try Checkpoint.restore(from: directory)
-            status = tree.wait()?.shellStatus ?? 125
-        } else {
-            let manifest = try Checkpoint.manifest(in: directory)
-            let kind = try stack.runtimeKind()
-            guard kind == .native || kind == .auto else {
-                throw CommandFailure("a checkpoint is restored by the native runtime, not \(kind.rawValue): leave out --runtime or give --runtime native")
-            }
-            if let option = stack.runtimeOptions.first { throw CommandFailure(StackOptions.nativeRefusal(option)) }
-            let job = try stack.job(command: .argv(manifest.command.isEmpty ? ["true"] : manifest.command))
-            if stack.dryRun {
-                for line in try NativeRuntime().plan(for: job).dropLast() { print(line) }
-                print("restore the processes of \(Escaped.terminal(directory)) (criu restore) in place of the command")
-                return
-            }
-            if let problem = Checkpoint.missing() { throw CommandFailure("checkpoints are not available: \(problem)") }
-            status = try NativeRuntime(restoringFrom: directory).run(job)
+        let manifest = try Checkpoint.manifest(in: directory)
+        let kind = try stack.runtimeKind()
+        guard kind == .native || kind == .auto else {
+            throw CommandFailure("a checkpoint is restored by the native runtime, not \(kind.rawValue): leave out --runtime or give --runtime native")
         }
+        guard manifest.pidNamespace && manifest.mountNamespace else {
+            throw CommandFailure("the checkpoint in \(Escaped.terminal(directory)) is not of a native-runtime job: restore it with 'overlay checkpoint restore \(Escaped.terminal(directory))'")
+        }
+        if let option = stack.runtimeOptions.first { throw CommandFailure(StackOptions.nativeRefusal(option)) }
+        let job = try stack.job(command: .argv(manifest.command.isEmpty ? ["true"] : manifest.command))
+        if stack.dryRun {
+            for line in try NativeRuntime().plan(for: job).dropLast() { print(line) }
+            print("restore the processes of \(Escaped.terminal(directory)) (criu restore) in place of the command")
+            return
+        }
+        if let problem = Checkpoint.missing() { throw CommandFailure("checkpoints are not available: \(problem)") }
+        let status = try NativeRuntime(restoringFrom: directory).run(job)
         if status != 0 { throw ExitCode(status) }
     }
 }
