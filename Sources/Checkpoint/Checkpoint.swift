@@ -57,7 +57,7 @@ public enum Checkpoint {
 
         // CRIU reads and writes the images through descriptor 3, so the directory need not be
         // visible in the job's mount namespace.
-        var argv = ["dump", "--tree", "\(pid)", "--images-dir", "/proc/self/fd/3", "--log-file", "dump.log", "-v4",
+        var argv = ["dump", "--tree", "\(pid)", "--images-dir", "/proc/self/fd/3", "--log-file", "dump.log", "-v3",
                     "--shell-job", "--file-locks"]
         if leaveRunning { argv.append("--leave-running") }
         if criu.unprivileged { argv.append("--unprivileged") }
@@ -75,7 +75,7 @@ public enum Checkpoint {
         guard status == 0 else {
             let reason = firstError(inLog: images + "/dump.log") ?? "criu exited with status \(status)"
             let alive = kill(pid, 0) == 0
-            throw .dumpFailed(pid: pid, reason: reason, stillRunning: alive)
+            throw unlessUnavailable(.dumpFailed(pid: pid, reason: reason, stillRunning: alive))
         }
         let paths = filePaths(root: pid, inLog: images + "/dump.log")
         // The processes CRIU stopped ("Seized task PID"), as the tree was at that instant.
@@ -146,7 +146,7 @@ public enum Checkpoint {
         let workDirectory = String(decoding: work.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         defer { removeTree(workDirectory) }
 
-        var argv = ["restore", "--images-dir", images, "--work-dir", workDirectory, "--log-file", "restore.log", "-v4",
+        var argv = ["restore", "--images-dir", images, "--work-dir", workDirectory, "--log-file", "restore.log", "-v3",
                     "--shell-job", "--file-locks", "--restore-detached", "--restore-sibling",
                     "--pidfile", workDirectory + "/pid"]
         if criu.unprivileged { argv.append("--unprivileged") }
@@ -166,7 +166,7 @@ public enum Checkpoint {
         guard status == 0 else {
             let log = workDirectory + "/restore.log"
             let reason = firstError(inLog: log) ?? "criu exited with status \(status)"
-            throw .restoreFailed(directory: directory, reason: reason)
+            throw unlessUnavailable(.restoreFailed(directory: directory, reason: reason))
         }
         let text = (try? readSmall(workDirectory + "/pid")) ?? ""
         guard let pid = Int32(text.trimmingWhitespace), pid > 0 else {
@@ -175,10 +175,18 @@ public enum Checkpoint {
         return RestoredTree(pid: pid)
     }
 
+    /// criu is there and this user may run it; whether `criu check` passes is asked only
+    /// when criu fails (``unlessUnavailable``), to keep it off a dump's path.
     static func ready() throws(CheckpointError) -> CRIUStatus {
-        let status = CRIUStatus.current
+        let status = CRIUStatus.quick
         if let problem = status.problem { throw .unavailable(problem) }
         return status
+    }
+
+    /// `failure`, or, when `criu check` fails on this machine, that.
+    static func unlessUnavailable(_ failure: CheckpointError) -> CheckpointError {
+        if let problem = CRIUStatus.current.problem { return .unavailable(problem) }
+        return failure
     }
 }
 
@@ -252,34 +260,56 @@ extension Checkpoint {
 
     /// The pids of the processes CRIU stopped for a dump (its log says "Seized task PID, ...").
     static func seizedTasks(inLog path: String) -> [Int32] {
-        guard let log = try? readSmall(path) else { return [] }
-        return log.split(separator: "\n").compactMap { line in
-            guard let start = line.firstRange(of: "Seized task ") else { return nil }
-            let rest = line[start.upperBound...]
-            return Int32(rest.prefix(while: { $0.isNumber }))
+        guard let log = try? readBytes(path) else { return [] }
+        return occurrences(of: "Seized task ", in: log, from: 0, to: log.count).compactMap { at in
+            Int32(String(decoding: log[at...].prefix(while: { $0 >= 0x30 && $0 <= 0x39 }), as: UTF8.self))
         }
     }
 
-    /// The paths CRIU recorded for descriptors 0-2 of `root` (its log at -v4 says "Dumping
-    /// path for N fd via self M [PATH]" while dumping that process's files), without the
-    /// leading slash, as `--inherit-fd` names files.
+    /// The paths CRIU recorded for descriptors 0-2 of `root` (its log at -v3 says "Dumping
+    /// path for N fd via self M [PATH]" while dumping that process's files, after "Dumping
+    /// opened files (pid: ROOT)"), without the leading slash, as `--inherit-fd` names files.
     static func filePaths(root: Int32, inLog path: String) -> [Int32: String] {
-        guard let log = try? readSmall(path) else { return [:] }
+        guard let log = try? readBytes(path),
+              let section = occurrences(of: "Dumping opened files (pid: \(root))\n", in: log, from: 0, to: log.count).first
+        else { return [:] }
+        let end = occurrences(of: "Dumping opened files (pid: ", in: log, from: section, to: log.count).first ?? log.count
         var paths: [Int32: String] = [:]
-        var inRoot = false
-        for line in log.split(separator: "\n") {
-            if line.contains("Dumping opened files (pid: ") {
-                inRoot = line.contains("Dumping opened files (pid: \(root))")
-                continue
-            }
-            guard inRoot, let start = line.firstRange(of: "Dumping path for ") else { continue }
-            let rest = line[start.upperBound...]
-            guard let space = rest.firstIndex(of: " "), let fd = Int32(rest[..<space]), (0...2).contains(fd),
-                  let open = rest.firstIndex(of: "["), rest.hasSuffix("]") else { continue }
-            let name = rest[rest.index(after: open)..<rest.index(before: rest.endIndex)]
+        for at in occurrences(of: "Dumping path for ", in: log, from: section, to: end) {
+            let line = String(decoding: log[at...].prefix(while: { $0 != 0x0A }), as: UTF8.self)
+            guard let space = line.firstIndex(of: " "), let fd = Int32(line[..<space]), (0...2).contains(fd),
+                  let open = line.firstIndex(of: "["), line.hasSuffix("]") else { continue }
+            let name = line[line.index(after: open)..<line.index(before: line.endIndex)]
             if name.hasPrefix("/") && paths[fd] == nil { paths[fd] = String(name.dropFirst()) }
         }
         return paths
+    }
+
+    /// Offsets just past each occurrence of `pattern` in `bytes[from..<to]` (memchr for its
+    /// first byte, then memcmp: fast on a large log even in a debug build).
+    static func occurrences(of pattern: String, in bytes: [UInt8], from: Int, to: Int) -> [Int] {
+        let needle = Array(pattern.utf8)
+        guard let first = needle.first else { return [] }
+        var found: [Int] = []
+        bytes.withUnsafeBytes { raw in
+            guard let base = raw.baseAddress else { return }
+            var offset = from
+            while offset + needle.count <= to, let hit = memchr(base + offset, Int32(first), to - offset) {
+                let at = base.distance(to: UnsafeRawPointer(hit))
+                if at + needle.count <= to, memcmp(base + at, needle, needle.count) == 0 {
+                    found.append(at + needle.count)
+                    offset = at + needle.count
+                } else {
+                    offset = at + 1
+                }
+            }
+        }
+        return found
+    }
+
+    static func readBytes(_ path: String) throws(SystemError) -> [UInt8] {
+        let fd = try OwnedDescriptor(opening: path, O_RDONLY)
+        return try IO.readAll(fd.rawValue, path: path)
     }
 
     static func readLink(_ path: String) -> String? {

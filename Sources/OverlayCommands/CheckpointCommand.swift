@@ -77,12 +77,19 @@ public struct CheckpointRestoreCommand: ParsableCommand {
     @Argument(help: ArgumentHelp("The checkpoint directory.", valueName: "dir"))
     public var directory: String
 
+    @Flag(help: "Print the restored root's pid and exit 0 once the tree runs, without waiting for it.")
+    public var detach = false
+
     public func run() throws {
         let manifest = try Checkpoint.manifest(in: directory)
         if manifest.pidNamespace && manifest.mountNamespace {
             throw CommandFailure("the checkpoint in \(Escaped.terminal(directory)) is of a native-runtime job: restore it with 'overlay checkpoint restore-job \(Escaped.terminal(directory)) -o IMAGE ...' so its mounts are rebuilt")
         }
         let tree = try Checkpoint.restore(from: directory)
+        if detach {
+            print(tree.pid)
+            return
+        }
         let status = tree.wait()?.shellStatus ?? 125
         if status != 0 { throw ExitCode(status) }
     }
