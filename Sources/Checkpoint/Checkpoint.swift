@@ -73,7 +73,10 @@ public enum Checkpoint {
         }
         let pause = MonotonicClock.milliseconds - started
         guard status == 0 else {
-            let reason = firstError(inLog: images + "/dump.log") ?? "criu exited with status \(status)"
+            var reason = firstError(inLog: images + "/dump.log") ?? "criu exited with status \(status)"
+            if pidNamespace && reason.contains("session leader") {
+                reason += " (a job started on a terminal keeps the terminal's session: start it with its standard input, output and error redirected)"
+            }
             let alive = kill(pid, 0) == 0
             throw unlessUnavailable(.dumpFailed(pid: pid, reason: reason, stillRunning: alive))
         }
