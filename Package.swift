@@ -58,13 +58,15 @@ let package = Package(
         .target(name: "Overlay", dependencies: ["Ext3", "LinuxSupport"]),
         // Snapshots: the store, capture (directories, images, git) and their description.
         .target(name: "Snapshot", dependencies: ["Pack", "Overlay", "Ext3", "LinuxSupport"]),
+        // Process checkpoints with CRIU: dump a process tree into a directory, restore it.
+        .target(name: "Checkpoint", dependencies: ["LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "ImageDriver", "LinuxSupport"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "ImageDriver", "Checkpoint", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",
             dependencies: [
-                "Ext3", "Pack", "Overlay", "Snapshot", "Runtime", "ImageDriver", "LinuxSupport",
+                "Ext3", "Pack", "Overlay", "Snapshot", "Runtime", "ImageDriver", "Checkpoint", "LinuxSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             plugins: ["VersionStamp"]
@@ -86,6 +88,8 @@ let package = Package(
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
         .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
+        // Real CRIU on real process trees (root).
+        .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "OverlayCommandsTests", dependencies: ["OverlayCommands", "Ext3", "TestSupport"]),
         // Runs the built executables (create-overlay, run-overlay, ...) as a user would.
         .testTarget(name: "EndToEndTests", dependencies: ["Ext3", "Overlay", "TestSupport"]),

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
@@ -117,6 +118,58 @@ static void clinux_init_forward(int sig) {
 
 static void clinux_child_run(const struct clinux_child *c, pid_t parent);
 
+#define CLINUX_INIT_ARGV0 "overlay-toolkit-init"
+
+static void clinux_forwarded_signals(sigset_t *set) {
+    sigemptyset(set);
+    int forwarded[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
+    for (unsigned i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaddset(set, forwarded[i]);
+}
+
+/// Init's loop, once the job runs: passes the forwarded signals on (they were blocked until
+/// now, so none is lost), reaps orphans, exits with the job's status.
+__attribute__((noreturn)) static void clinux_init_loop(pid_t job) {
+    sigset_t forwarded;
+    clinux_forwarded_signals(&forwarded);
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = clinux_init_forward;
+    action.sa_flags = SA_RESTART;
+    sigemptyset(&action.sa_mask);
+    for (int s = 1; s < 32; s++) {
+        if (sigismember(&forwarded, s)) sigaction(s, &action, NULL);
+    }
+    // Stopping from the terminal is the job's business; init stays put.
+    signal(SIGTSTP, SIG_IGN);
+    signal(SIGTTIN, SIG_IGN);
+    signal(SIGTTOU, SIG_IGN);
+    clinux_init_job = job;
+    sigprocmask(SIG_UNBLOCK, &forwarded, NULL);
+    for (;;) {
+        int status = 0;
+        pid_t done = wait(&status);
+        if (done < 0) {
+            if (errno == EINTR) continue;
+            _exit(125);
+        }
+        if (done != job) continue;
+        if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+        if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
+    }
+}
+
+/// The re-executed init (see clinux_spawn's reexec_init): recognised before anything else
+/// of the program runs, and only as pid 1 of a namespace.
+__attribute__((constructor)) static void clinux_init_entry(int argc, char **argv, char **envp) {
+    (void)envp;
+    if (argc != 3 || argv == NULL || strcmp(argv[0], CLINUX_INIT_ARGV0) != 0 || strcmp(argv[1], "--job") != 0) return;
+    if (getpid() != 1) return;
+    char *end = NULL;
+    long job = strtol(argv[2], &end, 10);
+    if (end == argv[2] || *end != 0 || job <= 1) _exit(125);
+    clinux_init_loop((pid_t)job);
+}
+
 /// fork(); the child applies `c` and execs. Returns the child's pid, or -errno.
 ///
 /// With `init_process`, the child is the first process of the PID namespace this process
@@ -159,34 +212,29 @@ pid_t clinux_spawn(const struct clinux_child *c) {
         if (mount("proc", c->proc_target, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
             mount("/proc", c->proc_target, NULL, MS_BIND | MS_REC, NULL);
     }
-    int forwarded[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2 };
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_handler = clinux_init_forward;
-    action.sa_flags = SA_RESTART;
-    sigemptyset(&action.sa_mask);
-    for (unsigned i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &action, NULL);
-    // Stopping from the terminal is the job's business; init stays put.
-    signal(SIGTSTP, SIG_IGN);
-    signal(SIGTTIN, SIG_IGN);
-    signal(SIGTTOU, SIG_IGN);
+    // The forwarded signals wait (blocked) until init's loop is ready to pass them on.
+    sigset_t forwarded;
+    clinux_forwarded_signals(&forwarded);
+    sigprocmask(SIG_BLOCK, &forwarded, NULL);
+    // A session inside the namespace (CRIU dumps only trees whose session leader it sees).
+    if (c->new_session) setsid();
     pid_t init = getpid();
     pid_t job = fork();
     if (job < 0) _exit(126);
     if (job == 0) clinux_child_run(c, init);
-    clinux_init_job = job;
     close(c->error_fd);
-    for (;;) {
-        int status = 0;
-        pid_t done = wait(&status);
-        if (done < 0) {
-            if (errno == EINTR) continue;
-            _exit(125);
+    if (c->reexec_init) {
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n > 0) {
+            self[n] = 0;
+            char number[32];
+            snprintf(number, sizeof number, "%d", (int)job);
+            char *argv[] = { (char *)CLINUX_INIT_ARGV0, (char *)"--job", number, NULL };
+            execv(self, argv);
         }
-        if (done != job) continue;
-        if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
-        if (WIFSIGNALED(status)) _exit(128 + WTERMSIG(status));
     }
+    clinux_init_loop(job);
 }
 
 static void clinux_child_run(const struct clinux_child *c, pid_t parent) {

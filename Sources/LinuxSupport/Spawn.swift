@@ -30,6 +30,14 @@ public struct ChildSpec: Sendable {
     /// program's status (128+N for signal N).
     public var initProcess = false
     public var procTarget: String?
+    /// With `initProcess`: init re-executes this program once the job runs, so that its
+    /// memory maps only files of the job's mount namespace (what a CRIU dump from inside that
+    /// namespace needs); see clinux_spawn.
+    public var reexecInit = false
+    /// With `initProcess`: init starts a new session (setsid), which the job joins, so that
+    /// the namespace holds its session leader (what a CRIU dump needs). It loses its
+    /// controlling terminal, so only for jobs without one.
+    public var newSession = false
 
     public init(argv: [String]) { self.argv = argv }
 
@@ -78,6 +86,8 @@ public struct ChildSpec: Sendable {
             child.error_fd = errors.writeEnd.rawValue
             child.init_process = initProcess ? 1 : 0
             child.proc_target = UnsafePointer(cProc)
+            child.reexec_init = reexecInit ? 1 : 0
+            child.new_session = newSession ? 1 : 0
             return clinux_spawn(&child)
         }
         let readEnd = errors.readEnd

@@ -122,6 +122,9 @@ public struct NativePlan: Codable, Equatable, Sendable {
     /// Descriptors of the image locks the tool holds; the setup process keeps them open so the
     /// locks outlive the tool by as long as the mounts do, and closes them on exec.
     public var lockDescriptors: [Int32]
+    /// A checkpoint directory (see Checkpoint) whose processes take the place of the command:
+    /// restored into the freshly built mounts instead of starting the job.
+    public var restoreFrom: String?
     /// Write end of the pipe on which the setup process reports its own failure (one line).
     public var reportDescriptor: Int32 = -1
 

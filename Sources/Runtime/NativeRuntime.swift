@@ -16,6 +16,13 @@ import Glibc
 public struct NativeRuntime: Runtime {
     public init() {}
 
+    /// A runtime that rebuilds the job's mounts and restores the processes of the checkpoint
+    /// in `directory` into them instead of starting the job's command (see Setup+Restore.swift).
+    public init(restoringFrom directory: String) { restoreFrom = directory }
+
+    /// See ``init(restoringFrom:)``.
+    public var restoreFrom: String?
+
     public var name: String { "native" }
 
     public func plan(for job: Job) throws -> [String] {
@@ -24,6 +31,7 @@ public struct NativeRuntime: Runtime {
 
     public func run(_ job: Job) throws -> Int32 {
         var plan = try prepare(job)
+        plan.restoreFrom = restoreFrom
         // Locks first, so a refusal changes nothing; held until the setup process has gone.
         var locks: [ImageLock] = []
         for spec in job.stack.specs {

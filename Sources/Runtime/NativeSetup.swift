@@ -84,7 +84,7 @@ struct Setup: ~Copyable {
         do {
             try enterNamespaces()
             try mountStack()
-            let job = try startJob()
+            let job = try plan.restoreFrom.map { directory throws(Failure) in try restoreJob(from: directory) } ?? startJob()
             Forwarding.target(job)
             status = Children.wait(job)?.shellStatus ?? 125
             Forwarding.target(0)

@@ -29,6 +29,13 @@ extension Setup {
         spec.deathSignal = SIGKILL
         spec.initProcess = true
         spec.procTarget = plan.root + "/proc"
+        // So that the job can be checkpointed (Checkpoint): init then maps no file through the
+        // tool's mount namespace.
+        spec.reexecInit = true
+        // A batch job (no terminal on its standard streams, not an interactive shell) gets a
+        // session of its own, inside its PID namespace, which a checkpoint needs; a job on a
+        // terminal keeps the terminal's session, its job control and /dev/tty.
+        spec.newSession = !plan.interactive && (0...2).allSatisfy { isatty(Int32($0)) == 0 }
         return try start(spec, what: "cannot run '\(command[0])' in the container", isJob: true)
     }
 

@@ -30,3 +30,19 @@ public func which(_ name: String) -> String? {
     }
     return nil
 }
+
+extension Trait where Self == ConditionTrait {
+    /// The test needs a working CRIU (`criu check` says "Looks good"; Scripts/install-deps
+    /// builds CRIU 4.1.1 where the system's fails) and root.
+    public static var requiresCRIU: Self {
+        .enabled(if: underCI || (geteuid() == 0 && criuWorks),
+                 "needs root and a criu whose 'criu check' passes; Scripts/install-deps builds CRIU 4.1.1")
+    }
+}
+
+/// Whether `criu check` passes here (looked up as the toolkit does: /usr/local/sbin first).
+public let criuWorks: Bool = {
+    let criu = FileManager.default.isExecutableFile(atPath: "/usr/local/sbin/criu") ? "/usr/local/sbin/criu" : which("criu")
+    guard let criu, let result = try? run([criu, "check"], timeout: 30) else { return false }
+    return result.status == 0 && (result.stdout + result.stderr).contains("Looks good")
+}()

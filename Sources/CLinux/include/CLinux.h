@@ -91,6 +91,8 @@ struct clinux_child {
     int error_fd;              // close-on-exec pipe: receives {step, errno} when a step fails
     int init_process;          // first process of a new PID namespace: see clinux_spawn
     const char *proc_target;   // with init_process: mount the namespace's /proc here
+    int reexec_init;           // with init_process: init re-executes this program (see clinux_spawn)
+    int new_session;           // with init_process: init starts a session (setsid) the job joins
 };
 
 /// Steps reported through error_fd.
@@ -103,6 +105,13 @@ enum { CLINUX_STEP_ROOT = 1, CLINUX_STEP_CWD, CLINUX_STEP_IDS, CLINUX_STEP_CAPS,
 /// passes SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to it, reaps whatever is
 /// orphaned, and exits with the job's status (128+N for signal N). When it exits, the kernel
 /// kills every process left in the namespace: nothing the job started outlives the run.
+///
+/// With `reexec_init` as well, init, once it has started the job, executes this program again
+/// (by the path /proc/self/exe names, looked up in the job's mount namespace) in a mode a
+/// constructor of this library recognises (argv "overlay-toolkit-init --job PID", as pid 1)
+/// and runs its loop there. Its memory then maps only files of the job's own mount namespace,
+/// which a CRIU dump from inside that namespace needs; a fork of the tool maps files through
+/// the mounts of the tool's namespace. When the exec fails, init carries on as it is.
 pid_t clinux_spawn(const struct clinux_child *c);
 
 #endif
