@@ -57,7 +57,7 @@ struct CheckpointCommandTests {
         defer { sleeper.signal(SIGKILL); _ = sleeper.wait(timeout: 10) }
         let result = try overlay(scene, ["checkpoint", "dump", "--job", "\(sleeper.pid)", scene.file("ck")])
         #expect(result.status == 1, "\(result)")
-        #expect(result.stderr == "Error: process \(sleeper.pid) runs no native-runtime job: give the pid of a run-overlay or mount-overlay using the native runtime\n", "\(result)")
+        #expect(result.stderr == "error: process \(sleeper.pid) runs no native-runtime job: give the pid of a run-overlay or mount-overlay using the native runtime\n", "\(result)")
         #expect(!sleeper.hasExited)
         #expect(!FileManager.default.fileExists(atPath: scene.file("ck")))
         let restore = try overlay(scene, ["checkpoint", "restore", scene.file("nothing")])
