@@ -50,7 +50,7 @@ let package = Package(
         // Snapshots: the store, capture (directories, images, git) and their description.
         .target(name: "Snapshot", dependencies: ["Pack", "Overlay", "Ext3", "LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Ext3", "LinuxSupport"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Snapshot", "Ext3", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",

@@ -194,6 +194,10 @@ public struct SnapshotInfo: ParsableCommand {
         if let git = description.git {
             print("git: branch \(e(git.branch)), commit \(e(git.commit)), repository \(e(git.repository))\(git.pushed ? ", pushed" : "")")
         }
+        if let job = description.job {
+            let tenths = Int((job.pauseMilliseconds * 10).rounded())
+            print("job: \(e(job.id)), trigger \(e(job.trigger)), paused \(tenths / 10).\(tenths % 10) ms")
+        }
         print("contents: \(SnapshotInfo.contents(description)); image \(Units.humanBytes(description.sizeBytes))")
         let lock = (try? ImageLock.state(of: path)) ?? .unlocked
         print("in use: " + (lock == .unlocked ? "no" : "yes, by a running job"))

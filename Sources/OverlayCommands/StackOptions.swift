@@ -53,10 +53,33 @@ public struct StackOptions: ParsableArguments {
                                valueName: "dir"))
     public var writableDirs: [String] = []
 
+    @Option(name: .customLong("snapshot-to"),
+            help: ArgumentHelp("Take snapshots of the running job (its writable overlay, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
+                               valueName: "dir"))
+    public var snapshotTo: String?
+
+    @Option(name: .customLong("snapshot-every"),
+            help: ArgumentHelp("With --snapshot-to: also take one every SECONDS (a whole number above 0).", valueName: "seconds"))
+    public var snapshotEvery: Int?
+
+    @Option(name: .customLong("snapshot-keep"),
+            help: ArgumentHelp("With --snapshot-to: keep only the newest N job snapshots in the directory (default: all); nothing else there is ever removed.",
+                               valueName: "n"))
+    public var snapshotKeep: Int?
+
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
     public var dryRun = false
 
     public func validate() throws {
+        if let snapshotEvery, snapshotEvery <= 0 {
+            throw UsageError("--snapshot-every \(snapshotEvery): give a number of seconds above 0")
+        }
+        if let snapshotKeep, snapshotKeep <= 0 {
+            throw UsageError("--snapshot-keep \(snapshotKeep): give how many to keep, 1 or more")
+        }
+        if snapshotTo == nil && (snapshotEvery != nil || snapshotKeep != nil) {
+            throw UsageError("--snapshot-every and --snapshot-keep go with --snapshot-to DIR")
+        }
         if !overlay.isEmpty || (snapshots.isEmpty && writableDirs.isEmpty) {
             _ = try OverlayStack(parsed: overlay)
         }
@@ -115,6 +138,13 @@ public struct StackOptions: ParsableArguments {
                       workingDirectory: currentDirectory(), runtimeOptions: runtimeOptions)
         job.frozenPaths = frozen
         job.scratch = !(files + extraSnapshots).isEmpty && stack.writable == nil
+        if let snapshotTo {
+            guard stack.writable != nil else {
+                throw CommandFailure("--snapshot-to \(snapshotTo): a job snapshot captures the writable overlay: give a writable first -o IMAGE")
+            }
+            job.snapshots = JobSnapshotSettings(directory: try Self.snapshotDirectory(snapshotTo), everySeconds: snapshotEvery,
+                                                keep: snapshotKeep, id: String(getpid()))
+        }
         return job
     }
 
@@ -127,6 +157,25 @@ public struct StackOptions: ParsableArguments {
             throw CommandFailure("--writable-dir \(path): no such directory: make it first (mkdir -p \(path))")
         }
         return String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `--snapshot-to DIR` as an absolute, resolved path: an existing directory this user may
+    /// write into.
+    static func snapshotDirectory(_ path: String) throws -> String {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        var info = stat()
+        guard realpath(path, &resolved) != nil, stat(resolved, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw CommandFailure("--snapshot-to \(path): no such directory: make it first (mkdir -p \(path))")
+        }
+        let absolute = String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let identity = NativeRuntime.invokingIdentity()
+        let writable = identity.change
+            ? (info.st_uid == identity.uid ? info.st_mode & 0o200 != 0 : (info.st_gid == identity.gid ? info.st_mode & 0o020 != 0 : info.st_mode & 0o002 != 0))
+            : access(absolute, W_OK) == 0
+        guard writable else {
+            throw CommandFailure("--snapshot-to \(path): you cannot write into this directory: choose one of yours")
+        }
+        return absolute
     }
 
     /// For --writable-dir without --snapshot: the working directory (a git repository's top
@@ -218,6 +267,14 @@ public struct StackOptions: ParsableArguments {
         let runtime = try RuntimeSelection.make(try runtimeKind())
         if runtime is NativeRuntime, let option = runtimeOptions.first {
             throw CommandFailure(Self.nativeRefusal(option))
+        }
+        if snapshotTo != nil {
+            guard runtime is NativeRuntime else {
+                throw CommandFailure("--snapshot-to needs the native runtime (\(runtime.name) replaces this process): give --runtime native")
+            }
+            guard geteuid() == 0 else {
+                throw CommandFailure("--snapshot-to needs root for now (the job's writable image is cut while frozen through the kernel's mount): run as root, or take snapshots after the job with overlay snapshot create")
+            }
         }
         var own: (path: String, slot: Int?)?
         if snapshots.isEmpty && !writableDirs.isEmpty {

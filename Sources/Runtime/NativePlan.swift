@@ -108,6 +108,8 @@ public struct NativePlan: Codable, Equatable, Sendable {
     /// Descriptors of the image locks the tool holds; the setup process keeps them open so the
     /// locks outlive the tool by as long as the mounts do, and closes them on exec.
     public var lockDescriptors: [Int32]
+    /// Snapshots of the running job (`--snapshot-to`), taken by the setup process.
+    public var jobSnapshots: JobSnapshotSettings?
     /// Write end of the pipe on which the setup process reports its own failure (one line).
     public var reportDescriptor: Int32 = -1
 
@@ -339,7 +341,7 @@ extension NativePlan {
                           scratch: scratch, root: root, session: session, binds: binds, command: command,
                           interactive: job.command == .interactiveShell,
                           workingDirectory: job.workingDirectory, identity: identity,
-                          environment: extra, lockDescriptors: [])
+                          environment: extra, lockDescriptors: [], jobSnapshots: job.snapshots)
     }
 
     /// `$SHELL`, else /bin/bash, else /bin/sh: the setup process runs the first the container
