@@ -67,6 +67,9 @@ public struct StackOptions: ParsableArguments {
                                valueName: "n"))
     public var snapshotKeep: Int?
 
+    @Flag(help: "With --snapshot-to: when DIR/latest exists, put the writable overlay back to that snapshot before the job starts (what was written after it is rolled back); else start fresh. Implied when SLURM_RESTART_COUNT is above 0. --writable-dir directories are never rolled back.")
+    public var resume = false
+
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
     public var dryRun = false
 
@@ -76,6 +79,9 @@ public struct StackOptions: ParsableArguments {
         }
         if let snapshotKeep, snapshotKeep <= 0 {
             throw UsageError("--snapshot-keep \(snapshotKeep): give how many to keep, 1 or more")
+        }
+        if snapshotTo == nil && resume {
+            throw UsageError("--resume restores from the job's snapshots: give --snapshot-to DIR too")
         }
         if snapshotTo == nil && (snapshotEvery != nil || snapshotKeep != nil) {
             throw UsageError("--snapshot-every and --snapshot-keep go with --snapshot-to DIR")
@@ -294,6 +300,22 @@ public struct StackOptions: ParsableArguments {
         if dryRun {
             for line in try runtime.plan(for: job) { print(line) }
             return
+        }
+        let restarted = (currentEnvironment()["SLURM_RESTART_COUNT"].flatMap { Int($0) } ?? 0) > 0
+        if let settings = job.snapshots, let writable = job.stack.writable, resume || restarted {
+            do {
+                if let done = try JobResume.restore(image: writable.path, from: settings) {
+                    IO.writeLine(done)
+                } else {
+                    IO.writeLine("no snapshot in \(Escaped.terminal(settings.directory)) yet: starting fresh")
+                }
+                if !writableDirs.isEmpty {
+                    IO.writeLine("note: --writable-dir directories are not rolled back; they hold what the job wrote until it ended")
+                }
+            } catch {
+                IO.writeLine("error: cannot resume: \(error)")
+                throw ExitCode(JobResume.failedStatus)
+            }
         }
         let status = try runtime.run(job)
         if status != 0 { throw ExitCode(status) }

@@ -301,3 +301,68 @@ extension JobSnapshotter {
     /// run-overlay's status when the snapshot at interruption (SIGTERM) failed.
     public static let interruptionFailedStatus: Int32 = 175
 }
+
+/// `--resume`: puts the writable overlay back to the latest job snapshot before the job starts.
+public enum JobResume {
+    /// run-overlay's status when the writable overlay could not be restored.
+    public static let failedStatus: Int32 = 176
+
+    /// When `DIR/latest` names a snapshot of `image`, replaces `image` with it (under a write
+    /// lock, through a copy renamed over the image, so a failure leaves the image as it was)
+    /// and returns what was done; nil when there is no snapshot yet (a fresh start).
+    public static func restore(image: String, from settings: JobSnapshotSettings) throws -> String? {
+        let latest = settings.directory + "/latest"
+        var info = stat()
+        guard lstat(latest, &info) == 0 else { return nil }
+        guard let resolved = realpath(latest, nil) else {
+            throw RuntimeError.failed("\(latest) names no snapshot (\(Errno.last)): remove it to start fresh, or point it at a snapshot")
+        }
+        let snapshot = String(cString: resolved)
+        free(resolved)
+        guard let real = realpath(image, nil) else { throw RuntimeError.failed("overlay '\(image)' not found: \(Errno.last)") }
+        let target = String(cString: real)
+        free(real)
+        let description: SnapshotDescription
+        do { description = try SnapshotStore.describe(snapshot) } catch {
+            throw RuntimeError.failed("\(snapshot) cannot be read as a job snapshot (\(error))")
+        }
+        guard description.job != nil, description.captured.first?.path == target else {
+            throw RuntimeError.failed("\(snapshot) is not a snapshot of \(target) (it captured \(description.captured.map(\.path).joined(separator: ", "))): use another --snapshot-to directory for this overlay")
+        }
+        let lock = try ImageLock.acquire(target, .write)
+        defer { lock.release() }
+        var old = stat()
+        stat(target, &old)
+        let directory = String(target[..<target.lastIndex(of: "/")!])
+        let input = open(snapshot, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw RuntimeError.failed("cannot read \(snapshot): \(Errno.last)") }
+        defer { close(input) }
+        var size = stat()
+        fstat(input, &size)
+        let output = FileCalls.openUnnamed(in: directory.isEmpty ? "/" : directory, mode: 0o600)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file beside \(target): \(Errno.last)") }
+        defer { close(output) }
+        if FileCalls.cloneFile(output, from: input) != 0 {
+            try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(size.st_size), path: snapshot)
+        }
+        let path = "/proc/\(getpid())/fd/\(output)"
+        try Ext3.RootFile.remove(named: SnapshotDescription.fileName, fromImage: path)
+        let check = try Program.run(["e2fsck", "-fn", path])
+        guard check.status == 0 else {
+            throw RuntimeError.failed("the overlay restored from \(snapshot) fails e2fsck -fn: \(target) is unchanged")
+        }
+        fchown(output, old.st_uid, old.st_gid)
+        fchmod(output, old.st_mode & 0o7777)
+        let temporary = directory + "/." + String(target[target.index(after: target.lastIndex(of: "/")!)...]) + ".resume-\(getpid())"
+        unlink(temporary)
+        guard FileCalls.linkUnnamed(output, to: temporary) == 0 else {
+            throw RuntimeError.failed("cannot name the restored overlay \(temporary): \(Errno.last)")
+        }
+        guard rename(temporary, target) == 0 else {
+            let error = Errno.last
+            unlink(temporary)
+            throw RuntimeError.failed("cannot put the restored overlay in place of \(target): \(error)")
+        }
+        return "resumed: \(Escaped.terminal(target)) restored to the snapshot \(Escaped.terminal(snapshot)) taken \(Escaped.terminal(description.created)); what the job wrote after it is rolled back"
+    }
+}

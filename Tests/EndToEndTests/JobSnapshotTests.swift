@@ -148,6 +148,51 @@ struct JobSnapshotTests {
         #expect(shown.status == 0 && shown.stdout == "1\n", "\(shown)")
     }
 
+    @Test func resumeRestoresTheLatestSnapshotAndSlurmRestartImpliesIt() throws {
+        let s = try JobSnapshotScene()
+        let fresh = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "sh", "-c", "echo v1 > /state"])
+        #expect(fresh.status == 0 && fresh.stderr.contains("starting fresh"), "\(fresh)")
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                               "trap 'exit 9' TERM; echo v2 > /state; echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 60) == "ready")
+        job.signal(SIGTERM)
+        #expect(job.wait(timeout: 60).status == 9)
+        #expect(s.taken().count == 1)
+        // Written after the snapshot: rolled back by --resume.
+        #expect(try s.run("run-overlay", ["-o", s.image, "--", "sh", "-c", "echo v3 > /state; echo x > /later"]).status == 0)
+        let resumed = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "sh", "-c",
+                                                "cat /state; test -e /later && echo later-survived; true"])
+        #expect(resumed.status == 0 && resumed.stdout == "v2\n", "\(resumed)")
+        #expect(resumed.stderr.contains("rolled back"), "\(resumed)")
+        #expect(try FixtureImage.isClean(s.image))
+        #expect(try s.run("overlay", ["snapshot", "info", s.image]).status != 0, "the restored overlay still holds the snapshot's description")
+        // A requeued SLURM job resumes without being told.
+        #expect(try s.run("run-overlay", ["-o", s.image, "--", "sh", "-c", "echo v4 > /state"]).status == 0)
+        let requeued = try TestSupport.run([product("run-overlay"), "--snapshot-to", s.snapshots, "-o", s.image, "--", "cat", "/state"],
+                                           environment: s.scene.environment(["SLURM_RESTART_COUNT": "1"]),
+                                           currentDirectory: s.scene.directory.path)
+        #expect(requeued.status == 0 && requeued.stdout == "v2\n", "\(requeued)")
+    }
+
+    @Test func aResumeThatCannotRestoreExits176AndChangesNothing() throws {
+        let s = try JobSnapshotScene()
+        let other = try s.scene.overlay("other.ext3")
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", other, "--", "bash", "-c",
+                               "trap 'exit 9' TERM; echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 60) == "ready")
+        job.signal(SIGTERM)
+        #expect(job.wait(timeout: 60).status == 9)
+        let before = try Data(contentsOf: URL(fileURLWithPath: s.image))
+        let marker = s.scene.file("ran")
+        let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "touch", marker])
+        #expect(result.status == 176, "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains("is not a snapshot of"), "\(result)")
+        #expect(!FileManager.default.fileExists(atPath: marker))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: s.image)) == before)
+        let left = try FileManager.default.contentsOfDirectory(atPath: s.scene.directory.path).filter { $0.hasPrefix(".") && $0 != ".config" }
+        #expect(left.isEmpty, "\(left)")
+    }
+
     @Test func keepRemovesOnlyTheOldestJobSnapshots() throws {
         let s = try JobSnapshotScene()
         let other = s.snapshots + "/notes.txt"
@@ -168,13 +213,14 @@ struct JobSnapshotTests {
         (["--snapshot-keep", "0"], "--snapshot-keep 0"),
         (["--snapshot-to", "/nonexistent/snaps"], "--snapshot-to /nonexistent/snaps"),
         (["--snapshot-every", "5"], "go with --snapshot-to"),
+        (["--resume"], "give --snapshot-to DIR too"),
     ])
     func badInputIsOneLineBeforeAnythingStarts(arguments: [String], expected: String) throws {
         let s = try JobSnapshotScene()
         let before = try Data(contentsOf: URL(fileURLWithPath: s.image))
         var argv = arguments
         if !arguments.contains("--snapshot-to") { argv = ["--snapshot-to", s.snapshots] + argv }
-        if arguments == ["--snapshot-every", "5"] { argv = arguments }
+        if arguments == ["--snapshot-every", "5"] || arguments == ["--resume"] { argv = arguments }
         let marker = s.scene.file("ran")
         let result = try s.run("run-overlay", argv + ["-o", s.image, "--", "touch", marker])
         #expect(result.status != 0, "\(result)")
