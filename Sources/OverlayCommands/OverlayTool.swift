@@ -6,7 +6,7 @@ public struct OverlayTool: ParsableCommand {
         commandName: "overlay",
         abstract: "Inspect ext3 overlay images without mounting them.",
         subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self,
-                      SnapshotCommand.self]
+                      SnapshotCommand.self, JobsCommand.self]
     )
     public init() {}
 }

@@ -18,7 +18,7 @@ public struct SnapshotCommand: ParsableCommand {
         ${XDG_DATA_HOME:-~/.local/share}/overlay/snapshots (see overlay config). Each is one file, \
         <store>/NAME.ext3, usable as run-overlay --snapshot NAME or -o <store>/NAME.ext3:ro.
         """,
-        subcommands: [SnapshotCreate.self, SnapshotList.self, SnapshotInfo.self, SnapshotRemove.self]
+        subcommands: [SnapshotCreate.self, SnapshotList.self, SnapshotInfo.self, SnapshotRemove.self, SnapshotNow.self]
     )
     public init() {}
 

@@ -317,6 +317,20 @@ public struct StackOptions: ParsableArguments {
                 throw ExitCode(JobResume.failedStatus)
             }
         }
+        var registered: (path: String, slot: Int?)?
+        if let settings = job.snapshots {
+            let entry = JobEntry(id: settings.id, pid: getpid(), host: JobSnapshotsHost.name(),
+                                 images: job.stack.specs.map { (try? NativePlanPaths.absolute($0.path)) ?? $0.path },
+                                 snapshotTo: settings.directory, everySeconds: settings.everySeconds, keep: settings.keep)
+            let path = try JobRegistry.add(entry, environment: currentEnvironment())
+            registered = (path, TemporaryFiles.register(path))
+        }
+        defer {
+            if let registered {
+                unlink(registered.path)
+                TemporaryFiles.unregister(registered.slot)
+            }
+        }
         let status = try runtime.run(job)
         if status != 0 { throw ExitCode(status) }
     }
@@ -326,4 +340,20 @@ func currentDirectory() -> String {
     guard let path = getcwd(nil, 0) else { return "/" }
     defer { free(path) }
     return String(cString: path)
+}
+
+enum JobSnapshotsHost {
+    static func name() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+enum NativePlanPaths {
+    static func absolute(_ path: String) throws -> String {
+        guard let real = realpath(path, nil) else { throw CommandFailure("\(path) not found") }
+        defer { free(real) }
+        return String(cString: real)
+    }
 }

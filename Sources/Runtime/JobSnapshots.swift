@@ -89,7 +89,7 @@ public typealias WhileFrozen = @Sendable (_ jobProcess: Int32, _ snapshotName: S
 /// The description is written into the copy after the job goes on; the copy is named
 /// `DIR/<UTC YYYYmmddTHHMMSSZ>[-n].ext3` only when complete, and `DIR/latest` is switched to it
 /// (a symbolic link renamed into place).
-struct JobSnapshotter {
+public struct JobSnapshotter {
     let settings: JobSnapshotSettings
     /// The writable image and where the setup process mounted it.
     let image: String
@@ -198,7 +198,7 @@ struct JobSnapshotter {
     }
 
     /// The job snapshots in `directory`, oldest first.
-    static func snapshotNames(in directory: String) -> [String] {
+    public static func snapshotNames(in directory: String) -> [String] {
         guard let dir = opendir(directory) else { return [] }
         defer { closedir(dir) }
         var found: [(stamp: String, n: Int, name: String)] = []

@@ -131,10 +131,10 @@ public struct SnapshotDescription: Equatable, Sendable {
 }
 
 /// Just enough JSON to read a snapshot's description back.
-enum JSONValue: Equatable {
+public enum JSONValue: Equatable, Sendable {
     case string(String), number(Double), bool(Bool), null, array([JSONValue]), object([String: JSONValue])
 
-    static func parse(_ text: String) throws -> JSONValue {
+    public static func parse(_ text: String) throws -> JSONValue {
         var parser = Parser(bytes: Array(text.utf8))
         let value = try parser.value(depth: 0)
         parser.skipSpace()

@@ -14,16 +14,20 @@ struct JobSnapshotScene {
         image = try scene.overlay("work.ext3")
         snapshots = scene.file("snaps")
         try FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: scene.file("run"), withIntermediateDirectories: true)
     }
+
+    /// The scene's environment, with a runtime directory of its own (the job registry).
+    var environment: [String: String] { scene.environment(["XDG_RUNTIME_DIR": scene.file("run")]) }
 
     @discardableResult
     func run(_ tool: String, _ arguments: [String], timeout: TimeInterval = 120) throws -> ProcessResult {
-        try TestSupport.run([product(tool)] + arguments, environment: scene.environment(),
+        try TestSupport.run([product(tool)] + arguments, environment: environment,
                             currentDirectory: scene.directory.path, timeout: timeout)
     }
 
     func start(_ arguments: [String]) throws -> SpawnedProcess {
-        try SpawnedProcess([product("run-overlay")] + arguments, environment: scene.environment(),
+        try SpawnedProcess([product("run-overlay")] + arguments, environment: environment,
                            currentDirectory: scene.directory.path)
     }
 
@@ -191,6 +195,31 @@ struct JobSnapshotTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: s.image)) == before)
         let left = try FileManager.default.contentsOfDirectory(atPath: s.scene.directory.path).filter { $0.hasPrefix(".") && $0 != ".config" }
         #expect(left.isEmpty, "\(left)")
+    }
+
+    @Test func overlayJobsListsTheRunAndSnapshotNowTakesOne() throws {
+        let s = try JobSnapshotScene()
+        let none = try s.run("overlay", ["snapshot", "now"])
+        #expect(none.status != 0 && none.stderr.contains("no running job"), "\(none)")
+        let job = try s.start(["--snapshot-to", s.snapshots, "--snapshot-keep", "4", "-o", s.image, "--", "bash", "-c",
+                               "echo 1 > /n; echo ready; sleep 30"])
+        defer { job.signal(SIGKILL); _ = job.wait(timeout: 30) }
+        #expect(job.readLine(timeout: 60) == "ready")
+        let listed = try s.run("overlay", ["jobs", "--json"])
+        #expect(listed.status == 0 && listed.stdout.contains("\"pid\":\(job.pid)") && listed.stdout.contains("\"images\":[\"\(s.image)\"]")
+                && listed.stdout.contains("\"snapshotKeep\":4"), "\(listed)")
+        let byImage = try s.run("overlay", ["snapshot", "now", s.image])
+        #expect(byImage.status == 0 && s.taken() == [byImage.stdout.trimmingCharacters(in: .newlines)], "\(byImage) \(s.taken())")
+        let byId = try s.run("overlay", ["snapshot", "now", "\(job.pid)"])
+        #expect(byId.status == 0 && s.taken().count == 2, "\(byId)")
+        #expect(try s.cat(s.taken()[1], "/n") == "1\n")
+        let wrong = try s.run("overlay", ["snapshot", "now", "no-such-job"])
+        #expect(wrong.status != 0 && wrong.stderr.split(separator: "\n").count == 1, "\(wrong)")
+        job.signal(SIGINT)
+        _ = job.wait(timeout: 60)
+        let after = try s.run("overlay", ["jobs", "--json"])
+        #expect(after.stdout == "[]\n", "\(after)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: s.scene.file("run") + "/overlay/jobs").isEmpty)
     }
 
     @Test func keepRemovesOnlyTheOldestJobSnapshots() throws {
