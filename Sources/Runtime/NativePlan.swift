@@ -218,6 +218,11 @@ public struct NativePlan: Codable, Equatable, Sendable {
         let who = identity.change ? "uid \(identity.uid) gid \(identity.gid)" : "uid \(identity.uid)"
         let run = interactive ? "the first of \(command.joined(separator: ", ")) (interactive)" : ShellQuote.line(command)
         lines.append("chroot \(root), cd \(q(workingDirectory)), as \(who): \(run)")
+        if let snapshots = jobSnapshots {
+            let every = snapshots.everySeconds.map { "every \($0) s, " } ?? ""
+            let keep = snapshots.keep.map { ", keeping the newest \($0)" } ?? ""
+            lines.append("job snapshots to \(q(snapshots.directory)) (\(every)on SIGUSR1, and on SIGTERM before passing it on\(keep)): SIGSTOP the job's processes, syncfs + FIFREEZE \(images.first { !$0.readOnly }?.mountPoint ?? ""), copy the image (reflink, else its allocated blocks), FITHAW, SIGCONT")
+        }
         return lines
     }
 }
