@@ -89,6 +89,13 @@ int clinux_pipe_cloexec(int ends[2]) { return pipe2(ends, O_CLOEXEC); }
 #endif
 #include <sys/ioctl.h>
 int clinux_ficlone(int destination, int source) { return ioctl(destination, FICLONE, source); }
+#ifndef FIFREEZE
+#define FIFREEZE _IOWR('X', 119, int)
+#define FITHAW _IOWR('X', 120, int)
+#endif
+int clinux_fifreeze(int fd) { return ioctl(fd, FIFREEZE, 0); }
+int clinux_fithaw(int fd) { return ioctl(fd, FITHAW, 0); }
+int clinux_syncfs(int fd) { return syncfs(fd); }
 
 #include <sys/xattr.h>
 long long clinux_llistxattr(const char *path, char *list, size_t size) { return (long long)llistxattr(path, list, size); }

@@ -38,6 +38,17 @@ extension Ext3 {
             handle.abandon()
         }
 
+        /// Removes the regular file `name` at the root of an image nobody has mounted (the
+        /// caller holds its lock), if there is one.
+        public static func remove(named name: String, fromImage path: String) throws {
+            let handle = try FileSystemHandle(path: path, writable: true)
+            defer { handle.abandon() }
+            guard let fs = handle.fs else { throw Error.other("\(path): image is closed") }
+            try check(ext2fs_read_bitmaps(fs), "read the bitmaps", path: path)
+            try RootFile(name: name, contents: [], owner: .root).remove(from: fs, path: path)
+            try handle.close()
+        }
+
         /// Removes a regular file of this name at the root, if there is one.
         func remove(from fs: ext2_filsys, path: String) throws {
             let root = ext2_ino_t(EXT2_ROOT_INO)

@@ -35,6 +35,11 @@ public enum FileCalls {
     /// Makes `destination` a reflink copy of `source` (FICLONE): 0, or -1 with errno set where
     /// the filesystem cannot share blocks.
     public static func cloneFile(_ destination: Int32, from source: Int32) -> Int32 { clinux_ficlone(destination, source) }
+    /// FIFREEZE / FITHAW on a descriptor of a mount point (root only): 0, or -1 with errno set.
+    public static func freezeFilesystem(_ fd: Int32) -> Int32 { clinux_fifreeze(fd) }
+    public static func thawFilesystem(_ fd: Int32) -> Int32 { clinux_fithaw(fd) }
+    /// syncfs(2) on the filesystem holding `fd`: 0, or -1 with errno set.
+    public static func syncFilesystem(_ fd: Int32) -> Int32 { clinux_syncfs(fd) }
     /// llistxattr(2), lgetxattr(2): by path, not following a symlink.
     public static func llistxattr(_ path: UnsafePointer<CChar>, _ list: UnsafeMutablePointer<CChar>?, _ size: Int) -> Int {
         Int(clinux_llistxattr(path, list, size))

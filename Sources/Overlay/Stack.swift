@@ -163,6 +163,8 @@ public struct Job: Equatable, Sendable {
     /// No writable overlay, but the job may write: its changes go to a private scratch layer
     /// thrown away when it ends (`--snapshot` without a writable first `-o`).
     public var scratch = false
+    /// Snapshots of the running job (`--snapshot-to`), nil when none are asked for.
+    public var snapshots: JobSnapshotSettings?
 
     /// Whether `path` is one of ``frozenPaths``, lies inside one, or holds one (a bind there
     /// would hide the snapshot's directory).
@@ -180,5 +182,25 @@ public struct Job: Equatable, Sendable {
         self.command = command
         self.workingDirectory = workingDirectory
         self.runtimeOptions = runtimeOptions
+    }
+}
+
+/// `--snapshot-to DIR` and its companions: where a running job's snapshots go and what takes
+/// them besides SIGUSR1 and SIGTERM.
+public struct JobSnapshotSettings: Codable, Equatable, Sendable {
+    /// Absolute path of an existing directory the invoking user can write.
+    public var directory: String
+    /// `--snapshot-every SECONDS` (nil: none on a timer).
+    public var everySeconds: Int?
+    /// `--snapshot-keep N`: keep the newest N job snapshots in the directory (nil: all).
+    public var keep: Int?
+    /// The run's id, recorded in each snapshot.
+    public var id: String
+
+    public init(directory: String, everySeconds: Int?, keep: Int?, id: String) {
+        self.directory = directory
+        self.everySeconds = everySeconds
+        self.keep = keep
+        self.id = id
     }
 }

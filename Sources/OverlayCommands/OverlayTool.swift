@@ -12,7 +12,7 @@ public struct OverlayTool: ParsableCommand {
         """,
         version: ToolVersion.line("overlay"),
         subcommands: [InfoCommand.self, LsCommand.self, CatCommand.self, CheckCommand.self, ResizeCommand.self, ConfigCommand.self,
-                      SnapshotCommand.self, DoctorCommand.self, CheckpointCommand.self, VersionCommand.self]
+                      SnapshotCommand.self, JobsCommand.self, DoctorCommand.self, CheckpointCommand.self, VersionCommand.self]
     )
     public init() {}
 }

@@ -18,7 +18,7 @@ public struct SnapshotCommand: ParsableCommand {
         ${XDG_DATA_HOME:-~/.local/share}/overlay/snapshots (see overlay config). Each is one file, \
         <store>/NAME.ext3, usable as run-overlay --snapshot NAME or -o <store>/NAME.ext3:ro.
         """,
-        subcommands: [SnapshotCreate.self, SnapshotList.self, SnapshotInfo.self, SnapshotRemove.self]
+        subcommands: [SnapshotCreate.self, SnapshotList.self, SnapshotInfo.self, SnapshotRemove.self, SnapshotNow.self]
     )
     public init() {}
 
@@ -193,6 +193,10 @@ public struct SnapshotInfo: ParsableCommand {
         for item in description.captured { print("captured: \(e(item.path)) (\(e(item.kind)))") }
         if let git = description.git {
             print("git: branch \(e(git.branch)), commit \(e(git.commit)), repository \(e(git.repository))\(git.pushed ? ", pushed" : "")")
+        }
+        if let job = description.job {
+            let tenths = Int((job.pauseMilliseconds * 10).rounded())
+            print("job: \(e(job.id)), trigger \(e(job.trigger)), paused \(tenths / 10).\(tenths % 10) ms")
         }
         print("contents: \(SnapshotInfo.contents(description)); image \(Units.humanBytes(description.sizeBytes))")
         let lock = (try? ImageLock.state(of: path)) ?? .unlocked

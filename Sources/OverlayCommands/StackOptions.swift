@@ -57,6 +57,23 @@ public struct StackOptions: ParsableArguments {
                                valueName: "dir"))
     public var writableDirs: [String] = []
 
+    @Option(name: .customLong("snapshot-to"),
+            help: ArgumentHelp("Take snapshots of the running job (its writable overlay, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
+                               valueName: "dir"))
+    public var snapshotTo: String?
+
+    @Option(name: .customLong("snapshot-every"),
+            help: ArgumentHelp("With --snapshot-to: also take one every SECONDS (a whole number above 0).", valueName: "seconds"))
+    public var snapshotEvery: Int?
+
+    @Option(name: .customLong("snapshot-keep"),
+            help: ArgumentHelp("With --snapshot-to: keep only the newest N job snapshots in the directory (default: all); nothing else there is ever removed.",
+                               valueName: "n"))
+    public var snapshotKeep: Int?
+
+    @Flag(help: "With --snapshot-to: when DIR/latest exists, put the writable overlay back to that snapshot before the job starts (what was written after it is rolled back); else start fresh. Implied when SLURM_RESTART_COUNT is above 0. --writable-dir directories are never rolled back.")
+    public var resume = false
+
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
     public var dryRun = false
 
@@ -100,6 +117,18 @@ public struct StackOptions: ParsableArguments {
         if let word = positionalContainer {
             let tool = CommandLine.arguments.first.map { String($0.split(separator: "/").last ?? "") } ?? ""
             throw UsageError(Self.positionalAdvice(word, shell: tool == "mount-overlay"))
+        }
+        if let snapshotEvery, snapshotEvery <= 0 {
+            throw UsageError("--snapshot-every \(snapshotEvery): give a number of seconds above 0")
+        }
+        if let snapshotKeep, snapshotKeep <= 0 {
+            throw UsageError("--snapshot-keep \(snapshotKeep): give how many to keep, 1 or more")
+        }
+        if snapshotTo == nil && resume {
+            throw UsageError("--resume restores from the job's snapshots: give --snapshot-to DIR too")
+        }
+        if snapshotTo == nil && (snapshotEvery != nil || snapshotKeep != nil) {
+            throw UsageError("--snapshot-every and --snapshot-keep go with --snapshot-to DIR")
         }
         if !overlay.isEmpty || (snapshots.isEmpty && writableDirs.isEmpty) {
             _ = try OverlayStack(parsed: overlay)
@@ -176,6 +205,13 @@ public struct StackOptions: ParsableArguments {
                       workingDirectory: currentDirectory(), runtimeOptions: apptainerOptions + runtimeOptions)
         job.frozenPaths = frozen
         job.scratch = !(files + extraSnapshots).isEmpty && stack.writable == nil
+        if let snapshotTo {
+            guard stack.writable != nil else {
+                throw CommandFailure("--snapshot-to \(snapshotTo): a job snapshot captures the writable overlay: give a writable first -o IMAGE")
+            }
+            job.snapshots = JobSnapshotSettings(directory: try Self.snapshotDirectory(snapshotTo), everySeconds: snapshotEvery,
+                                                keep: snapshotKeep, id: String(getpid()))
+        }
         return job
     }
 
@@ -188,6 +224,25 @@ public struct StackOptions: ParsableArguments {
             throw CommandFailure("--writable-dir \(path): no such directory: make it first (mkdir -p \(path))")
         }
         return String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// `--snapshot-to DIR` as an absolute, resolved path: an existing directory this user may
+    /// write into.
+    static func snapshotDirectory(_ path: String) throws -> String {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        var info = stat()
+        guard realpath(path, &resolved) != nil, stat(resolved, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw CommandFailure("--snapshot-to \(path): no such directory: make it first (mkdir -p \(path))")
+        }
+        let absolute = String(decoding: resolved.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let identity = NativeRuntime.invokingIdentity()
+        let writable = identity.change
+            ? (info.st_uid == identity.uid ? info.st_mode & 0o200 != 0 : (info.st_gid == identity.gid ? info.st_mode & 0o020 != 0 : info.st_mode & 0o002 != 0))
+            : access(absolute, W_OK) == 0
+        guard writable else {
+            throw CommandFailure("--snapshot-to \(path): you cannot write into this directory: choose one of yours")
+        }
+        return absolute
     }
 
     /// For --writable-dir without --snapshot: the working directory (a git repository's top
@@ -284,6 +339,14 @@ public struct StackOptions: ParsableArguments {
             if let option = apptainerOptions.first { throw CommandFailure(Self.nativeRefusal(option, asFlag: true)) }
             if let option = runtimeOptions.first { throw CommandFailure(Self.nativeRefusal(option)) }
         }
+        if snapshotTo != nil {
+            guard runtime is NativeRuntime else {
+                throw CommandFailure("--snapshot-to needs the native runtime (\(runtime.name) replaces this process): give --runtime native")
+            }
+            guard geteuid() == 0 else {
+                throw CommandFailure("--snapshot-to needs root for now (the job's writable image is cut while frozen through the kernel's mount): run as root, or take snapshots after the job with overlay snapshot create")
+            }
+        }
         var own: (path: String, slot: Int?)?
         if snapshots.isEmpty && !writableDirs.isEmpty {
             guard runtime is NativeRuntime else {
@@ -303,6 +366,36 @@ public struct StackOptions: ParsableArguments {
             for line in try runtime.plan(for: job) { print(line) }
             return
         }
+        let restarted = (currentEnvironment()["SLURM_RESTART_COUNT"].flatMap { Int($0) } ?? 0) > 0
+        if let settings = job.snapshots, let writable = job.stack.writable, resume || restarted {
+            do {
+                if let done = try JobResume.restore(image: writable.path, from: settings) {
+                    IO.writeLine(done)
+                } else {
+                    IO.writeLine("no snapshot in \(Escaped.terminal(settings.directory)) yet: starting fresh")
+                }
+                if !writableDirs.isEmpty {
+                    IO.writeLine("note: --writable-dir directories are not rolled back; they hold what the job wrote until it ended")
+                }
+            } catch {
+                IO.writeLine("error: cannot resume: \(error)")
+                throw ExitCode(JobResume.failedStatus)
+            }
+        }
+        var registered: (path: String, slot: Int?)?
+        if let settings = job.snapshots {
+            let entry = JobEntry(id: settings.id, pid: getpid(), host: JobSnapshotsHost.name(),
+                                 images: job.stack.specs.map { (try? NativePlanPaths.absolute($0.path)) ?? $0.path },
+                                 snapshotTo: settings.directory, everySeconds: settings.everySeconds, keep: settings.keep)
+            let path = try JobRegistry.add(entry, environment: currentEnvironment())
+            registered = (path, TemporaryFiles.register(path))
+        }
+        defer {
+            if let registered {
+                unlink(registered.path)
+                TemporaryFiles.unregister(registered.slot)
+            }
+        }
         let status = try runtime.run(job)
         if status != 0 { throw ExitCode(status) }
     }
@@ -312,4 +405,20 @@ func currentDirectory() -> String {
     guard let path = getcwd(nil, 0) else { return "/" }
     defer { free(path) }
     return String(cString: path)
+}
+
+enum JobSnapshotsHost {
+    static func name() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+enum NativePlanPaths {
+    static func absolute(_ path: String) throws -> String {
+        guard let real = realpath(path, nil) else { throw CommandFailure("\(path) not found") }
+        defer { free(real) }
+        return String(cString: real)
+    }
 }

@@ -15,6 +15,12 @@ enum Forwarding {
     static let recipient = Atomic<Int32>(0)
     /// A signal that came while there was no target (0: none).
     static let pending = Atomic<Int32>(0)
+    /// Set while job snapshots are on (``JobSnapshotSettings``): SIGUSR1 and SIGTERM are then
+    /// recorded in ``requests`` for the setup process instead of passed on.
+    static let intercepting = Atomic<Bool>(false)
+    static let requests = Atomic<Int32>(0)
+    static let snapshotRequest: Int32 = 1
+    static let terminateRequest: Int32 = 2
     /// The dispositions replaced, to put back (never touched by the handler).
     static let saved = Mutex<[Int32: sigaction]>([:])
 
@@ -22,6 +28,11 @@ enum Forwarding {
         for number in signals {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { number in
+                if Forwarding.intercepting.load(ordering: .acquiring), number == SIGUSR1 || number == SIGTERM {
+                    Forwarding.requests.bitwiseOr(number == SIGUSR1 ? Forwarding.snapshotRequest : Forwarding.terminateRequest,
+                                                  ordering: .acquiringAndReleasing)
+                    return
+                }
                 let pid = Forwarding.recipient.load(ordering: .acquiring)
                 if pid > 0 { kill(pid, number) } else { Forwarding.pending.store(number, ordering: .releasing) }
             }

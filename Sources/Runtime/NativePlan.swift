@@ -125,6 +125,8 @@ public struct NativePlan: Codable, Equatable, Sendable {
     /// A checkpoint directory (see Checkpoint) whose processes take the place of the command:
     /// restored into the freshly built mounts instead of starting the job.
     public var restoreFrom: String?
+    /// Snapshots of the running job (`--snapshot-to`), taken by the setup process.
+    public var jobSnapshots: JobSnapshotSettings?
     /// Write end of the pipe on which the setup process reports its own failure (one line).
     public var reportDescriptor: Int32 = -1
 
@@ -252,6 +254,11 @@ public struct NativePlan: Codable, Equatable, Sendable {
         let who = identity.change ? "uid \(identity.uid) gid \(identity.gid)" : "uid \(identity.uid)"
         let run = interactive ? "the first of \(command.joined(separator: ", ")) (interactive)" : ShellQuote.line(command)
         lines.append("chroot \(root), cd \(q(workingDirectory)), as \(who): \(run)")
+        if let snapshots = jobSnapshots {
+            let every = snapshots.everySeconds.map { "every \($0) s, " } ?? ""
+            let keep = snapshots.keep.map { ", keeping the newest \($0)" } ?? ""
+            lines.append("job snapshots to \(q(snapshots.directory)) (\(every)on SIGUSR1, and on SIGTERM before passing it on\(keep)): SIGSTOP the job's processes, syncfs + FIFREEZE \(images.first { !$0.readOnly }?.mountPoint ?? ""), copy the image (reflink, else its allocated blocks), FITHAW, SIGCONT")
+        }
         return lines
     }
 }
@@ -384,7 +391,7 @@ extension NativePlan {
                           scratch: scratch, root: root, session: session, binds: binds, command: command,
                           interactive: job.command == .interactiveShell,
                           workingDirectory: job.workingDirectory, identity: identity,
-                          environment: extra, lockDescriptors: [])
+                          environment: extra, lockDescriptors: [], jobSnapshots: job.snapshots)
     }
 
     /// `$SHELL`, else /bin/bash, else /bin/sh: the setup process runs the first the container

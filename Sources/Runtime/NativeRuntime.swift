@@ -75,7 +75,7 @@ public struct NativeRuntime: Runtime {
 
     /// The user the job runs as: the one who ran sudo (`SUDO_UID`/`SUDO_GID`) when root was
     /// reached through it, else this process's own ids.
-    static func invokingIdentity() -> NativePlan.Identity {
+    public static func invokingIdentity() -> NativePlan.Identity {
         if getuid() == 0, let uidText = environmentValue("SUDO_UID"), let uid = UInt32(uidText), uid != 0 {
             let gid = environmentValue("SUDO_GID").flatMap(UInt32.init) ?? uid
             var groups: [UInt32] = [gid]

@@ -84,9 +84,14 @@ struct Setup: ~Copyable {
         do {
             try enterNamespaces()
             try mountStack()
+            if plan.jobSnapshots != nil { Forwarding.intercepting.store(true, ordering: .releasing) }
             let job = try plan.restoreFrom.map { directory throws(Failure) in try restoreJob(from: directory) } ?? startJob()
             Forwarding.target(job)
-            status = Children.wait(job)?.shellStatus ?? 125
+            if let settings = plan.jobSnapshots {
+                status = waitTakingSnapshots(job: job, settings: settings)
+            } else {
+                status = Children.wait(job)?.shellStatus ?? 125
+            }
             Forwarding.target(0)
         } catch let notStarted as JobNotStarted {
             status = notStarted.status

@@ -146,7 +146,7 @@ public struct SnapshotCapture: Sendable {
     }
 
     /// Copies the data regions of `input` (SEEK_DATA/SEEK_HOLE) with copy_file_range; holes stay holes.
-    static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String) throws {
+    public static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String) throws {
         guard ftruncate(output, off_t(size)) == 0 else { throw SnapshotError("cannot size the copy of \(path): \(Errno.last)") }
         var offset: Int64 = 0
         while offset < size {

@@ -27,6 +27,22 @@ public struct SnapshotDescription: Equatable, Sendable {
         }
     }
 
+    /// A snapshot of a running job (`run-overlay --snapshot-to`): which job, what took it,
+    /// and how long the job was frozen for it.
+    public struct JobRecord: Equatable, Sendable {
+        /// The run's id (`overlay jobs`).
+        public var id: String
+        /// `interval`, `demand` (SIGUSR1, `overlay snapshot now`) or `interruption` (SIGTERM).
+        public var trigger: String
+        /// How long the job's processes were stopped, in milliseconds (monotonic clock).
+        public var pauseMilliseconds: Double
+        public init(id: String, trigger: String, pauseMilliseconds: Double) {
+            self.id = id
+            self.trigger = trigger
+            self.pauseMilliseconds = pauseMilliseconds
+        }
+    }
+
     public var name: String
     /// UTC, `2026-12-02T16:45:00Z`.
     public var created: String
@@ -34,6 +50,7 @@ public struct SnapshotDescription: Equatable, Sendable {
     public var user: String
     public var captured: [Captured]
     public var git: GitRecord?
+    public var job: JobRecord?
     /// The image file's size in bytes.
     public var sizeBytes: UInt64
     /// Files and directories captured.
@@ -63,6 +80,10 @@ public struct SnapshotDescription: Equatable, Sendable {
         fields.append("\"captured\":[" + captured.map { "{\"path\":\(q($0.path)),\"kind\":\(q($0.kind))}" }.joined(separator: ",") + "]")
         if let git {
             fields.append("\"git\":{\"repository\":\(q(git.repository)),\"commit\":\(q(git.commit)),\"branch\":\(q(git.branch)),\"pushed\":\(git.pushed)}")
+        }
+        if let job {
+            let pause = (job.pauseMilliseconds * 1000).rounded() / 1000
+            fields.append("\"job\":{\"id\":\(q(job.id)),\"trigger\":\(q(job.trigger)),\"pauseMilliseconds\":\(pause)}")
         }
         fields.append("\"sizeBytes\":\(sizeBytes)")
         fields.append("\"entries\":\(entries)")
@@ -98,6 +119,11 @@ public struct SnapshotDescription: Equatable, Sendable {
             git = GitRecord(repository: try string("repository", in: record), commit: try string("commit", in: record),
                             branch: try string("branch", in: record), pushed: pushed)
         }
+        if case let .object(record)? = object["job"] {
+            var pause = 0.0
+            if case let .number(value)? = record["pauseMilliseconds"], value >= 0, value < 1e12 { pause = value }
+            job = JobRecord(id: try string("id", in: record), trigger: try string("trigger", in: record), pauseMilliseconds: pause)
+        }
         sizeBytes = number("sizeBytes")
         entries = number("entries")
         dataBytes = number("dataBytes")
@@ -105,10 +131,10 @@ public struct SnapshotDescription: Equatable, Sendable {
 }
 
 /// Just enough JSON to read a snapshot's description back.
-enum JSONValue: Equatable {
+public enum JSONValue: Equatable, Sendable {
     case string(String), number(Double), bool(Bool), null, array([JSONValue]), object([String: JSONValue])
 
-    static func parse(_ text: String) throws -> JSONValue {
+    public static func parse(_ text: String) throws -> JSONValue {
         var parser = Parser(bytes: Array(text.utf8))
         let value = try parser.value(depth: 0)
         parser.skipSpace()

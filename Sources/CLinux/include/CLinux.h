@@ -63,6 +63,12 @@ int clinux_link_tmpfile(int fd, const char *target);
 /// ioctl(destination, FICLONE, source): the whole file shared by reflink (XFS, btrfs). 0, or -1
 /// with errno set (EOPNOTSUPP, EXDEV, EINVAL where the filesystem cannot).
 int clinux_ficlone(int destination, int source);
+/// ioctl(fd, FIFREEZE/FITHAW) on a mount point: the filesystem's writes blocked and its
+/// journal checkpointed (clean on disk) until thawed. 0, or -1 with errno set.
+int clinux_fifreeze(int fd);
+int clinux_fithaw(int fd);
+/// syncfs(2). 0, or -1 with errno set.
+int clinux_syncfs(int fd);
 
 /// llistxattr(2) and lgetxattr(2) (sys/xattr.h is not in the Glibc module).
 long long clinux_llistxattr(const char *path, char *list, size_t size);

@@ -1,0 +1,368 @@
+import Ext3
+import LinuxSupport
+import Overlay
+import Snapshot
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Stops every process of a job's PID namespace (SIGSTOP, children included) and waits until
+/// each is stopped (`T` in /proc/PID/stat); ``thaw()`` continues them. Processes that start
+/// while the freeze is going on are caught by scanning again until a scan finds nothing new.
+struct JobFreezer {
+    let initProcess: Int32
+    private(set) var stopped: [Int32] = []
+
+    init(initProcess: Int32) { self.initProcess = initProcess }
+
+    static func namespace(of pid: Int32) -> String? {
+        var buffer = [CChar](repeating: 0, count: 128)
+        let count = readlink("/proc/\(pid)/ns/pid", &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The processes whose PID namespace is `namespace`.
+    static func members(of namespace: String) -> [Int32] {
+        guard let dir = opendir("/proc") else { return [] }
+        defer { closedir(dir) }
+        var found: [Int32] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = Int32(name), pid > 0, Self.namespace(of: pid) == namespace else { continue }
+            found.append(pid)
+        }
+        return found
+    }
+
+    /// The state letter of /proc/PID/stat (nil: gone).
+    static func state(of pid: Int32) -> Character? {
+        guard let text = NativeRuntime.readSmallFile("/proc/\(pid)/stat"),
+              let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].first { $0 != " " }
+    }
+
+    /// Stops them all, or throws (after continuing those it stopped) when one is still running
+    /// at `deadline` (monotonic milliseconds).
+    mutating func freeze(until deadline: Int) throws {
+        guard let namespace = Self.namespace(of: initProcess) else {
+            throw RuntimeError.failed("the job has ended")
+        }
+        while true {
+            let members = Self.members(of: namespace)
+            let new = members.filter { !stopped.contains($0) }
+            if new.isEmpty { return }
+            for pid in new {
+                kill(pid, SIGSTOP)
+                stopped.append(pid)
+            }
+            while let running = new.first(where: { pid in
+                let state = Self.state(of: pid)
+                return state != nil && state != "T" && state != "t" && state != "Z" && state != "X"
+            }) {
+                if MonotonicClock.milliseconds >= deadline {
+                    thaw()
+                    throw RuntimeError.failed("process \(running) of the job did not stop within the time allowed")
+                }
+                usleep(200)
+            }
+        }
+    }
+
+    /// Continues every process it stopped.
+    mutating func thaw() {
+        for pid in stopped { kill(pid, SIGCONT) }
+        stopped = []
+    }
+}
+
+/// Something to run while the job is frozen, at the same instant as the file-system cut (a
+/// process checkpoint: CRIU dumps the stopped processes here). It gets the job's first
+/// process and the snapshot's name; a throw fails the snapshot.
+public typealias WhileFrozen = @Sendable (_ jobProcess: Int32, _ snapshotName: String) throws -> Void
+
+/// Takes snapshots of a running job (the native runtime as root: its writable overlay is a
+/// loop-mounted ext3 image): freeze the job's processes, sync the filesystem, FIFREEZE it (its
+/// journal checkpointed, so the image file on disk is clean), copy the image file (a reflink
+/// where the filesystem holding it can, else its allocated blocks), FITHAW, continue the job.
+/// The description is written into the copy after the job goes on; the copy is named
+/// `DIR/<UTC YYYYmmddTHHMMSSZ>[-n].ext3` only when complete, and `DIR/latest` is switched to it
+/// (a symbolic link renamed into place).
+public struct JobSnapshotter {
+    let settings: JobSnapshotSettings
+    /// The writable image and where the setup process mounted it.
+    let image: String
+    let mountPoint: String
+    /// Who gets the snapshot files (the invoking user).
+    let owner: Ext3.Owner
+    var whileFrozen: WhileFrozen?
+    /// How long the processes may take to stop before a snapshot is given up.
+    static let freezeTimeoutMilliseconds = 10_000
+
+    enum Trigger: String { case interval, demand, interruption }
+
+    struct Taken {
+        let path: String
+        let pauseMilliseconds: Double
+    }
+
+    /// One snapshot of the job whose first process is `job`.
+    func take(job: Int32, trigger: Trigger) throws -> Taken {
+        let stamp = Self.utcStamp()
+        let input = open(image, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw RuntimeError.failed("cannot read \(image): \(Errno.last)") }
+        defer { close(input) }
+        let mount = open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard mount >= 0 else { throw RuntimeError.failed("cannot open the mount of \(image): \(Errno.last)") }
+        defer { close(mount) }
+        let output = FileCalls.openUnnamed(in: settings.directory, mode: 0o644)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(settings.directory): \(Errno.last)") }
+        defer { close(output) }
+        var info = stat()
+        fstat(input, &info)
+
+        // The pause: from the first SIGSTOP to the last SIGCONT.
+        let start = MonotonicClock.nanoseconds
+        var freezer = JobFreezer(initProcess: job)
+        try freezer.freeze(until: MonotonicClock.milliseconds + Self.freezeTimeoutMilliseconds)
+        var cut: Error?
+        do {
+            try whileFrozen?(job, stamp.name)
+            _ = FileCalls.syncFilesystem(mount)
+            guard FileCalls.freezeFilesystem(mount) == 0 else {
+                throw RuntimeError.failed("cannot freeze the filesystem of \(image) (FIFREEZE): \(Errno.last)")
+            }
+            do {
+                if FileCalls.cloneFile(output, from: input) != 0 {
+                    try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+                }
+            } catch { cut = error }
+            _ = FileCalls.thawFilesystem(mount)
+        } catch { cut = error }
+        freezer.thaw()
+        let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
+        if let cut { throw cut }
+
+        var copied = stat()
+        fstat(output, &copied)
+        let description = SnapshotDescription(
+            name: stamp.name, created: stamp.iso, host: Self.hostName(), user: Self.userName(owner.uid),
+            captured: [SnapshotDescription.Captured(path: image, kind: "image")], git: nil,
+            sizeBytes: UInt64(info.st_size), entries: 0, dataBytes: UInt64(copied.st_blocks) * 512)
+        var withJob = description
+        withJob.job = .init(id: settings.id, trigger: trigger.rawValue, pauseMilliseconds: pause)
+        let file = Ext3.RootFile(name: SnapshotDescription.fileName, contents: Array((withJob.json + "\n").utf8), owner: owner)
+        try file.add(toImage: "/proc/self/fd/\(output)", replacing: true)
+        fchown(output, owner.uid, owner.gid)
+        fchmod(output, 0o444)
+        let path = try link(output, stamp: stamp.name)
+        try pointLatest(at: path)
+        prune()
+        return Taken(path: path, pauseMilliseconds: pause)
+    }
+
+    /// Names the finished copy `<stamp>.ext3`, else `<stamp>-2.ext3`, ... (two in one second).
+    func link(_ fd: Int32, stamp: String) throws -> String {
+        for n in 1...1000 {
+            let name = n == 1 ? "\(stamp).ext3" : "\(stamp)-\(n).ext3"
+            let path = settings.directory + "/" + name
+            if FileCalls.linkUnnamed(fd, to: path) == 0 { return path }
+            guard errno == EEXIST else { throw RuntimeError.failed("cannot name the snapshot \(path): \(Errno.last)") }
+        }
+        throw RuntimeError.failed("too many snapshots named \(stamp)* in \(settings.directory)")
+    }
+
+    /// `DIR/latest` -> the snapshot's file name, switched in one rename.
+    func pointLatest(at path: String) throws {
+        let name = String(path[path.index(after: path.lastIndex(of: "/")!)...])
+        let temporary = settings.directory + "/.latest.\(getpid())"
+        unlink(temporary)
+        guard symlink(name, temporary) == 0 else {
+            throw RuntimeError.failed("cannot link \(settings.directory)/latest: \(Errno.last)")
+        }
+        lchown(temporary, owner.uid, owner.gid)
+        guard rename(temporary, settings.directory + "/latest") == 0 else {
+            let error = Errno.last
+            unlink(temporary)
+            throw RuntimeError.failed("cannot switch \(settings.directory)/latest: \(error)")
+        }
+    }
+
+    /// With `--snapshot-keep N`: removes the oldest job snapshots (files named as this makes
+    /// them) beyond the newest N; nothing else in the directory is touched.
+    func prune() {
+        guard let keep = settings.keep else { return }
+        let names = Self.snapshotNames(in: settings.directory)
+        for name in names.dropLast(keep) { unlink(settings.directory + "/" + name) }
+    }
+
+    /// The job snapshots in `directory`, oldest first.
+    public static func snapshotNames(in directory: String) -> [String] {
+        guard let dir = opendir(directory) else { return [] }
+        defer { closedir(dir) }
+        var found: [(stamp: String, n: Int, name: String)] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let key = parse(name) { found.append((key.stamp, key.n, name)) }
+        }
+        return found.sorted { ($0.stamp, $0.n) < ($1.stamp, $1.n) }.map(\.name)
+    }
+
+    /// `20261202T174500Z.ext3` -> (stamp, 1); `20261202T174500Z-3.ext3` -> (stamp, 3).
+    static func parse(_ name: String) -> (stamp: String, n: Int)? {
+        guard name.hasSuffix(".ext3") else { return nil }
+        let base = name.dropLast(5)
+        let parts = base.split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        let stamp = parts[0]
+        let bytes = Array(stamp.utf8)
+        guard bytes.count == 16, bytes[8] == UInt8(ascii: "T"), bytes[15] == UInt8(ascii: "Z"),
+              bytes[0..<8].allSatisfy({ $0 >= 48 && $0 <= 57 }), bytes[9..<15].allSatisfy({ $0 >= 48 && $0 <= 57 }) else { return nil }
+        if parts.count == 2 {
+            guard let n = Int(parts[1]), n >= 2, String(n) == parts[1] else { return nil }
+            return (String(stamp), n)
+        }
+        return (String(stamp), 1)
+    }
+
+    static func utcStamp() -> (iso: String, name: String) {
+        var now = time(nil)
+        var parts = tm()
+        gmtime_r(&now, &parts)
+        func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
+        let date = ["\(parts.tm_year + 1900)", two(parts.tm_mon + 1), two(parts.tm_mday)]
+        let clock = [two(parts.tm_hour), two(parts.tm_min), two(parts.tm_sec)]
+        return (date.joined(separator: "-") + "T" + clock.joined(separator: ":") + "Z", date.joined() + "T" + clock.joined() + "Z")
+    }
+
+    static func hostName() -> String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count - 1) == 0 else { return "" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func userName(_ uid: UInt32) -> String {
+        if let entry = getpwuid(uid), let name = entry.pointee.pw_name { return String(cString: name) }
+        return "\(uid)"
+    }
+}
+
+extension Setup {
+    /// Waits for the job while taking its snapshots: on the timer, on SIGUSR1, and on SIGTERM
+    /// (a final one, then SIGTERM goes on to the job). Returns the job's status, or
+    /// ``JobSnapshotter/interruptionFailedStatus`` when the final snapshot failed.
+    func waitTakingSnapshots(job: Int32, settings: JobSnapshotSettings) -> Int32 {
+        guard let image = plan.images.first(where: { !$0.readOnly }) else {
+            return Children.wait(job)?.shellStatus ?? 125
+        }
+        let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
+                                         owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
+                                         whileFrozen: nil)
+        let every = settings.everySeconds.map { $0 * 1000 }
+        var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max
+        var interruptionFailed = false
+        func snapshot(_ trigger: JobSnapshotter.Trigger) -> Bool {
+            do {
+                let taken = try snapshotter.take(job: job, trigger: trigger)
+                let tenths = Int((taken.pauseMilliseconds * 10).rounded())
+                IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms)",
+                             to: 2)
+                return true
+            } catch {
+                IO.writeLine("warning: snapshot (\(trigger.rawValue)) failed, nothing kept, the job goes on: \(error)", to: 2)
+                return false
+            }
+        }
+        while true {
+            var ended: WaitStatus?
+            Children.reap([job], until: next, woken: { Forwarding.requests.load(ordering: .acquiring) != 0 }) { _, status in
+                ended = status
+            }
+            if let ended {
+                return interruptionFailed ? JobSnapshotter.interruptionFailedStatus : ended.shellStatus
+            }
+            let requests = Forwarding.requests.exchange(0, ordering: .acquiringAndReleasing)
+            if requests & Forwarding.terminateRequest != 0 {
+                // Later signals, SIGTERM included, go straight to the job.
+                Forwarding.intercepting.store(false, ordering: .releasing)
+                if !snapshot(.interruption) { interruptionFailed = true }
+                kill(job, SIGTERM)
+            } else if requests & Forwarding.snapshotRequest != 0 {
+                _ = snapshot(.demand)
+            } else if let every, MonotonicClock.milliseconds >= next {
+                _ = snapshot(.interval)
+                next = MonotonicClock.milliseconds + every
+            }
+        }
+    }
+}
+
+extension JobSnapshotter {
+    /// run-overlay's status when the snapshot at interruption (SIGTERM) failed.
+    public static let interruptionFailedStatus: Int32 = 175
+}
+
+/// `--resume`: puts the writable overlay back to the latest job snapshot before the job starts.
+public enum JobResume {
+    /// run-overlay's status when the writable overlay could not be restored.
+    public static let failedStatus: Int32 = 176
+
+    /// When `DIR/latest` names a snapshot of `image`, replaces `image` with it (under a write
+    /// lock, through a copy renamed over the image, so a failure leaves the image as it was)
+    /// and returns what was done; nil when there is no snapshot yet (a fresh start).
+    public static func restore(image: String, from settings: JobSnapshotSettings) throws -> String? {
+        let latest = settings.directory + "/latest"
+        var info = stat()
+        guard lstat(latest, &info) == 0 else { return nil }
+        guard let resolved = realpath(latest, nil) else {
+            throw RuntimeError.failed("\(latest) names no snapshot (\(Errno.last)): remove it to start fresh, or point it at a snapshot")
+        }
+        let snapshot = String(cString: resolved)
+        free(resolved)
+        guard let real = realpath(image, nil) else { throw RuntimeError.failed("overlay '\(image)' not found: \(Errno.last)") }
+        let target = String(cString: real)
+        free(real)
+        let description: SnapshotDescription
+        do { description = try SnapshotStore.describe(snapshot) } catch {
+            throw RuntimeError.failed("\(snapshot) cannot be read as a job snapshot (\(error))")
+        }
+        guard description.job != nil, description.captured.first?.path == target else {
+            throw RuntimeError.failed("\(snapshot) is not a snapshot of \(target) (it captured \(description.captured.map(\.path).joined(separator: ", "))): use another --snapshot-to directory for this overlay")
+        }
+        let lock = try ImageLock.acquire(target, .write)
+        defer { lock.release() }
+        var old = stat()
+        stat(target, &old)
+        let directory = String(target[..<target.lastIndex(of: "/")!])
+        let input = open(snapshot, O_RDONLY | O_CLOEXEC)
+        guard input >= 0 else { throw RuntimeError.failed("cannot read \(snapshot): \(Errno.last)") }
+        defer { close(input) }
+        var size = stat()
+        fstat(input, &size)
+        let output = FileCalls.openUnnamed(in: directory.isEmpty ? "/" : directory, mode: 0o600)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file beside \(target): \(Errno.last)") }
+        defer { close(output) }
+        if FileCalls.cloneFile(output, from: input) != 0 {
+            try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(size.st_size), path: snapshot)
+        }
+        let path = "/proc/\(getpid())/fd/\(output)"
+        try Ext3.RootFile.remove(named: SnapshotDescription.fileName, fromImage: path)
+        let check = try Program.run(["e2fsck", "-fn", path])
+        guard check.status == 0 else {
+            throw RuntimeError.failed("the overlay restored from \(snapshot) fails e2fsck -fn: \(target) is unchanged")
+        }
+        fchown(output, old.st_uid, old.st_gid)
+        fchmod(output, old.st_mode & 0o7777)
+        let temporary = directory + "/." + String(target[target.index(after: target.lastIndex(of: "/")!)...]) + ".resume-\(getpid())"
+        unlink(temporary)
+        guard FileCalls.linkUnnamed(output, to: temporary) == 0 else {
+            throw RuntimeError.failed("cannot name the restored overlay \(temporary): \(Errno.last)")
+        }
+        guard rename(temporary, target) == 0 else {
+            let error = Errno.last
+            unlink(temporary)
+            throw RuntimeError.failed("cannot put the restored overlay in place of \(target): \(error)")
+        }
+        return "resumed: \(Escaped.terminal(target)) restored to the snapshot \(Escaped.terminal(snapshot)) taken \(Escaped.terminal(description.created)); what the job wrote after it is rolled back"
+    }
+}

@@ -1,0 +1,281 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// `run-overlay --snapshot-to`: snapshots of a running job, as built executables, with real
+/// loop mounts (root), e2fsck as the oracle and the images read back with `overlay cat`.
+struct JobSnapshotScene {
+    let scene: NativeScene
+    let image: String
+    let snapshots: String
+
+    init() throws {
+        scene = try NativeScene()
+        image = try scene.overlay("work.ext3")
+        snapshots = scene.file("snaps")
+        try FileManager.default.createDirectory(atPath: snapshots, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: scene.file("run"), withIntermediateDirectories: true)
+    }
+
+    /// The scene's environment, with a runtime directory of its own (the job registry).
+    var environment: [String: String] { scene.environment(["XDG_RUNTIME_DIR": scene.file("run")]) }
+
+    @discardableResult
+    func run(_ tool: String, _ arguments: [String], timeout: TimeInterval = 120) throws -> ProcessResult {
+        try TestSupport.run([product(tool)] + arguments, environment: environment,
+                            currentDirectory: scene.directory.path, timeout: timeout)
+    }
+
+    func start(_ arguments: [String]) throws -> SpawnedProcess {
+        try SpawnedProcess([product("run-overlay")] + arguments, environment: environment,
+                           currentDirectory: scene.directory.path)
+    }
+
+    /// The job snapshots in the directory, oldest first (names sort by time, then -n).
+    func taken() -> [String] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: snapshots)) ?? []).filter { $0.hasSuffix(".ext3") }
+        func key(_ name: String) -> (String, Int) {
+            let base = name.dropLast(5)
+            let parts = base.split(separator: "-")
+            return (String(parts[0]), parts.count > 1 ? Int(parts[1]) ?? 0 : 1)
+        }
+        return names.sorted { key($0) < key($1) }.map { snapshots + "/" + $0 }
+    }
+
+    func cat(_ snapshot: String, _ path: String) throws -> String? {
+        let result = try run("overlay", ["cat", snapshot, "/upper" + path])
+        return result.status == 0 ? result.stdout : nil
+    }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = scene.file(name)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        return path
+    }
+}
+
+@Suite("Job snapshots (root)", .serialized, .requiresRoot, .requires(executable: "e2fsck"),
+       .requires(executable: "python3", "the test job is a Python script"))
+struct JobSnapshotTests {
+    /// Two processes of the job: one keeps `a` and `b` in lockstep (b written right after a,
+    /// same counter), one rewrites a 1 MiB file block by block, each block its generation.
+    /// Every snapshot must show one instant: a == b or a == b + 1, and the big file's blocks a
+    /// run of generation g+1 followed by generation g.
+    static let lockstep = """
+        import os, time
+        os.makedirs('/jobdata', exist_ok=True)
+        a = os.open('/jobdata/a', os.O_WRONLY | os.O_CREAT, 0o644)
+        b = os.open('/jobdata/b', os.O_WRONLY | os.O_CREAT, 0o644)
+        end = time.time() + 4.5
+        i = 0
+        while time.time() < end:
+            i += 1
+            os.pwrite(a, b'%010d' % i, 0)
+            os.pwrite(b, b'%010d' % i, 0)
+        """
+    static let blocks = """
+        import os, time
+        os.makedirs('/jobdata', exist_ok=True)
+        f = os.open('/jobdata/big', os.O_WRONLY | os.O_CREAT, 0o644)
+        end = time.time() + 4.5
+        g = 0
+        while time.time() < end:
+            g += 1
+            for i in range(256):
+                os.pwrite(f, (b'%07d\\n' % g) * 512, i * 4096)
+        """
+
+    @Test func periodicSnapshotsAreCleanInOrderAndEachOneInstant() throws {
+        let s = try JobSnapshotScene()
+        let lockstep = try s.write("lockstep.py", Self.lockstep)
+        let blocks = try s.write("blocks.py", Self.blocks)
+        let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--snapshot-every", "1", "-o", s.image, "--",
+                                               "sh", "-c", "python3 \(blocks) & python3 \(lockstep); wait"])
+        #expect(result.status == 0, "\(result)")
+        let taken = s.taken()
+        #expect(taken.count >= 2, "\(taken) \(result)")
+        var previous = 0
+        for snapshot in taken {
+            #expect(try FixtureImage.isClean(snapshot), "\(snapshot) is not e2fsck-clean")
+            let info = try s.run("overlay", ["snapshot", "info", "--json", snapshot])
+            #expect(info.stdout.contains("\"trigger\":\"interval\""), "\(info)")
+            guard let a = try s.cat(snapshot, "/jobdata/a").flatMap({ Int($0) }),
+                  let b = try s.cat(snapshot, "/jobdata/b").flatMap({ Int($0) }) else {
+                // The first snapshot may come before the job made its files.
+                continue
+            }
+            #expect(a == b || a == b + 1, "\(snapshot): a=\(a) b=\(b), a state the job never had")
+            #expect(a >= previous, "\(snapshot): the counter went back from \(previous) to \(a)")
+            previous = a
+            if let big = try s.cat(snapshot, "/jobdata/big") {
+                let generations = stride(from: 0, to: big.utf8.count, by: 4096).map { offset -> Int in
+                    let block = Array(big.utf8.dropFirst(offset).prefix(4096))
+                    let first = Array(block.prefix(8))
+                    #expect(block == Array([[UInt8]](repeating: first, count: block.count / 8).joined()), "\(snapshot): a torn block")
+                    return Int(String(decoding: first.prefix(7), as: UTF8.self)) ?? -1
+                }
+                let top = generations.first ?? 0
+                let switched = generations.firstIndex { $0 != top } ?? generations.count
+                #expect(generations[switched...].allSatisfy { $0 == top - 1 }, "\(snapshot): generations \(Set(generations))")
+            }
+        }
+        #expect(previous > 0, "no snapshot showed the job's files")
+        let latest = try FileManager.default.destinationOfSymbolicLink(atPath: s.snapshots + "/latest")
+        #expect(s.snapshots + "/" + latest == taken.last)
+        #expect(try FixtureImage.isClean(s.image))
+    }
+
+    @Test func sigusr1TakesOneAndSigtermTakesALastOneBeforeTheJobGetsIt() throws {
+        let s = try JobSnapshotScene()
+        let marker = s.scene.file("got-term")
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                               "trap 'echo term > \(marker); exit 7' TERM; echo 1 > /n; echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 60) == "ready")
+        job.signal(SIGUSR1)
+        for _ in 0..<200 where s.taken().isEmpty { usleep(50_000) }
+        #expect(s.taken().count == 1)
+        job.signal(SIGTERM)
+        let result = job.wait(timeout: 60)
+        #expect(result.status == 7, "\(result)")
+        #expect(FileManager.default.fileExists(atPath: marker), "the job did not get SIGTERM")
+        let taken = s.taken()
+        #expect(taken.count == 2, "\(taken)")
+        let triggers = try taken.map { try s.run("overlay", ["snapshot", "info", "--json", $0]).stdout }
+        #expect(triggers.first?.contains("\"trigger\":\"demand\"") == true, "\(triggers)")
+        #expect(triggers.last?.contains("\"trigger\":\"interruption\"") == true, "\(triggers)")
+        for snapshot in taken {
+            #expect(try s.cat(snapshot, "/n") == "1\n")
+            #expect(try FixtureImage.isClean(snapshot))
+        }
+        // Mountable as a read-only layer.
+        let shown = try s.run("run-overlay", ["-o", taken[1] + ":ro", "--", "cat", "/n"])
+        #expect(shown.status == 0 && shown.stdout == "1\n", "\(shown)")
+    }
+
+    @Test func resumeRestoresTheLatestSnapshotAndSlurmRestartImpliesIt() throws {
+        let s = try JobSnapshotScene()
+        let fresh = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "sh", "-c", "echo v1 > /state"])
+        #expect(fresh.status == 0 && fresh.stderr.contains("starting fresh"), "\(fresh)")
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                               "trap 'exit 9' TERM; echo v2 > /state; echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 60) == "ready")
+        job.signal(SIGTERM)
+        #expect(job.wait(timeout: 60).status == 9)
+        #expect(s.taken().count == 1)
+        // Written after the snapshot: rolled back by --resume.
+        #expect(try s.run("run-overlay", ["-o", s.image, "--", "sh", "-c", "echo v3 > /state; echo x > /later"]).status == 0)
+        let resumed = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "sh", "-c",
+                                                "cat /state; test -e /later && echo later-survived; true"])
+        #expect(resumed.status == 0 && resumed.stdout == "v2\n", "\(resumed)")
+        #expect(resumed.stderr.contains("rolled back"), "\(resumed)")
+        #expect(try FixtureImage.isClean(s.image))
+        #expect(try s.run("overlay", ["snapshot", "info", s.image]).status != 0, "the restored overlay still holds the snapshot's description")
+        // A requeued SLURM job resumes without being told.
+        #expect(try s.run("run-overlay", ["-o", s.image, "--", "sh", "-c", "echo v4 > /state"]).status == 0)
+        let requeued = try TestSupport.run([product("run-overlay"), "--snapshot-to", s.snapshots, "-o", s.image, "--", "cat", "/state"],
+                                           environment: s.scene.environment(["SLURM_RESTART_COUNT": "1"]),
+                                           currentDirectory: s.scene.directory.path)
+        #expect(requeued.status == 0 && requeued.stdout == "v2\n", "\(requeued)")
+    }
+
+    @Test func aResumeThatCannotRestoreExits176AndChangesNothing() throws {
+        let s = try JobSnapshotScene()
+        let other = try s.scene.overlay("other.ext3")
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", other, "--", "bash", "-c",
+                               "trap 'exit 9' TERM; echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 60) == "ready")
+        job.signal(SIGTERM)
+        #expect(job.wait(timeout: 60).status == 9)
+        let before = try Data(contentsOf: URL(fileURLWithPath: s.image))
+        let marker = s.scene.file("ran")
+        let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "touch", marker])
+        #expect(result.status == 176, "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains("is not a snapshot of"), "\(result)")
+        #expect(!FileManager.default.fileExists(atPath: marker))
+        #expect(try Data(contentsOf: URL(fileURLWithPath: s.image)) == before)
+        let left = try FileManager.default.contentsOfDirectory(atPath: s.scene.directory.path).filter { $0.hasPrefix(".") && $0 != ".config" }
+        #expect(left.isEmpty, "\(left)")
+    }
+
+    @Test func overlayJobsListsTheRunAndSnapshotNowTakesOne() throws {
+        let s = try JobSnapshotScene()
+        let none = try s.run("overlay", ["snapshot", "now"])
+        #expect(none.status != 0 && none.stderr.contains("no running job"), "\(none)")
+        let job = try s.start(["--snapshot-to", s.snapshots, "--snapshot-keep", "4", "-o", s.image, "--", "bash", "-c",
+                               "echo 1 > /n; echo ready; sleep 30"])
+        defer { job.signal(SIGKILL); _ = job.wait(timeout: 30) }
+        #expect(job.readLine(timeout: 60) == "ready")
+        let listed = try s.run("overlay", ["jobs", "--json"])
+        #expect(listed.status == 0 && listed.stdout.contains("\"pid\":\(job.pid)") && listed.stdout.contains("\"images\":[\"\(s.image)\"]")
+                && listed.stdout.contains("\"snapshotKeep\":4"), "\(listed)")
+        let byImage = try s.run("overlay", ["snapshot", "now", s.image])
+        #expect(byImage.status == 0 && s.taken() == [byImage.stdout.trimmingCharacters(in: .newlines)], "\(byImage) \(s.taken())")
+        let byId = try s.run("overlay", ["snapshot", "now", "\(job.pid)"])
+        #expect(byId.status == 0 && s.taken().count == 2, "\(byId)")
+        #expect(try s.cat(s.taken()[1], "/n") == "1\n")
+        let wrong = try s.run("overlay", ["snapshot", "now", "no-such-job"])
+        #expect(wrong.status != 0 && wrong.stderr.split(separator: "\n").count == 1, "\(wrong)")
+        job.signal(SIGINT)
+        _ = job.wait(timeout: 60)
+        let after = try s.run("overlay", ["jobs", "--json"])
+        #expect(after.stdout == "[]\n", "\(after)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: s.scene.file("run") + "/overlay/jobs").isEmpty)
+    }
+
+    @Test func keepRemovesOnlyTheOldestJobSnapshots() throws {
+        let s = try JobSnapshotScene()
+        let other = s.snapshots + "/notes.txt"
+        try "mine\n".write(toFile: other, atomically: false, encoding: .utf8)
+        let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--snapshot-every", "1", "--snapshot-keep", "2",
+                                               "-o", s.image, "--", "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo $i > /i; sleep 0.5; done"])
+        #expect(result.status == 0, "\(result)")
+        let snapshotLines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("snapshot ") }
+        #expect(snapshotLines.count >= 3, "\(result)")
+        #expect(s.taken().count == 2, "\(s.taken())")
+        #expect(FileManager.default.fileExists(atPath: other))
+        let latest = try FileManager.default.destinationOfSymbolicLink(atPath: s.snapshots + "/latest")
+        #expect(s.snapshots + "/" + latest == s.taken().last)
+    }
+
+    @Test(arguments: [
+        (["--snapshot-every", "0"], "--snapshot-every 0"),
+        (["--snapshot-keep", "0"], "--snapshot-keep 0"),
+        (["--snapshot-to", "/nonexistent/snaps"], "--snapshot-to /nonexistent/snaps"),
+        (["--snapshot-every", "5"], "go with --snapshot-to"),
+        (["--resume"], "give --snapshot-to DIR too"),
+    ])
+    func badInputIsOneLineBeforeAnythingStarts(arguments: [String], expected: String) throws {
+        let s = try JobSnapshotScene()
+        let before = try Data(contentsOf: URL(fileURLWithPath: s.image))
+        var argv = arguments
+        if !arguments.contains("--snapshot-to") { argv = ["--snapshot-to", s.snapshots] + argv }
+        if arguments == ["--snapshot-every", "5"] || arguments == ["--resume"] { argv = arguments }
+        let marker = s.scene.file("ran")
+        let result = try s.run("run-overlay", argv + ["-o", s.image, "--", "touch", marker])
+        #expect(result.status != 0, "\(result)")
+        #expect(result.stderr.split(separator: "\n").count == 1 && result.stderr.contains(expected), "\(result)")
+        #expect(!FileManager.default.fileExists(atPath: marker))
+        #expect(s.taken().isEmpty)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: s.image)) == before)
+    }
+
+    @Test func aReadOnlyStackOrAnUnwritableDirectoryIsRefused() throws {
+        let s = try JobSnapshotScene()
+        let readOnly = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "-o", s.image + ":ro", "--", "true"])
+        #expect(readOnly.status != 0 && readOnly.stderr.contains("writable first -o"), "\(readOnly)")
+        let user = try TestUser.ensure()
+        chmod(s.snapshots, 0o755)
+        chmod(s.scene.directory.path, 0o755)
+        let sudo = try TestSupport.run([product("run-overlay"), "--snapshot-to", s.snapshots, "-o", s.image, "--", "true"],
+                                       environment: s.scene.environment(["SUDO_UID": "\(user.uid)", "SUDO_GID": "\(user.gid)"]),
+                                       currentDirectory: s.scene.directory.path)
+        #expect(sudo.status != 0 && sudo.stderr.contains("cannot write into this directory"), "\(sudo)")
+        // An ordinary user (FUSE mode) is told it needs root, before anything starts.
+        chmod(s.image, 0o666)
+        let ordinary = try user.run([product("run-overlay"), "--snapshot-to", s.snapshots, "-o", s.image, "--", "true"],
+                                    currentDirectory: s.scene.directory.path, environment: s.scene.configIsolation)
+        #expect(ordinary.status != 0 && ordinary.stderr.contains("--snapshot-to needs root"), "\(ordinary)")
+        #expect(ordinary.stderr.split(separator: "\n").count == 1, "\(ordinary)")
+        #expect(s.taken().isEmpty)
+    }
+}
