@@ -15,8 +15,7 @@ public struct DoctorCommand: ParsableCommand {
         Looks at the runtimes (kernel loop and overlay mounts for root; user namespaces, \
         /dev/fuse, fuse2fs, fuse-overlayfs and squashfuse for an ordinary user), Apptainer or \
         Singularity on PATH, and process checkpoints (criu, its version, 'criu check', the \
-        capabilities this user needs). Changes nothing.
-
+        capabilities this user needs). Changes nothing. \
         Exit status: 0 when this user can run jobs some way (the native runtime or \
         Apptainer/Singularity), 1 when nothing can run. With --checkpoint, only the checkpoint \
         line: 0 when checkpoints work, 1 (saying what is missing) when not.

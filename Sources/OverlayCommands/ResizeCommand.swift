@@ -18,7 +18,6 @@ public struct ResizeCommand: ParsableCommand {
         image is checked with e2fsck -fn and renamed over the old one, keeping the file's mode \
         and owner. A rebuild takes time in proportion to the data in the image and needs that \
         much free space beside it. On any failure the image is left as it was. Shrinking is refused.
-
         """
     )
 

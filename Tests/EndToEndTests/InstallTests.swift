@@ -67,13 +67,20 @@ struct InstallTests {
 
         // A page for each command and each overlay subcommand, each rendered by man without a warning.
         let pages = try FileManager.default.contentsOfDirectory(atPath: prefix + "/share/man/man1").sorted()
-        let help = try run([prefix + "/bin/overlay", "--help"]).stdout
-        let subcommands = help.components(separatedBy: "SUBCOMMANDS:").last?.split(separator: "\n")
-            // "  info   Show ...": two spaces, then the name (wrapped lines are indented further).
-            .compactMap { $0.hasPrefix("  ") && $0.dropFirst(2).first?.isLowercase == true ? $0.split(separator: " ").first.map(String.init) : nil }
-            .filter { $0 != "help" } ?? []
-        #expect(subcommands.contains("info") && subcommands.contains("version"), "\(help)")
-        let expected = ["create-overlay.1", "mount-overlay.1", "run-overlay.1", "overlay.1"] + subcommands.map { "overlay.\($0).1" }
+        // The subcommands as --help lists them, and theirs in turn (overlay snapshot create...).
+        func subcommands(_ path: [String]) throws -> [[String]] {
+            let help = try run([prefix + "/bin/overlay"] + path + ["--help"]).stdout
+            guard help.contains("SUBCOMMANDS:") else { return [] }
+            let names = help.components(separatedBy: "SUBCOMMANDS:").last?.split(separator: "\n")
+                // "  info   Show ...": two spaces, then the name (wrapped lines are indented further).
+                .compactMap { $0.hasPrefix("  ") && $0.dropFirst(2).first?.isLowercase == true ? $0.split(separator: " ").first.map(String.init) : nil }
+                .filter { $0 != "help" } ?? []
+            return try names.flatMap { [path + [$0]] + (try subcommands(path + [$0])) }
+        }
+        let all = try subcommands([])
+        #expect(all.contains(["info"]) && all.contains(["version"]) && all.contains(["snapshot", "create"]), "\(all)")
+        let expected = ["create-overlay.1", "mount-overlay.1", "run-overlay.1", "overlay.1"]
+            + all.map { "overlay." + $0.joined(separator: ".") + ".1" }
         #expect(pages == expected.sorted(), "\(pages)")
         for page in pages {
             let shown = try run(["man", "--warnings", "-l", prefix + "/share/man/man1/" + page],
