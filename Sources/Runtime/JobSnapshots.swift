@@ -178,6 +178,28 @@ public struct JobSnapshotter {
     /// copy `copy` (its upper/ pruned, its work/ empty), sized to what it holds; and how many
     /// files and directories it holds.
     static func filtered(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
+        try inOwnPIDNamespace { try build(copy: copy, by: filter, in: directory) }
+    }
+
+    /// Runs `body` with this process's children (and threads) in its own PID namespace: after
+    /// unshare(CLONE_NEWPID) for the job, a process cannot start threads (clone(2): EINVAL),
+    /// and the image writer needs one. The job's namespace is put back for children afterwards.
+    static func inOwnPIDNamespace<T>(_ body: () throws -> T) throws -> T {
+        let own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)
+        let children = open("/proc/self/ns/pid_for_children", O_RDONLY | O_CLOEXEC)
+        defer {
+            if own >= 0 { close(own) }
+            if children >= 0 { close(children) }
+        }
+        guard own >= 0, children >= 0 else { return try body() }
+        do { try Mounts.enter(own, .pid) } catch {
+            throw RuntimeError.failed("cannot build the filtered snapshot: \(error)")
+        }
+        defer { try? Mounts.enter(children, .pid) }
+        return try body()
+    }
+
+    static func build(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
         let image = try Ext3.Image(path: "/proc/\(getpid())/fd/\(copy)")
         defer { try? image.close() }
         let contents = try Ext3.ImageContents(image: image).pruned(taking: filter.takes)
