@@ -61,7 +61,7 @@ let package = Package(
         // Process checkpoints with CRIU: dump a process tree into a directory, restore it.
         .target(name: "Checkpoint", dependencies: ["LinuxSupport"]),
         // Running a stack: the Runtime protocol, Singularity and Native implementations.
-        .target(name: "Runtime", dependencies: ["Overlay", "Snapshot", "Ext3", "ImageDriver", "Checkpoint", "LinuxSupport"]),
+        .target(name: "Runtime", dependencies: ["Overlay", "Snapshot", "Ext3", "Pack", "ImageDriver", "Checkpoint", "LinuxSupport"]),
         // ArgumentParser commands shared by the executables; testable in-process.
         .target(
             name: "OverlayCommands",

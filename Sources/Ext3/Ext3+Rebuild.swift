@@ -65,6 +65,18 @@ extension Ext3 {
             hashVersion = sb.pointee.s_def_hash_version
         }
 
+        init(copying other: ImageContents, upper: Tree, work: Tree) {
+            image = other.image
+            self.upper = upper
+            self.work = work
+            root = other.root
+            lostFound = other.lostFound
+            uuid = other.uuid
+            label = other.label
+            hashSeed = other.hashSeed
+            hashVersion = other.hashVersion
+        }
+
         /// Inodes the contents take in an image: the reserved ones, lost+found, upper/, work/
         /// and everything under upper/ and work/.
         public var inodesNeeded: UInt64 {
@@ -260,6 +272,16 @@ extension Ext3.Error {
             return .invalidConfiguration(text.replacing(path, with: name))
         default:
             return self
+        }
+    }
+}
+
+extension Ext3.Formatter {
+    /// Formats the existing file `path` (its size set to the configured one) with `contents`
+    /// written into it, as ``replace(_:with:verify:)`` does, but in place: for a new file only.
+    package func write(_ contents: Ext3.ImageContents, to path: String) throws -> Ext3.Summary {
+        try format(path, mustCreate: false) { fs, path, upper in
+            try Ext3.Formatter.write(contents, into: fs, path: path, upper: upper)
         }
     }
 }

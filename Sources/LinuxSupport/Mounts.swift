@@ -19,6 +19,11 @@ public enum Mounts {
         guard clinux_unshare(namespaces.rawValue) == 0 else { throw SystemError("unshare") }
     }
 
+    /// setns(2): joins the namespace `fd` refers to (for PID namespaces: the one children go into).
+    public static func enter(_ fd: Int32, _ namespace: Namespaces) throws(SystemError) {
+        guard clinux_setns(fd, namespace.rawValue) == 0 else { throw SystemError("setns") }
+    }
+
     /// mount(2); the error names `target`.
     public static func mount(_ source: String?, on target: String, type: String? = nil, flags: UInt = 0,
                              options: String? = nil) throws(SystemError) {

@@ -196,11 +196,16 @@ public struct JobSnapshotSettings: Codable, Equatable, Sendable {
     public var keep: Int?
     /// The run's id, recorded in each snapshot.
     public var id: String
+    /// `--snapshot-include` and `--snapshot-exclude` regexes (none: the whole image is copied).
+    public var include: [String]
+    public var exclude: [String]
 
-    public init(directory: String, everySeconds: Int?, keep: Int?, id: String) {
+    public init(directory: String, everySeconds: Int?, keep: Int?, id: String, include: [String] = [], exclude: [String] = []) {
         self.directory = directory
         self.everySeconds = everySeconds
         self.keep = keep
         self.id = id
+        self.include = include
+        self.exclude = exclude
     }
 }

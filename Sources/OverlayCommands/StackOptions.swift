@@ -71,6 +71,16 @@ public struct StackOptions: ParsableArguments {
                                valueName: "n"))
     public var snapshotKeep: Int?
 
+    @Option(name: .customLong("snapshot-include"),
+            help: ArgumentHelp("With --snapshot-to: take only the files whose path matches this regex as a whole (anchored at both ends), the path being relative to the writable overlay's top, '/' between names, no leading '/' (e.g. 'results/log\\..*'). Repeatable: a file is taken when it matches any include (all files when none is given) and no --snapshot-exclude; directories are kept only when they lead to a taken file; whiteouts count as files. Filtered snapshots are built from the frozen copy after the job goes on.",
+                               valueName: "regex"))
+    public var snapshotInclude: [String] = []
+
+    @Option(name: .customLong("snapshot-exclude"),
+            help: ArgumentHelp("With --snapshot-to: leave out the files whose path matches this regex as a whole (same paths as --snapshot-include). Repeatable.",
+                               valueName: "regex"))
+    public var snapshotExclude: [String] = []
+
     @Flag(help: "With --snapshot-to: when DIR/latest exists, put the writable overlay back to that snapshot before the job starts (what was written after it is rolled back); else start fresh. Implied when SLURM_RESTART_COUNT is above 0. --writable-dir directories are never rolled back.")
     public var resume = false
 
@@ -129,6 +139,14 @@ public struct StackOptions: ParsableArguments {
         }
         if snapshotTo == nil && (snapshotEvery != nil || snapshotKeep != nil) {
             throw UsageError("--snapshot-every and --snapshot-keep go with --snapshot-to DIR")
+        }
+        if snapshotTo == nil && (!snapshotInclude.isEmpty || !snapshotExclude.isEmpty) {
+            throw UsageError("--snapshot-include and --snapshot-exclude filter job snapshots: give --snapshot-to DIR too")
+        }
+        do {
+            _ = try SnapshotFilter(include: snapshotInclude, exclude: snapshotExclude)
+        } catch let error as RuntimeError {
+            throw UsageError(error.description)
         }
         if !overlay.isEmpty || (snapshots.isEmpty && writableDirs.isEmpty) {
             _ = try OverlayStack(parsed: overlay)
@@ -210,7 +228,8 @@ public struct StackOptions: ParsableArguments {
                 throw CommandFailure("--snapshot-to \(snapshotTo): a job snapshot captures the writable overlay: give a writable first -o IMAGE")
             }
             job.snapshots = JobSnapshotSettings(directory: try Self.snapshotDirectory(snapshotTo), everySeconds: snapshotEvery,
-                                                keep: snapshotKeep, id: String(getpid()))
+                                                keep: snapshotKeep, id: String(getpid()),
+                                                include: snapshotInclude, exclude: snapshotExclude)
         }
         return job
     }

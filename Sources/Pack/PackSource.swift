@@ -194,7 +194,7 @@ extension Ext3 {
 
         /// The smallest whole-MiB size whose image has at least `inodes` inodes and
         /// `freeBlocks` blocks free for files.
-        static func smallestSize(inodes: UInt64, freeBlocks: UInt64) throws -> UInt64 {
+        package static func smallestSize(inodes: UInt64, freeBlocks: UInt64) throws -> UInt64 {
             func fits(_ mebibytes: UInt64) -> Bool {
                 guard let geometry = try? Geometry(sizeBytes: mebibytes << 20, inodes: inodes) else { return false }
                 return geometry.inodeCount >= inodes && geometry.freeBlocks() >= freeBlocks

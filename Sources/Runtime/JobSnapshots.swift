@@ -1,6 +1,7 @@
 import Ext3
 import LinuxSupport
 import Overlay
+import Pack
 import Snapshot
 
 #if canImport(Glibc)
@@ -144,22 +145,79 @@ public struct JobSnapshotter {
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
         if let cut { throw cut }
 
+        // With filters: a new image of the files taken, built from the copy (the job goes on
+        // meanwhile); the copy, an unnamed file, goes when closed.
+        var snapshot = output
+        var entries = 0
+        var filteredImage: Int32 = -1
+        defer { if filteredImage >= 0 { close(filteredImage) } }
+        if let filter = try SnapshotFilter.of(settings) {
+            (filteredImage, entries) = try Self.filtered(copy: output, by: filter, in: settings.directory)
+            snapshot = filteredImage
+        }
+
         var copied = stat()
-        fstat(output, &copied)
+        fstat(snapshot, &copied)
         let description = SnapshotDescription(
             name: stamp.name, created: stamp.iso, host: Self.hostName(), user: Self.userName(owner.uid),
             captured: [SnapshotDescription.Captured(path: image, kind: "image")], git: nil,
-            sizeBytes: UInt64(info.st_size), entries: 0, dataBytes: UInt64(copied.st_blocks) * 512)
+            sizeBytes: UInt64(copied.st_size), entries: UInt64(entries), dataBytes: UInt64(copied.st_blocks) * 512)
         var withJob = description
         withJob.job = .init(id: settings.id, trigger: trigger.rawValue, pauseMilliseconds: pause)
         let file = Ext3.RootFile(name: SnapshotDescription.fileName, contents: Array((withJob.json + "\n").utf8), owner: owner)
-        try file.add(toImage: "/proc/self/fd/\(output)", replacing: true)
-        fchown(output, owner.uid, owner.gid)
-        fchmod(output, 0o444)
-        let path = try link(output, stamp: stamp.name)
+        try file.add(toImage: "/proc/self/fd/\(snapshot)", replacing: true)
+        fchown(snapshot, owner.uid, owner.gid)
+        fchmod(snapshot, 0o444)
+        let path = try link(snapshot, stamp: stamp.name)
         try pointLatest(at: path)
         prune()
         return Taken(path: path, pauseMilliseconds: pause)
+    }
+
+    /// A new image (an unnamed file in `directory`) holding what `filter` takes of the image
+    /// copy `copy` (its upper/ pruned, its work/ empty), sized to what it holds; and how many
+    /// files and directories it holds.
+    static func filtered(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
+        try inOwnPIDNamespace { try build(copy: copy, by: filter, in: directory) }
+    }
+
+    /// Runs `body` with this process's children (and threads) in its own PID namespace: after
+    /// unshare(CLONE_NEWPID) for the job, a process cannot start threads (clone(2): EINVAL),
+    /// and the image writer needs one. The job's namespace is put back for children afterwards.
+    static func inOwnPIDNamespace<T>(_ body: () throws -> T) throws -> T {
+        let own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)
+        let children = open("/proc/self/ns/pid_for_children", O_RDONLY | O_CLOEXEC)
+        defer {
+            if own >= 0 { close(own) }
+            if children >= 0 { close(children) }
+        }
+        guard own >= 0, children >= 0 else { return try body() }
+        do { try Mounts.enter(own, .pid) } catch {
+            throw RuntimeError.failed("cannot build the filtered snapshot: \(error)")
+        }
+        defer { try? Mounts.enter(children, .pid) }
+        return try body()
+    }
+
+    static func build(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
+        let image = try Ext3.Image(path: "/proc/\(getpid())/fd/\(copy)")
+        defer { try? image.close() }
+        let contents = try Ext3.ImageContents(image: image).pruned(taking: filter.takes)
+        // Room for the description and a little more.
+        let inodes = contents.inodesNeeded + 16
+        let blocks = contents.blocksNeeded + contents.blocksNeeded / 8 + 64
+        let size = try Ext3.PackSource.smallestSize(inodes: inodes, freeBlocks: blocks)
+        let top = contents.upper.nodes[0]
+        let formatter = try Ext3.Formatter(.init(sizeBytes: size, minimumInodes: inodes, owner: Ext3.Owner(uid: top.uid, gid: top.gid)))
+        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
+        do {
+            _ = try formatter.write(contents, to: "/proc/\(getpid())/fd/\(output)")
+        } catch {
+            close(output)
+            throw error
+        }
+        return (output, contents.upper.inodeCount)
     }
 
     /// Names the finished copy `<stamp>.ext3`, else `<stamp>-2.ext3`, ... (two in one second).

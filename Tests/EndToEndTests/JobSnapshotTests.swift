@@ -237,19 +237,78 @@ struct JobSnapshotTests {
         #expect(s.snapshots + "/" + latest == s.taken().last)
     }
 
+    /// Every path below `/upper` of `image` (directories with a trailing `/`), read back with
+    /// debugfs rdump.
+    func upperPaths(_ s: JobSnapshotScene, _ image: String) throws -> [String] {
+        let out = s.scene.file("rdump-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let dump = try TestSupport.run(["debugfs", "-R", "rdump /upper \(out)", image])
+        #expect(dump.status == 0, "\(dump)")
+        let top = out + "/upper"
+        var found: [String] = []
+        let walker = FileManager.default.enumerator(atPath: top)
+        while let path = walker?.nextObject() as? String {
+            var isDirectory: ObjCBool = false
+            FileManager.default.fileExists(atPath: top + "/" + path, isDirectory: &isDirectory)
+            found.append(isDirectory.boolValue ? path + "/" : path)
+        }
+        return found.sorted()
+    }
+
+    @Test func includeAndExcludeTakeWholePathMatchesAndTheDirectoriesLeadingToThem() throws {
+        let s = try JobSnapshotScene()
+        let job = try s.start(["--snapshot-to", s.snapshots, "--snapshot-include", #"log\..*"#, "--snapshot-include", "keep/.*",
+                               "--snapshot-exclude", ".*/y", "--snapshot-exclude", #"processor\d+/.*"#, "-o", s.image, "--", "bash", "-c",
+                               "trap 'exit 0' TERM; mkdir -p /processor0 /keep/sub /empty /sub; "
+                                   + "echo a > /log.1; echo b > /log.2; echo c > /processor0/data; echo d > /processor0/log.3; "
+                                   + "echo e > /keep/x; echo f > /keep/sub/y; echo g > /mylog.1; echo h > /sub/log.4; echo i > /log.; "
+                                   + "echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 60) == "ready")
+        job.signal(SIGUSR1)
+        for _ in 0..<200 where s.taken().isEmpty { usleep(50_000) }
+        job.signal(SIGTERM)
+        let result = job.wait(timeout: 60)
+        #expect(result.status == 0, "\(result)")
+        let taken = s.taken()
+        try #require(taken.count == 2, "\(taken) \(result)")
+        for snapshot in taken {
+            // log.1, log.2, log. match log\..* as a whole; processor0/log.3, sub/log.4 and
+            // mylog.1 do not; keep/sub/y is excluded, so keep/sub/ goes; empty/ leads nowhere.
+            #expect(try upperPaths(s, snapshot) == ["keep/", "keep/x", "log.", "log.1", "log.2"], "\(snapshot)")
+            #expect(try s.cat(snapshot, "/log.1") == "a\n")
+            #expect(try s.cat(snapshot, "/keep/x") == "e\n")
+            #expect(try FixtureImage.isClean(snapshot), "\(snapshot) is not e2fsck-clean")
+            let info = try s.run("overlay", ["snapshot", "info", "--json", snapshot])
+            #expect(info.status == 0 && info.stdout.contains("\"trigger\""), "\(info)")
+        }
+        // The job's own overlay still has everything.
+        #expect(try upperPaths(s, s.image).contains("processor0/data"))
+        // A filtered snapshot is sized to what it holds, not to the job's overlay.
+        let imageSize = try FileManager.default.attributesOfItem(atPath: s.image)[.size] as? Int ?? 0
+        let snapshotSize = try FileManager.default.attributesOfItem(atPath: taken[0])[.size] as? Int ?? 0
+        #expect(snapshotSize > 0 && snapshotSize < imageSize, "\(snapshotSize) vs \(imageSize)")
+        // Mountable as a read-only layer.
+        let shown = try s.run("run-overlay", ["-o", taken[1] + ":ro", "--", "cat", "/log.2"])
+        #expect(shown.status == 0 && shown.stdout == "b\n", "\(shown)")
+    }
+
     @Test(arguments: [
         (["--snapshot-every", "0"], "--snapshot-every 0"),
         (["--snapshot-keep", "0"], "--snapshot-keep 0"),
         (["--snapshot-to", "/nonexistent/snaps"], "--snapshot-to /nonexistent/snaps"),
         (["--snapshot-every", "5"], "go with --snapshot-to"),
         (["--resume"], "give --snapshot-to DIR too"),
+        (["--snapshot-include", "("], "--snapshot-include '(' is not a valid regular expression"),
+        (["--snapshot-include", "log", "--snapshot-exclude", "a[b"], "--snapshot-exclude 'a[b' is not a valid regular expression"),
+        (["--snapshot-exclude", "x"], "--snapshot-include and --snapshot-exclude filter job snapshots: give --snapshot-to DIR too"),
     ])
     func badInputIsOneLineBeforeAnythingStarts(arguments: [String], expected: String) throws {
         let s = try JobSnapshotScene()
         let before = try Data(contentsOf: URL(fileURLWithPath: s.image))
         var argv = arguments
         if !arguments.contains("--snapshot-to") { argv = ["--snapshot-to", s.snapshots] + argv }
-        if arguments == ["--snapshot-every", "5"] || arguments == ["--resume"] { argv = arguments }
+        if arguments == ["--snapshot-every", "5"] || arguments == ["--resume"] || arguments == ["--snapshot-exclude", "x"] { argv = arguments }
         let marker = s.scene.file("ran")
         let result = try s.run("run-overlay", argv + ["-o", s.image, "--", "touch", marker])
         #expect(result.status != 0, "\(result)")

@@ -13,6 +13,8 @@
 // ---- Namespaces, mounts, processes ----
 
 int clinux_unshare(int flags);
+/// setns(2).
+int clinux_setns(int fd, int type);
 int clinux_flag_newns(void);
 int clinux_flag_newuser(void);
 int clinux_flag_newpid(void);
