@@ -409,6 +409,18 @@ public enum JobResume {
         guard check.status == 0 else {
             throw RuntimeError.failed("the overlay restored from \(snapshot) fails e2fsck -fn: \(target) is unchanged")
         }
+        // A filtered snapshot is sized to what it kept: the overlay gets its old size back.
+        var grown = ""
+        if size.st_size < old.st_size {
+            guard ftruncate(output, old.st_size) == 0 else {
+                throw RuntimeError.failed("cannot grow the overlay restored from \(snapshot) to its old size: \(Errno.last); \(target) is unchanged")
+            }
+            let resize = try Program.run(["resize2fs", "-f", path])
+            guard resize.status == 0 else {
+                throw RuntimeError.failed("cannot grow the overlay restored from \(snapshot) to its old size (resize2fs failed): \(target) is unchanged")
+            }
+            grown = " (grown back to its old size)"
+        }
         fchown(output, old.st_uid, old.st_gid)
         fchmod(output, old.st_mode & 0o7777)
         let temporary = directory + "/." + String(target[target.index(after: target.lastIndex(of: "/")!)...]) + ".resume-\(getpid())"
@@ -421,6 +433,6 @@ public enum JobResume {
             unlink(temporary)
             throw RuntimeError.failed("cannot put the restored overlay in place of \(target): \(error)")
         }
-        return "resumed: \(Escaped.terminal(target)) restored to the snapshot \(Escaped.terminal(snapshot)) taken \(Escaped.terminal(description.created)); what the job wrote after it is rolled back"
+        return "resumed: \(Escaped.terminal(target)) restored to the snapshot \(Escaped.terminal(snapshot)) taken \(Escaped.terminal(description.created))\(grown); what the job wrote after it is rolled back"
     }
 }

@@ -291,6 +291,14 @@ struct JobSnapshotTests {
         // Mountable as a read-only layer.
         let shown = try s.run("run-overlay", ["-o", taken[1] + ":ro", "--", "cat", "/log.2"])
         #expect(shown.status == 0 && shown.stdout == "b\n", "\(shown)")
+        // Resumed from it, the overlay holds what the snapshot kept, at its old size, and takes writes.
+        let resumed = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--",
+                                                "sh", "-c", "cat /log.1 /keep/x; test ! -e /processor0/data && echo gone; echo new > /new.txt"])
+        #expect(resumed.status == 0 && resumed.stdout == "a\ne\ngone\n", "\(resumed)")
+        let after = try FileManager.default.attributesOfItem(atPath: s.image)[.size] as? Int ?? 0
+        #expect(after == imageSize, "\(after) vs \(imageSize)")
+        #expect(try FixtureImage.isClean(s.image), "the resumed overlay is not e2fsck-clean")
+        #expect(try s.cat(s.image, "/new.txt") == "new\n")
     }
 
     @Test(arguments: [
