@@ -23,6 +23,7 @@
 extern char **environ;
 
 int clinux_unshare(int flags) { return (int)syscall(SYS_unshare, flags); }
+int clinux_setns(int fd, int flags) { return (int)syscall(SYS_setns, fd, flags); }
 int clinux_flag_newns(void) { return CLONE_NEWNS; }
 int clinux_flag_newuser(void) { return CLONE_NEWUSER; }
 int clinux_flag_newpid(void) { return CLONE_NEWPID; }

@@ -19,6 +19,11 @@ public enum Mounts {
         guard clinux_unshare(namespaces.rawValue) == 0 else { throw SystemError("unshare") }
     }
 
+    /// setns(2): `fd` names a namespace of the kinds in `namespaces`.
+    public static func enter(_ fd: Int32, _ namespaces: Namespaces) throws(SystemError) {
+        guard clinux_setns(fd, namespaces.rawValue) == 0 else { throw SystemError("setns") }
+    }
+
     /// mount(2); the error names `target`.
     public static func mount(_ source: String?, on target: String, type: String? = nil, flags: UInt = 0,
                              options: String? = nil) throws(SystemError) {

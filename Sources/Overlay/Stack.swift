@@ -196,6 +196,9 @@ public struct JobSnapshotSettings: Codable, Equatable, Sendable {
     public var keep: Int?
     /// The run's id, recorded in each snapshot.
     public var id: String
+    /// `--checkpoint`: each snapshot also dumps the job's processes with CRIU, into
+    /// `<snapshot>.criu/` beside the snapshot file.
+    public var checkpoint = false
 
     public init(directory: String, everySeconds: Int?, keep: Int?, id: String) {
         self.directory = directory

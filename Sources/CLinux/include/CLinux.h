@@ -13,6 +13,7 @@
 // ---- Namespaces, mounts, processes ----
 
 int clinux_unshare(int flags);
+int clinux_setns(int fd, int flags);
 int clinux_flag_newns(void);
 int clinux_flag_newuser(void);
 int clinux_flag_newpid(void);
