@@ -298,7 +298,7 @@ extension Setup {
             do {
                 // At interruption a job whose processes were dumped ends there, still frozen.
                 let taken = try snapshotter.take(job: job, trigger: trigger,
-                                                 killAfterCut: { trigger == .interruption && checkpoints?.failure == nil })
+                                                 killAfterCut: { trigger == .interruption && checkpoints != nil && checkpoints?.failure == nil })
                 let tenths = Int((taken.pauseMilliseconds * 10).rounded())
                 let processes = checkpoints == nil ? "" : checkpoints?.failure == nil ? ", processes in \(Escaped.terminal(JobSnapshotter.checkpointDirectory(of: taken.path)))" : ""
                 IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms\(processes))",
