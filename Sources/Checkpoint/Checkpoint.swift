@@ -53,6 +53,9 @@ public enum Checkpoint {
         // A native-runtime job's init: its command is the job's (init's first child).
         let command = commandLine(of: pidNamespace ? children(of: pid).first ?? pid : pid)
         let otherMounts = namespace("mnt", of: pid) != namespace("mnt", of: getpid())
+        // The tree has mounts of its own: dumped from outside them (nsenter), or from a process
+        // sharing them that is not in the host's (a native runtime's setup process).
+        let inOwnMounts = otherMounts || namespace("mnt", of: pid) != namespace("mnt", of: 1)
         var streams = (0...2).compactMap { stream(Int32($0), of: pid) }
 
         // CRIU reads and writes the images through descriptor 3, so the directory need not be
@@ -90,7 +93,7 @@ public enum Checkpoint {
         }
         let manifest = CheckpointManifest(criuVersion: criu.version ?? "", created: utcNow(), rootPID: pid, pids: pids, command: command,
                                           belongsTo: belongsTo, leftRunning: leaveRunning, pidNamespace: pidNamespace,
-                                          mountNamespace: otherMounts, pauseMilliseconds: pause, streams: streams)
+                                          mountNamespace: inOwnMounts, pauseMilliseconds: pause, streams: streams)
         do {
             let temporary = directory + "/." + CheckpointManifest.fileName + ".tmp"
             let fd = try OwnedDescriptor(opening: temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
@@ -393,7 +396,7 @@ extension Checkpoint {
     }
 
     /// rm -r of a directory this module made (no symlinks followed).
-    static func removeTree(_ path: String) {
+    public static func removeTree(_ path: String) {
         guard let dir = opendir(path) else { unlink(path); return }
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in

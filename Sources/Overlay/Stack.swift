@@ -199,6 +199,9 @@ public struct JobSnapshotSettings: Codable, Equatable, Sendable {
     /// `--snapshot-include` and `--snapshot-exclude` regexes (none: the whole image is copied).
     public var include: [String]
     public var exclude: [String]
+    /// `--checkpoint`: each snapshot also dumps the job's processes with CRIU, into
+    /// `<snapshot>.criu/` beside the snapshot file.
+    public var checkpoint = false
 
     public init(directory: String, everySeconds: Int?, keep: Int?, id: String, include: [String] = [], exclude: [String] = []) {
         self.directory = directory

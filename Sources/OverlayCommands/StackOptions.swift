@@ -1,3 +1,4 @@
+import Checkpoint
 import LinuxSupport
 import ArgumentParser
 import Overlay
@@ -84,6 +85,9 @@ public struct StackOptions: ParsableArguments {
     @Flag(help: "With --snapshot-to: when DIR/latest exists, put the writable overlay back to that snapshot before the job starts (what was written after it is rolled back); else start fresh. Implied when SLURM_RESTART_COUNT is above 0. --writable-dir directories are never rolled back.")
     public var resume = false
 
+    @Flag(help: "With --snapshot-to: each job snapshot also dumps the job's processes with CRIU (DIR/<time>.criu beside DIR/<time>.ext3); at SIGTERM the job is dumped and ends (status 177; 178: the dump failed, the snapshot file alone was kept). With --resume, the processes of the latest snapshot are restored in place of the command. Native runtime as root.")
+    public var checkpoint = false
+
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
     public var dryRun = false
 
@@ -136,6 +140,9 @@ public struct StackOptions: ParsableArguments {
         }
         if snapshotTo == nil && resume {
             throw UsageError("--resume restores from the job's snapshots: give --snapshot-to DIR too")
+        }
+        if snapshotTo == nil && checkpoint {
+            throw UsageError("--checkpoint dumps the job's processes with each job snapshot: give --snapshot-to DIR too")
         }
         if snapshotTo == nil && (snapshotEvery != nil || snapshotKeep != nil) {
             throw UsageError("--snapshot-every and --snapshot-keep go with --snapshot-to DIR")
@@ -230,6 +237,7 @@ public struct StackOptions: ParsableArguments {
             job.snapshots = JobSnapshotSettings(directory: try Self.snapshotDirectory(snapshotTo), everySeconds: snapshotEvery,
                                                 keep: snapshotKeep, id: String(getpid()),
                                                 include: snapshotInclude, exclude: snapshotExclude)
+            job.snapshots?.checkpoint = checkpoint
         }
         return job
     }
@@ -385,13 +393,23 @@ public struct StackOptions: ParsableArguments {
             for line in try runtime.plan(for: job) { print(line) }
             return
         }
+        if checkpoint, let problem = Checkpoint.missing() {
+            throw CommandFailure("--checkpoint: process checkpoints are not available: \(problem)")
+        }
         let restarted = (currentEnvironment()["SLURM_RESTART_COUNT"].flatMap { Int($0) } ?? 0) > 0
+        var restoring: String?
         if let settings = job.snapshots, let writable = job.stack.writable, resume || restarted {
             do {
+                if checkpoint { restoring = try JobResume.processCheckpoint(from: settings) }
                 if let done = try JobResume.restore(image: writable.path, from: settings) {
                     IO.writeLine(done)
                 } else {
                     IO.writeLine("no snapshot in \(Escaped.terminal(settings.directory)) yet: starting fresh")
+                }
+                if let restoring {
+                    IO.writeLine("resuming the job's processes from \(Escaped.terminal(restoring)) in place of the command")
+                } else if checkpoint && access(settings.directory + "/latest", F_OK) == 0 {
+                    IO.writeLine("no process checkpoint beside the latest snapshot: the command starts afresh")
                 }
                 if !writableDirs.isEmpty {
                     IO.writeLine("note: --writable-dir directories are not rolled back; they hold what the job wrote until it ended")
@@ -415,7 +433,7 @@ public struct StackOptions: ParsableArguments {
                 TemporaryFiles.unregister(registered.slot)
             }
         }
-        let status = try runtime.run(job)
+        let status = try restoring.map { try NativeRuntime(restoringFrom: $0).run(job) } ?? runtime.run(job)
         if status != 0 { throw ExitCode(status) }
     }
 }

@@ -1,3 +1,4 @@
+import Checkpoint
 import Ext3
 import LinuxSupport
 import Overlay
@@ -108,9 +109,13 @@ public struct JobSnapshotter {
         let pauseMilliseconds: Double
     }
 
-    /// One snapshot of the job whose first process is `job`.
-    func take(job: Int32, trigger: Trigger) throws -> Taken {
+    /// One snapshot of the job whose first process is `job`. When `killAfterCut` says so once
+    /// the cut is made, the job is killed (SIGKILL to its first process) while still frozen.
+    func take(job: Int32, trigger: Trigger, killAfterCut: () -> Bool = { false }) throws -> Taken {
         let stamp = Self.utcStamp()
+        // A process checkpoint made while frozen, named once the snapshot file is.
+        let pending = Self.pendingCheckpoint(settings.directory, stamp: stamp.name)
+        defer { Checkpoint.removeTree(pending) }
         let input = open(image, O_RDONLY | O_CLOEXEC)
         guard input >= 0 else { throw RuntimeError.failed("cannot read \(image): \(Errno.last)") }
         defer { close(input) }
@@ -141,6 +146,7 @@ public struct JobSnapshotter {
             } catch { cut = error }
             _ = FileCalls.thawFilesystem(mount)
         } catch { cut = error }
+        if cut == nil && killAfterCut() { kill(job, SIGKILL) }
         freezer.thaw()
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
         if let cut { throw cut }
@@ -169,6 +175,13 @@ public struct JobSnapshotter {
         fchown(snapshot, owner.uid, owner.gid)
         fchmod(snapshot, 0o444)
         let path = try link(snapshot, stamp: stamp.name)
+        if access(pending, F_OK) == 0 {
+            let named = Self.checkpointDirectory(of: path)
+            guard rename(pending, named) == 0 else {
+                throw RuntimeError.failed("cannot name the process checkpoint \(named): \(Errno.last)")
+            }
+            chown(named, owner.uid, owner.gid)
+        }
         try pointLatest(at: path)
         prune()
         return Taken(path: path, pauseMilliseconds: pause)
@@ -252,7 +265,11 @@ public struct JobSnapshotter {
     func prune() {
         guard let keep = settings.keep else { return }
         let names = Self.snapshotNames(in: settings.directory)
-        for name in names.dropLast(keep) { unlink(settings.directory + "/" + name) }
+        for name in names.dropLast(keep) {
+            let path = settings.directory + "/" + name
+            unlink(path)
+            Checkpoint.removeTree(Self.checkpointDirectory(of: path))
+        }
     }
 
     /// The job snapshots in `directory`, oldest first.
@@ -281,6 +298,21 @@ public struct JobSnapshotter {
             return (String(stamp), n)
         }
         return (String(stamp), 1)
+    }
+
+    /// `DIR/<stamp>.ext3` -> `DIR/<stamp>.criu`: its process checkpoint, when it has one.
+    public static func checkpointDirectory(of snapshot: String) -> String {
+        (snapshot.hasSuffix(".ext3") ? String(snapshot.dropLast(5)) : snapshot) + ".criu"
+    }
+
+    /// Where a checkpoint goes while its snapshot is being made.
+    static func pendingCheckpoint(_ directory: String, stamp: String) -> String {
+        directory + "/.\(stamp).criu.\(getpid())"
+    }
+
+    /// What a snapshot's checkpoint manifest says it belongs to: the run and the snapshot.
+    public static func checkpointOwner(run id: String, snapshot name: String) -> String {
+        "\(id)/\(name)"
     }
 
     static func utcStamp() -> (iso: String, name: String) {
@@ -313,18 +345,26 @@ extension Setup {
         guard let image = plan.images.first(where: { !$0.readOnly }) else {
             return Children.wait(job)?.shellStatus ?? 125
         }
+        let checkpoints = settings.checkpoint ? JobCheckpoints(directory: settings.directory, run: settings.id) : nil
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
-                                         whileFrozen: nil)
+                                         whileFrozen: checkpoints?.hook)
         let every = settings.everySeconds.map { $0 * 1000 }
         var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max
-        var interruptionFailed = false
+        var interruptionStatus: Int32?
         func snapshot(_ trigger: JobSnapshotter.Trigger) -> Bool {
             do {
-                let taken = try snapshotter.take(job: job, trigger: trigger)
+                // At interruption a job whose processes were dumped ends there, still frozen.
+                let taken = try snapshotter.take(job: job, trigger: trigger,
+                                                 killAfterCut: { trigger == .interruption && checkpoints != nil && checkpoints?.failure == nil })
                 let tenths = Int((taken.pauseMilliseconds * 10).rounded())
-                IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms)",
+                let processes = checkpoints == nil ? "" : checkpoints?.failure == nil ? ", processes in \(Escaped.terminal(JobSnapshotter.checkpointDirectory(of: taken.path)))" : ""
+                IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms\(processes))",
                              to: 2)
+                if let failure = checkpoints?.failure {
+                    let after = trigger == .interruption ? "the job gets SIGTERM, a resume starts it afresh on this snapshot" : "the job goes on"
+                    IO.writeLine("warning: the job's processes were not dumped (only the snapshot file is kept, \(after)): \(failure)", to: 2)
+                }
                 return true
             } catch {
                 IO.writeLine("warning: snapshot (\(trigger.rawValue)) failed, nothing kept, the job goes on: \(error)", to: 2)
@@ -337,13 +377,17 @@ extension Setup {
                 ended = status
             }
             if let ended {
-                return interruptionFailed ? JobSnapshotter.interruptionFailedStatus : ended.shellStatus
+                return interruptionStatus ?? ended.shellStatus
             }
             let requests = Forwarding.requests.exchange(0, ordering: .acquiringAndReleasing)
             if requests & Forwarding.terminateRequest != 0 {
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
-                if !snapshot(.interruption) { interruptionFailed = true }
+                if !snapshot(.interruption) {
+                    interruptionStatus = JobSnapshotter.interruptionFailedStatus
+                } else if let checkpoints {
+                    interruptionStatus = checkpoints.failure == nil ? JobSnapshotter.checkpointedStatus : JobSnapshotter.dumpFailedStatus
+                }
                 kill(job, SIGTERM)
             } else if requests & Forwarding.snapshotRequest != 0 {
                 _ = snapshot(.demand)
@@ -358,12 +402,83 @@ extension Setup {
 extension JobSnapshotter {
     /// run-overlay's status when the snapshot at interruption (SIGTERM) failed.
     public static let interruptionFailedStatus: Int32 = 175
+    /// With --checkpoint: the job was dumped at interruption (SIGTERM) and ended there, frozen;
+    /// `--resume --checkpoint` goes on from it.
+    public static let checkpointedStatus: Int32 = 177
+    /// With --checkpoint: the snapshot file at interruption was taken but the processes could
+    /// not be dumped; the job got SIGTERM.
+    public static let dumpFailedStatus: Int32 = 178
+}
+
+/// `--checkpoint`: dumps the job's processes with CRIU while the job is frozen for a snapshot
+/// (left running: the snapshotter continues them, or kills them at interruption).
+final class JobCheckpoints: @unchecked Sendable {
+    let directory: String
+    let run: String
+    /// Why the last dump failed (nil: it worked).
+    var failure: String?
+
+    init(directory: String, run: String) {
+        self.directory = directory
+        self.run = run
+    }
+
+    var hook: WhileFrozen { { [self] pid, name in dump(job: pid, snapshot: name) } }
+
+    func dump(job: Int32, snapshot name: String) {
+        failure = nil
+        // This process made the job's PID namespace its children's (unshare): CRIU must start
+        // outside it, in this process's own, and the job's is put back after.
+        let own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)
+        let children = open("/proc/self/ns/pid_for_children", O_RDONLY | O_CLOEXEC)
+        defer {
+            if children >= 0 { try? Mounts.enter(children, .pid) }
+            close(own)
+            close(children)
+        }
+        do {
+            try Mounts.enter(own, .pid)
+        } catch {
+            failure = "cannot leave the job's PID namespace to run criu: \(error)"
+            return
+        }
+        do {
+            try Checkpoint.dump(root: job, to: JobSnapshotter.pendingCheckpoint(directory, stamp: name), leaveRunning: true,
+                                belongsTo: JobSnapshotter.checkpointOwner(run: run, snapshot: name))
+        } catch {
+            failure = error.description
+        }
+    }
 }
 
 /// `--resume`: puts the writable overlay back to the latest job snapshot before the job starts.
 public enum JobResume {
     /// run-overlay's status when the writable overlay could not be restored.
     public static let failedStatus: Int32 = 176
+
+    /// With `--checkpoint`: the process checkpoint beside the snapshot `DIR/latest` names
+    /// (`<snapshot>.criu`), when there is one; it must have been dumped at that snapshot's cut
+    /// (its manifest's belongsTo names the snapshot's run and name), else this throws.
+    public static func processCheckpoint(from settings: JobSnapshotSettings) throws -> String? {
+        guard let resolved = realpath(settings.directory + "/latest", nil) else { return nil }
+        let snapshot = String(cString: resolved)
+        free(resolved)
+        let directory = JobSnapshotter.checkpointDirectory(of: snapshot)
+        guard access(directory, F_OK) == 0 else { return nil }
+        let description: SnapshotDescription
+        do { description = try SnapshotStore.describe(snapshot) } catch {
+            throw RuntimeError.failed("\(Escaped.terminal(snapshot)) cannot be read as a job snapshot (\(error))")
+        }
+        let manifest: CheckpointManifest
+        do { manifest = try Checkpoint.manifest(in: directory) } catch {
+            throw RuntimeError.failed("\(error): remove \(Escaped.terminal(directory)) to resume from the snapshot file alone")
+        }
+        guard let job = description.job,
+              manifest.belongsTo == JobSnapshotter.checkpointOwner(run: job.id, snapshot: description.name) else {
+            throw RuntimeError.failed("the process checkpoint \(Escaped.terminal(directory)) was not dumped with the snapshot \(Escaped.terminal(snapshot)) (it belongs to '\(Escaped.terminal(manifest.belongsTo))'): remove it to resume from the snapshot file alone")
+        }
+        return directory
+    }
 
     /// When `DIR/latest` names a snapshot of `image`, replaces `image` with it (under a write
     /// lock, through a copy renamed over the image, so a failure leaves the image as it was)

@@ -26,9 +26,13 @@ extension Setup {
                                     "-o", "nosuid,nodev,noexec", "proc", proc])
         spec.deathSignal = SIGKILL
         if case let .started(pid)? = try? spec.spawn(), Children.wait(pid)?.shellStatus == 0 {
-            return restored.pid
+        } else {
+            IO.writeLine("warning: the restored job has no /proc (cannot mount one at \(proc) in its PID namespace)")
         }
-        IO.writeLine("warning: the restored job has no /proc (cannot mount one at \(proc) in its PID namespace)")
+        // A job dumped while frozen for a job snapshot comes back stopped, as it was dumped.
+        if let namespace = JobFreezer.namespace(of: restored.pid) {
+            for pid in JobFreezer.members(of: namespace) { kill(pid, SIGCONT) }
+        }
         return restored.pid
     }
 }
