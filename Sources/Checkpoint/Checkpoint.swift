@@ -23,8 +23,10 @@ public enum Checkpoint {
     /// no checkpoint yet). With `leaveRunning` the tree goes on after the dump; otherwise CRIU
     /// kills it once dumped. A dump that fails leaves the tree running and removes what it wrote.
     @discardableResult
+    /// `sharesJobMounts`: the caller runs inside the tree's own mounts (the native runtime's
+    /// setup process), so a restore must rebuild them too.
     public static func dump(root pid: Int32, to directory: String, leaveRunning: Bool,
-                            belongsTo: String = "") throws(CheckpointError) -> CheckpointManifest {
+                            belongsTo: String = "", sharesJobMounts: Bool = false) throws(CheckpointError) -> CheckpointManifest {
         let criu = try ready()
         guard pid > 0, kill(pid, 0) == 0 || Glibc.errno == EPERM else { throw .noSuchProcess(pid) }
         let images = directory + "/" + imagesDirectory
@@ -54,8 +56,8 @@ public enum Checkpoint {
         let command = commandLine(of: pidNamespace ? children(of: pid).first ?? pid : pid)
         let otherMounts = namespace("mnt", of: pid) != namespace("mnt", of: getpid())
         // The tree has mounts of its own: dumped from outside them (nsenter), or from a process
-        // sharing them that is not in the host's (a native runtime's setup process).
-        let inOwnMounts = otherMounts || namespace("mnt", of: pid) != namespace("mnt", of: 1)
+        // sharing them (a native runtime's setup process, which says so).
+        let inOwnMounts = otherMounts || sharesJobMounts
         var streams = (0...2).compactMap { stream(Int32($0), of: pid) }
 
         // CRIU reads and writes the images through descriptor 3, so the directory need not be

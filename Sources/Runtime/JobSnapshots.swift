@@ -444,7 +444,7 @@ final class JobCheckpoints: @unchecked Sendable {
         }
         do {
             try Checkpoint.dump(root: job, to: JobSnapshotter.pendingCheckpoint(directory, stamp: name), leaveRunning: true,
-                                belongsTo: JobSnapshotter.checkpointOwner(run: run, snapshot: name))
+                                belongsTo: JobSnapshotter.checkpointOwner(run: run, snapshot: name), sharesJobMounts: true)
         } catch {
             failure = error.description
         }
