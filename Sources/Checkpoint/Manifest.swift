@@ -1,3 +1,4 @@
+import LinuxSupport
 /// What a checkpoint directory says about itself, in `manifest.json` beside the CRIU images
 /// (`images/`). Written last, so a directory without it holds no complete checkpoint.
 public struct CheckpointManifest: Sendable, Equatable {
@@ -120,26 +121,7 @@ enum JSON: Equatable {
     case bool(Bool)
     case null
 
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 || scalar.value == 0x7F {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
-    }
+    static func quoted(_ text: String) -> String { JSONText.quoted(text) }
 
     static func parse(_ text: String) -> JSON? {
         var parser = Parser(scalars: Array(text.unicodeScalars))

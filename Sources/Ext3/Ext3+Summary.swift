@@ -1,3 +1,4 @@
+import LinuxSupport
 extension Ext3 {
     /// What a formatted image holds: where its bytes went and what is left for files.
     public struct Summary: Sendable, Codable, Equatable {
@@ -49,21 +50,5 @@ extension Ext3 {
 
 extension Ext3 {
     /// A JSON string literal (RFC 8259 escaping).
-    public static func jsonQuoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
+    public static func jsonQuoted(_ text: String) -> String { JSONText.quoted(text) }
 }

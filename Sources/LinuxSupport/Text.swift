@@ -78,3 +78,26 @@ public enum Escaped {
         return String(repeating: "0", count: max(0, width - digits.count)) + digits
     }
 }
+
+/// JSON text a command writes for scripts.
+public enum JSONText {
+    /// A JSON string literal (RFC 8259 escaping; DEL escaped too, so no raw control byte
+    /// reaches a terminal).
+    public static func quoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+}
