@@ -81,6 +81,8 @@ public enum Checkpoint {
             var reason = firstError(inLog: images + "/dump.log") ?? "criu exited with status \(status)"
             if pidNamespace && reason.contains("session leader") {
                 reason += " (a job started on a terminal keeps the terminal's session: start it with its standard input, output and error redirected)"
+            } else if reason.contains("session leader") {
+                reason += " (start the process in a session of its own, with setsid)"
             }
             let alive = kill(pid, 0) == 0
             throw unlessUnavailable(.dumpFailed(pid: pid, reason: reason, stillRunning: alive))

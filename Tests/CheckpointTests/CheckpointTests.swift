@@ -17,7 +17,7 @@ struct CheckpointTests {
 
     @Test func aCountingProcessIsDumpedKilledRestoredAndCountsOn() throws {
         let dir = try TempDirectory("checkpoint")
-        let original = try SpawnedProcess(["/bin/sh", "-c", Self.counter])
+        let original = try SpawnedProcess(["/bin/sh", "-c", Self.counter], newSession: true)
         let before = try readNumbers(original, atLeast: 5)
         let manifest = try Checkpoint.dump(root: original.pid, to: dir.file("ck"), leaveRunning: false, belongsTo: "test")
         // What it printed before it stopped, still in the pipe.
@@ -43,7 +43,7 @@ struct CheckpointTests {
     @Test func aParentAndChildWithAPipeBetweenThemAreRestoredTogether() throws {
         let dir = try TempDirectory("checkpoint")
         let script = "(\(Self.counter)) | while read n; do echo got $n; done"
-        let original = try SpawnedProcess(["/bin/sh", "-c", script])
+        let original = try SpawnedProcess(["/bin/sh", "-c", script], newSession: true)
         _ = try readNumbers(original, atLeast: 5, prefix: "got ")
         // The producer and the consumer, the root's children (the producer's sleeps, its own
         // children, come and go).
@@ -93,7 +93,7 @@ struct CheckpointTests {
                 i += 1
                 print(i)
                 time.sleep(0.05)
-            """])
+            """], newSession: true)
         _ = try readNumbers(original, atLeast: 3)
         #expect {
             try Checkpoint.dump(root: original.pid, to: dir.file("ck"), leaveRunning: false)
@@ -124,7 +124,7 @@ struct CheckpointTests {
 
     @Test func leaveRunningDumpsAndTheProcessGoesOn() throws {
         let dir = try TempDirectory("checkpoint")
-        let original = try SpawnedProcess(["/bin/sh", "-c", Self.counter])
+        let original = try SpawnedProcess(["/bin/sh", "-c", Self.counter], newSession: true)
         _ = try readNumbers(original, atLeast: 3)
         let manifest = try Checkpoint.dump(root: original.pid, to: dir.file("ck"), leaveRunning: true)
         #expect(manifest.leftRunning)

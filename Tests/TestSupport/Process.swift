@@ -38,9 +38,12 @@ public final class SpawnedProcess: @unchecked Sendable {
     public enum Input: Sendable { case null, pipe, inherit }
 
     /// Starts `argv` (argv[0] looked up on PATH and in sbin). Stdout and stderr are captured
-    /// unless `captureOutput` is false (then they go to /dev/null).
+    /// unless `captureOutput` is false (then they go to /dev/null). With `newSession` the child
+    /// leads a session of its own (setsid) and keeps no descriptor but 0, 1 and 2, as a process
+    /// tree must for CRIU to dump it when the test's own session leader lies outside its PID
+    /// namespace (as under some CI supervisors).
     public init(_ argv: [String], environment: [String: String]? = nil, currentDirectory: String? = nil,
-                stdin: Input = .null, captureOutput: Bool = true) throws {
+                stdin: Input = .null, captureOutput: Bool = true, newSession: Bool = false) throws {
         precondition(!argv.isEmpty)
         _ = ignoreSIGPIPE
         var argv = argv
@@ -81,6 +84,16 @@ public final class SpawnedProcess: @unchecked Sendable {
             posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
         }
 
+        // A tree of its own holds no descriptor of this process but its standard streams (CRIU
+        // cannot dump a descriptor on a mount it cannot see, as one inherited from the harness).
+        // (glibc's closefrom action is not exported to Swift: each open descriptor is named.)
+        if newSession {
+            let open = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            for fd in open.compactMap({ Int32($0) }) where fd > 2 {
+                posix_spawn_file_actions_addclose(&actions, fd)
+            }
+        }
+
         // The child starts with no blocked signals and default dispositions, whatever this
         // (multi-threaded, Dispatch-using) test process has set.
         var attributes = posix_spawnattr_t()
@@ -93,7 +106,9 @@ public final class SpawnedProcess: @unchecked Sendable {
         sigdelset(&all, SIGSTOP)
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        // glibc's POSIX_SPAWN_SETSID (0x80), which its header only names under _GNU_SOURCE.
+        let setsid: Int32 = newSession ? 0x80 : 0
+        posix_spawnattr_setflags(&attributes, Int16(Int32(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF) | setsid))
 
         let env = environment ?? ProcessInfo.processInfo.environment
         let envStrings = env.map { "\($0.key)=\($0.value)" }
