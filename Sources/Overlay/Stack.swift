@@ -202,6 +202,9 @@ public struct JobSnapshotSettings: Codable, Equatable, Sendable {
     /// `--checkpoint`: each snapshot also dumps the job's processes with CRIU, into
     /// `<snapshot>.criu/` beside the snapshot file.
     public var checkpoint = false
+    /// The `--writable-dir` directories (absolute, resolved): each snapshot also holds them,
+    /// at their paths.
+    public var writableDirs: [String] = []
 
     public init(directory: String, everySeconds: Int?, keep: Int?, id: String, include: [String] = [], exclude: [String] = []) {
         self.directory = directory

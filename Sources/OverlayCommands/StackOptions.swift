@@ -54,12 +54,12 @@ public struct StackOptions: ParsableArguments {
     public var snapshots: [String] = []
 
     @Option(name: .customLong("writable-dir"), parsing: .singleValue,
-            help: ArgumentHelp("Bind this live host directory read-write (changes persist), also inside a snapshot. Without --snapshot, the working directory (a git repository's top level) is snapshotted for this job. Repeatable.",
+            help: ArgumentHelp("Bind this live host directory read-write (changes persist), also inside a snapshot. Without --snapshot, the working directory (a git repository's top level) is snapshotted for this job. With --snapshot-to, each job snapshot holds it at its path, copied while the job is paused; --resume never rolls it back. Repeatable.",
                                valueName: "dir"))
     public var writableDirs: [String] = []
 
     @Option(name: .customLong("snapshot-to"),
-            help: ArgumentHelp("Take snapshots of the running job (its writable overlay, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
+            help: ArgumentHelp("Take snapshots of the running job (its writable overlay and each --writable-dir, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
                                valueName: "dir"))
     public var snapshotTo: String?
 
@@ -73,7 +73,7 @@ public struct StackOptions: ParsableArguments {
     public var snapshotKeep: Int?
 
     @Option(name: .customLong("snapshot-include"),
-            help: ArgumentHelp("With --snapshot-to: take only the files whose path matches this regex as a whole (anchored at both ends), the path being relative to the writable overlay's top, '/' between names, no leading '/' (e.g. 'results/log\\..*'). Repeatable: a file is taken when it matches any include (all files when none is given) and no --snapshot-exclude; directories are kept only when they lead to a taken file; whiteouts count as files. Filtered snapshots are built from the frozen copy after the job goes on.",
+            help: ArgumentHelp("With --snapshot-to: take only the files whose path matches this regex as a whole (anchored at both ends), the path being relative to the writable overlay's top (for a --writable-dir's files, to that directory), '/' between names, no leading '/' (e.g. 'results/log\\..*'). Repeatable: a file is taken when it matches any include (all files when none is given) and no --snapshot-exclude; directories are kept only when they lead to a taken file; whiteouts count as files. Filtered snapshots are built from the frozen copy after the job goes on.",
                                valueName: "regex"))
     public var snapshotInclude: [String] = []
 
@@ -238,6 +238,7 @@ public struct StackOptions: ParsableArguments {
                                                 keep: snapshotKeep, id: String(getpid()),
                                                 include: snapshotInclude, exclude: snapshotExclude)
             job.snapshots?.checkpoint = checkpoint
+            job.snapshots?.writableDirs = try writableDirs.map { try Self.writableDirectory($0) }
         }
         return job
     }
@@ -411,8 +412,8 @@ public struct StackOptions: ParsableArguments {
                 } else if checkpoint && access(settings.directory + "/latest", F_OK) == 0 {
                     IO.writeLine("no process checkpoint beside the latest snapshot: the command starts afresh")
                 }
-                if !writableDirs.isEmpty {
-                    IO.writeLine("note: --writable-dir directories are not rolled back; they hold what the job wrote until it ended")
+                if let note = JobResume.writableDirsNote(settings.writableDirs, settings: settings) {
+                    IO.writeLine(note)
                 }
             } catch {
                 IO.writeLine("error: cannot resume: \(error)")
