@@ -67,6 +67,11 @@ public struct StackOptions: ParsableArguments {
             help: ArgumentHelp("With --snapshot-to: also take one every SECONDS (a whole number above 0).", valueName: "seconds"))
     public var snapshotEvery: Int?
 
+    @Option(name: .customLong("snapshot-timeout"),
+            help: ArgumentHelp("With --snapshot-to: the most the last snapshot at SIGTERM may take (default 20, decimals allowed); when it runs out the snapshot is dropped whole, the job gets SIGTERM and the status is 175. Keep it below SLURM's KillWait (time limit) or GraceTime (preemption). Not with --checkpoint.",
+                               valueName: "seconds"))
+    public var snapshotTimeout: Double?
+
     @Option(name: .customLong("snapshot-keep"),
             help: ArgumentHelp("With --snapshot-to: keep only the newest N job snapshots in the directory (default: all); nothing else there is ever removed.",
                                valueName: "n"))
@@ -134,6 +139,15 @@ public struct StackOptions: ParsableArguments {
         }
         if let snapshotEvery, snapshotEvery <= 0 {
             throw UsageError("--snapshot-every \(snapshotEvery): give a number of seconds above 0")
+        }
+        if let snapshotTimeout, !(snapshotTimeout > 0 && snapshotTimeout <= 86_400) {
+            throw UsageError("--snapshot-timeout \(snapshotTimeout): give a number of seconds above 0 (at most 86400)")
+        }
+        if snapshotTo == nil && snapshotTimeout != nil {
+            throw UsageError("--snapshot-timeout bounds the last job snapshot at SIGTERM: give --snapshot-to DIR too")
+        }
+        if checkpoint && snapshotTimeout != nil {
+            throw UsageError("--snapshot-timeout does not go with --checkpoint: the job ends at the dump, so its last snapshot is never cut short")
         }
         if let snapshotKeep, snapshotKeep <= 0 {
             throw UsageError("--snapshot-keep \(snapshotKeep): give how many to keep, 1 or more")
@@ -239,6 +253,7 @@ public struct StackOptions: ParsableArguments {
                                                 include: snapshotInclude, exclude: snapshotExclude)
             job.snapshots?.checkpoint = checkpoint
             job.snapshots?.writableDirs = try writableDirs.map { try Self.writableDirectory($0) }
+            if let snapshotTimeout { job.snapshots?.timeoutSeconds = snapshotTimeout }
         }
         return job
     }

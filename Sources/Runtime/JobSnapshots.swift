@@ -398,7 +398,13 @@ extension Setup {
             if requests & Forwarding.terminateRequest != 0 {
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
-                if !snapshot(.interruption) {
+                // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
+                // ends at the cut, so its last snapshot is never cut short.
+                let taken = checkpoints == nil
+                    ? boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
+                                      directory: settings.directory, checkpoints: nil) { snapshot(.interruption) }
+                    : snapshot(.interruption)
+                if !taken {
                     interruptionStatus = JobSnapshotter.interruptionFailedStatus
                 } else if let checkpoints {
                     interruptionStatus = checkpoints.failure == nil ? JobSnapshotter.checkpointedStatus : JobSnapshotter.dumpFailedStatus
