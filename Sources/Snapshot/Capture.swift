@@ -145,6 +145,24 @@ public struct SnapshotCapture: Sendable {
         return description
     }
 
+    /// Copies `range` of `input` to the same offsets of `output` through a buffer.
+    static func copyByReading(from input: Int32, to output: Int32, range: Range<Int64>, path: String) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+        defer { buffer.deallocate() }
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let count = pread(input, buffer.baseAddress, Int(min(Int64(buffer.count), range.upperBound - offset)), off_t(offset))
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else {
+                throw SnapshotError("cannot read \(path) to copy it into the snapshot store: \(count < 0 ? "\(Errno.last)" : "it ended early")")
+            }
+            do { try IO.writeAll(output, UnsafeRawBufferPointer(rebasing: buffer[0..<count]), at: UInt64(offset)) } catch {
+                throw SnapshotError("cannot copy \(path) into the snapshot store: \(error)")
+            }
+            offset += Int64(count)
+        }
+    }
+
     /// Copies the data regions of `input` (SEEK_DATA/SEEK_HOLE) with copy_file_range; holes stay holes.
     public static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String) throws {
         guard ftruncate(output, off_t(size)) == 0 else { throw SnapshotError("cannot size the copy of \(path): \(Errno.last)") }
@@ -160,6 +178,12 @@ public struct SnapshotCapture: Sendable {
                 let copied = FileCalls.copyFileRange(input, &inOffset, output, &outOffset, Int(min(hole - inOffset, 1 << 30)))
                 if copied < 0 {
                     if errno == EINTR { continue }
+                    // Between two filesystems (EXDEV: the kernel copies only within one, or
+                    // between some of the same type) or where the call is missing: read and write.
+                    if [EXDEV, EINVAL, EOPNOTSUPP, ENOSYS].contains(errno) {
+                        try copyByReading(from: input, to: output, range: inOffset..<hole, path: path)
+                        break
+                    }
                     throw SnapshotError("cannot copy \(path) into the snapshot store: \(Errno.last)")
                 }
                 if copied == 0 { break }
