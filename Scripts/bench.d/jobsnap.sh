@@ -94,7 +94,7 @@ report() {  # where label
 }
 
 printf '%-44s %12s %12s %7s\n' case snapshot other ratio
-report "$dir" "scratch ($(stat -f -c %T "$dir"))"
+report "$dir" "scratch ($(df --output=fstype "$dir" | tail -1))"
 
 if command -v mkfs.xfs >/dev/null; then
     truncate -s $((MB * 6 + 4096))M xfs.img
