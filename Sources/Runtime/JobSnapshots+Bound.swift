@@ -110,6 +110,22 @@ extension Setup {
         for name in found { Checkpoint.removeTree(directory + "/" + name) }
     }
 
+    /// Removes what snapshots of runs that were killed (SIGKILL) left while they worked:
+    /// the hidden `.<stamp>.dirs.<pid>`, `.<stamp>.criu.<pid>` and `.latest.<pid>` of processes
+    /// that no longer exist.
+    static func removeAbandoned(in directory: String) {
+        guard let dir = opendir(directory) else { return }
+        var pids: Set<Int32> = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name.hasPrefix("."), name.hasPrefix(".latest.") || name.contains(".dirs.") || name.contains(".criu."),
+                  let last = name.split(separator: ".").last, let pid = Int32(last), pid > 0 else { continue }
+            pids.insert(pid)
+        }
+        closedir(dir)
+        for pid in pids where kill(pid, 0) != 0 && errno == ESRCH { removeLeftovers(of: pid, in: directory) }
+    }
+
     static func shown(_ seconds: Double) -> String {
         seconds == seconds.rounded() ? String(Int(seconds)) : String(seconds)
     }

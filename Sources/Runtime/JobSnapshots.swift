@@ -364,6 +364,7 @@ extension Setup {
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
                                          whileFrozen: checkpoints?.hook, writableDirs: settings.writableDirs)
+        Self.removeAbandoned(in: settings.directory)
         let every = settings.everySeconds.map { $0 * 1000 }
         var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max
         var interruptionStatus: Int32?

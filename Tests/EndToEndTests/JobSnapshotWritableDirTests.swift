@@ -82,4 +82,19 @@ struct JobSnapshotWritableDirTests {
         let left = try FileManager.default.contentsOfDirectory(atPath: s.snapshots).filter { $0.hasPrefix(".") }
         #expect(left.isEmpty, "\(left)")
     }
+
+    @Test func whatAKilledRunLeftWhileCopyingIsRemovedByTheNextRun() throws {
+        let s = try JobSnapshotScene()
+        // A pid no process has (above the kernel's limit), and this test's own, alive.
+        let abandoned = s.snapshots + "/.20261202T000000Z.dirs.2147483647"
+        let alive = s.snapshots + "/.20261202T000000Z.dirs.\(getpid())"
+        for path in [abandoned + "/0", alive + "/0"] {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            try "x".write(toFile: path + "/f", atomically: false, encoding: .utf8)
+        }
+        let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "-o", s.image, "--", "true"])
+        #expect(result.status == 0, "\(result)")
+        #expect(!FileManager.default.fileExists(atPath: abandoned))
+        #expect(FileManager.default.fileExists(atPath: alive + "/0/f"))
+    }
 }
