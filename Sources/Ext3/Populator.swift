@@ -80,7 +80,9 @@ extension Ext3 {
             do {
                 try writeDirectories(streams)
                 try writeSymlinkBlocks(streams)
-                if data == nil { try copyFiles(streams) }
+                // Files read from a directory; a tree may also hold files from a stream (an
+                // image's files with a directory grafted onto them), written after.
+                try copyFiles(streams)
                 try streams.finish()
             } catch {
                 streams.abandon()

@@ -202,6 +202,14 @@ public struct JobSnapshotSettings: Codable, Equatable, Sendable {
     /// `--checkpoint`: each snapshot also dumps the job's processes with CRIU, into
     /// `<snapshot>.criu/` beside the snapshot file.
     public var checkpoint = false
+    /// The `--writable-dir` directories (absolute, resolved): each snapshot also holds them,
+    /// at their paths.
+    public var writableDirs: [String] = []
+    /// `--snapshot-timeout SECONDS`: the most the snapshot at interruption (SIGTERM) may take.
+    public var timeoutSeconds: Double = JobSnapshotSettings.defaultTimeoutSeconds
+    /// Below SLURM's default KillWait (30 s between SIGTERM and SIGKILL at a time limit), with
+    /// time left for the job to end.
+    public static let defaultTimeoutSeconds: Double = 20
 
     public init(directory: String, everySeconds: Int?, keep: Int?, id: String, include: [String] = [], exclude: [String] = []) {
         self.directory = directory

@@ -54,12 +54,12 @@ public struct StackOptions: ParsableArguments {
     public var snapshots: [String] = []
 
     @Option(name: .customLong("writable-dir"), parsing: .singleValue,
-            help: ArgumentHelp("Bind this live host directory read-write (changes persist), also inside a snapshot. Without --snapshot, the working directory (a git repository's top level) is snapshotted for this job. Repeatable.",
+            help: ArgumentHelp("Bind this live host directory read-write (changes persist), also inside a snapshot. Without --snapshot, the working directory (a git repository's top level) is snapshotted for this job. With --snapshot-to, each job snapshot holds it at its path, copied while the job is paused; --resume never rolls it back. Repeatable.",
                                valueName: "dir"))
     public var writableDirs: [String] = []
 
     @Option(name: .customLong("snapshot-to"),
-            help: ArgumentHelp("Take snapshots of the running job (its writable overlay, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
+            help: ArgumentHelp("Take snapshots of the running job (its writable overlay and each --writable-dir, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
                                valueName: "dir"))
     public var snapshotTo: String?
 
@@ -67,13 +67,18 @@ public struct StackOptions: ParsableArguments {
             help: ArgumentHelp("With --snapshot-to: also take one every SECONDS (a whole number above 0).", valueName: "seconds"))
     public var snapshotEvery: Int?
 
+    @Option(name: .customLong("snapshot-timeout"),
+            help: ArgumentHelp("With --snapshot-to: the most the last snapshot at SIGTERM may take (default 20, decimals allowed); when it runs out the snapshot is dropped whole, the job gets SIGTERM and the status is 175. Keep it below SLURM's KillWait (time limit) or GraceTime (preemption). Not with --checkpoint.",
+                               valueName: "seconds"))
+    public var snapshotTimeout: Double?
+
     @Option(name: .customLong("snapshot-keep"),
             help: ArgumentHelp("With --snapshot-to: keep only the newest N job snapshots in the directory (default: all); nothing else there is ever removed.",
                                valueName: "n"))
     public var snapshotKeep: Int?
 
     @Option(name: .customLong("snapshot-include"),
-            help: ArgumentHelp("With --snapshot-to: take only the files whose path matches this regex as a whole (anchored at both ends), the path being relative to the writable overlay's top, '/' between names, no leading '/' (e.g. 'results/log\\..*'). Repeatable: a file is taken when it matches any include (all files when none is given) and no --snapshot-exclude; directories are kept only when they lead to a taken file; whiteouts count as files. Filtered snapshots are built from the frozen copy after the job goes on.",
+            help: ArgumentHelp("With --snapshot-to: take only the files whose path matches this regex as a whole (anchored at both ends), the path being relative to the writable overlay's top (for a --writable-dir's files, to that directory), '/' between names, no leading '/' (e.g. 'results/log\\..*'). Repeatable: a file is taken when it matches any include (all files when none is given) and no --snapshot-exclude; directories are kept only when they lead to a taken file; whiteouts count as files. Filtered snapshots are built from the frozen copy after the job goes on.",
                                valueName: "regex"))
     public var snapshotInclude: [String] = []
 
@@ -134,6 +139,15 @@ public struct StackOptions: ParsableArguments {
         }
         if let snapshotEvery, snapshotEvery <= 0 {
             throw UsageError("--snapshot-every \(snapshotEvery): give a number of seconds above 0")
+        }
+        if let snapshotTimeout, !(snapshotTimeout > 0 && snapshotTimeout <= 86_400) {
+            throw UsageError("--snapshot-timeout \(snapshotTimeout): give a number of seconds above 0 (at most 86400)")
+        }
+        if snapshotTo == nil && snapshotTimeout != nil {
+            throw UsageError("--snapshot-timeout bounds the last job snapshot at SIGTERM: give --snapshot-to DIR too")
+        }
+        if checkpoint && snapshotTimeout != nil {
+            throw UsageError("--snapshot-timeout does not go with --checkpoint: the job ends at the dump, so its last snapshot is never cut short")
         }
         if let snapshotKeep, snapshotKeep <= 0 {
             throw UsageError("--snapshot-keep \(snapshotKeep): give how many to keep, 1 or more")
@@ -238,6 +252,8 @@ public struct StackOptions: ParsableArguments {
                                                 keep: snapshotKeep, id: String(getpid()),
                                                 include: snapshotInclude, exclude: snapshotExclude)
             job.snapshots?.checkpoint = checkpoint
+            job.snapshots?.writableDirs = try writableDirs.map { try Self.writableDirectory($0) }
+            if let snapshotTimeout { job.snapshots?.timeoutSeconds = snapshotTimeout }
         }
         return job
     }
@@ -411,8 +427,8 @@ public struct StackOptions: ParsableArguments {
                 } else if checkpoint && access(settings.directory + "/latest", F_OK) == 0 {
                     IO.writeLine("no process checkpoint beside the latest snapshot: the command starts afresh")
                 }
-                if !writableDirs.isEmpty {
-                    IO.writeLine("note: --writable-dir directories are not rolled back; they hold what the job wrote until it ended")
+                if let note = JobResume.writableDirsNote(settings.writableDirs, settings: settings) {
+                    IO.writeLine(note)
                 }
             } catch {
                 IO.writeLine("error: cannot resume: \(error)")

@@ -99,6 +99,9 @@ public struct JobSnapshotter {
     /// Who gets the snapshot files (the invoking user).
     let owner: Ext3.Owner
     var whileFrozen: WhileFrozen?
+    /// The `--writable-dir` directories (absolute), copied while the job is frozen and packed
+    /// into the snapshot at their paths (JobSnapshots+WritableDirs.swift).
+    var writableDirs: [String] = []
     /// How long the processes may take to stop before a snapshot is given up.
     static let freezeTimeoutMilliseconds = 10_000
 
@@ -146,6 +149,12 @@ public struct JobSnapshotter {
             } catch { cut = error }
             _ = FileCalls.thawFilesystem(mount)
         } catch { cut = error }
+        // Each writable dir, copied while the job is still stopped.
+        let staging = writableDirs.isEmpty ? nil : Self.stagingDirectory(settings.directory, stamp: stamp.name)
+        defer { if let staging { Checkpoint.removeTree(staging) } }
+        if cut == nil, let staging {
+            do { try stageWritableDirs(into: staging) } catch { cut = error }
+        }
         if cut == nil && killAfterCut() { kill(job, SIGKILL) }
         freezer.thaw()
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
@@ -157,7 +166,12 @@ public struct JobSnapshotter {
         var entries = 0
         var filteredImage: Int32 = -1
         defer { if filteredImage >= 0 { close(filteredImage) } }
-        if let filter = try SnapshotFilter.of(settings) {
+        if let staging {
+            (filteredImage, entries) = try Self.withWritableDirs(copy: output, staging: staging, directories: writableDirs,
+                                                                 filter: try SnapshotFilter.of(settings), owner: owner,
+                                                                 in: settings.directory)
+            snapshot = filteredImage
+        } else if let filter = try SnapshotFilter.of(settings) {
             (filteredImage, entries) = try Self.filtered(copy: output, by: filter, in: settings.directory)
             snapshot = filteredImage
         }
@@ -166,7 +180,8 @@ public struct JobSnapshotter {
         fstat(snapshot, &copied)
         let description = SnapshotDescription(
             name: stamp.name, created: stamp.iso, host: Self.hostName(), user: Self.userName(owner.uid),
-            captured: [SnapshotDescription.Captured(path: image, kind: "image")], git: nil,
+            captured: [SnapshotDescription.Captured(path: image, kind: "image")]
+                + writableDirs.map { SnapshotDescription.Captured(path: $0, kind: "directory") }, git: nil,
             sizeBytes: UInt64(copied.st_size), entries: UInt64(entries), dataBytes: UInt64(copied.st_blocks) * 512)
         var withJob = description
         withJob.job = .init(id: settings.id, trigger: trigger.rawValue, pauseMilliseconds: pause)
@@ -348,7 +363,8 @@ extension Setup {
         let checkpoints = settings.checkpoint ? JobCheckpoints(directory: settings.directory, run: settings.id) : nil
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
-                                         whileFrozen: checkpoints?.hook)
+                                         whileFrozen: checkpoints?.hook, writableDirs: settings.writableDirs)
+        Self.removeAbandoned(in: settings.directory)
         let every = settings.everySeconds.map { $0 * 1000 }
         var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max
         var interruptionStatus: Int32?
@@ -383,7 +399,13 @@ extension Setup {
             if requests & Forwarding.terminateRequest != 0 {
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
-                if !snapshot(.interruption) {
+                // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
+                // ends at the cut, so its last snapshot is never cut short.
+                let taken = checkpoints == nil
+                    ? boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
+                                      directory: settings.directory, checkpoints: nil) { snapshot(.interruption) }
+                    : snapshot(.interruption)
+                if !taken {
                     interruptionStatus = JobSnapshotter.interruptionFailedStatus
                 } else if let checkpoints {
                     interruptionStatus = checkpoints.failure == nil ? JobSnapshotter.checkpointedStatus : JobSnapshotter.dumpFailedStatus
@@ -518,8 +540,22 @@ public enum JobResume {
         if FileCalls.cloneFile(output, from: input) != 0 {
             try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(size.st_size), path: snapshot)
         }
-        let path = "/proc/\(getpid())/fd/\(output)"
+        var path = "/proc/\(getpid())/fd/\(output)"
         try Ext3.RootFile.remove(named: SnapshotDescription.fileName, fromImage: path)
+        // Writable dirs it holds stay out of the overlay (JobSnapshots+WritableDirs.swift).
+        var rebuilt: Int32 = -1
+        defer { if rebuilt >= 0 { close(rebuilt) } }
+        let held = writableDirs(of: description)
+        if !held.isEmpty {
+            let current = try Ext3.Image(path: target)
+            let inodes = current.inodeCount
+            try? current.close()
+            rebuilt = try withoutWritableDirs(copy: output, paths: held, size: Int64(old.st_size), inodes: inodes,
+                                              in: directory.isEmpty ? "/" : directory)
+            path = "/proc/\(getpid())/fd/\(rebuilt)"
+            size.st_size = old.st_size
+        }
+        let restored = rebuilt >= 0 ? rebuilt : output
         let check = try Program.run(["e2fsck", "-fn", path])
         guard check.status == 0 else {
             throw RuntimeError.failed("the overlay restored from \(snapshot) fails e2fsck -fn: \(target) is unchanged")
@@ -527,7 +563,7 @@ public enum JobResume {
         // A filtered snapshot is sized to what it kept: the overlay gets its old size back.
         var grown = ""
         if size.st_size < old.st_size {
-            guard ftruncate(output, old.st_size) == 0 else {
+            guard ftruncate(restored, old.st_size) == 0 else {
                 throw RuntimeError.failed("cannot grow the overlay restored from \(snapshot) to its old size: \(Errno.last); \(target) is unchanged")
             }
             let resize = try Program.run(["resize2fs", "-f", path])
@@ -536,11 +572,11 @@ public enum JobResume {
             }
             grown = " (grown back to its old size)"
         }
-        fchown(output, old.st_uid, old.st_gid)
-        fchmod(output, old.st_mode & 0o7777)
+        fchown(restored, old.st_uid, old.st_gid)
+        fchmod(restored, old.st_mode & 0o7777)
         let temporary = directory + "/." + String(target[target.index(after: target.lastIndex(of: "/")!)...]) + ".resume-\(getpid())"
         unlink(temporary)
-        guard FileCalls.linkUnnamed(output, to: temporary) == 0 else {
+        guard FileCalls.linkUnnamed(restored, to: temporary) == 0 else {
             throw RuntimeError.failed("cannot name the restored overlay \(temporary): \(Errno.last)")
         }
         guard rename(temporary, target) == 0 else {
