@@ -72,6 +72,25 @@ struct JobFreezer {
         }
     }
 
+    /// The first process in `namespace` with a signal that ends a job (SIGHUP, SIGINT, SIGQUIT,
+    /// SIGTERM) pending, and that signal's number. Under SLURM, a time limit, a preemption or
+    /// `scontrol requeue` sends SIGTERM to every process of the job step, not only to
+    /// run-overlay: one that comes while the job is stopped or being dumped stays pending, and
+    /// CRIU dumps pending signals, so a restored job would get it again at once.
+    static func pendingTermination(in namespace: String) -> (pid: Int32, signal: Int32)? {
+        for pid in members(of: namespace) {
+            guard let status = NativeRuntime.readSmallFile("/proc/\(pid)/status") else { continue }
+            var pending: UInt64 = 0
+            for line in status.split(separator: "\n") where line.hasPrefix("SigPnd:") || line.hasPrefix("ShdPnd:") {
+                pending |= UInt64(line.split(separator: "\t").last ?? "", radix: 16) ?? 0
+            }
+            for signal in [SIGTERM, SIGINT, SIGHUP, SIGQUIT] where pending & (UInt64(1) << UInt64(signal - 1)) != 0 {
+                return (pid, signal)
+            }
+        }
+        return nil
+    }
+
     /// Continues every process it stopped.
     mutating func thaw() {
         for pid in stopped { kill(pid, SIGCONT) }
@@ -107,6 +126,9 @@ public struct JobSnapshotter {
     struct Taken {
         let path: String
         let pauseMilliseconds: Double
+        /// Set when `DIR/latest` was left naming this earlier snapshot, which has its
+        /// processes, because this one's could not be dumped at interruption.
+        var latestKept: String? = nil
     }
 
     /// One snapshot of the job whose first process is `job`. When `killAfterCut` says so once
@@ -175,16 +197,32 @@ public struct JobSnapshotter {
         fchown(snapshot, owner.uid, owner.gid)
         fchmod(snapshot, 0o444)
         let path = try link(snapshot, stamp: stamp.name)
-        if access(pending, F_OK) == 0 {
+        let dumped = access(pending, F_OK) == 0
+        if dumped {
             let named = Self.checkpointDirectory(of: path)
             guard rename(pending, named) == 0 else {
                 throw RuntimeError.failed("cannot name the process checkpoint \(named): \(Errno.last)")
             }
             chown(named, owner.uid, owner.gid)
         }
-        try pointLatest(at: path)
+        // At interruption, a snapshot whose processes could not be dumped does not replace
+        // one that has them: a resume restores that one's files and processes together.
+        var latestKept: String?
+        if whileFrozen != nil, !dumped, trigger == .interruption, let previous = Self.latestWithProcesses(in: settings.directory) {
+            latestKept = previous
+        } else {
+            try pointLatest(at: path)
+        }
         prune()
-        return Taken(path: path, pauseMilliseconds: pause)
+        return Taken(path: path, pauseMilliseconds: pause, latestKept: latestKept)
+    }
+
+    /// The snapshot `DIR/latest` names, when it has a process checkpoint beside it.
+    static func latestWithProcesses(in directory: String) -> String? {
+        guard let resolved = realpath(directory + "/latest", nil) else { return nil }
+        defer { free(resolved) }
+        let snapshot = String(cString: resolved)
+        return access(checkpointDirectory(of: snapshot), F_OK) == 0 ? snapshot : nil
     }
 
     /// A new image (an unnamed file in `directory`) holding what `filter` takes of the image
@@ -261,12 +299,19 @@ public struct JobSnapshotter {
     }
 
     /// With `--snapshot-keep N`: removes the oldest job snapshots (files named as this makes
-    /// them) beyond the newest N; nothing else in the directory is touched.
+    /// them) beyond the newest N, never the one `DIR/latest` names; nothing else in the
+    /// directory is touched.
     func prune() {
         guard let keep = settings.keep else { return }
+        var latest: String?
+        if let resolved = realpath(settings.directory + "/latest", nil) {
+            latest = String(cString: resolved)
+            free(resolved)
+        }
         let names = Self.snapshotNames(in: settings.directory)
         for name in names.dropLast(keep) {
             let path = settings.directory + "/" + name
+            if let latest, latest.hasSuffix("/" + name) { continue }
             unlink(path)
             Checkpoint.removeTree(Self.checkpointDirectory(of: path))
         }
@@ -362,7 +407,9 @@ extension Setup {
                 IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms\(processes))",
                              to: 2)
                 if let failure = checkpoints?.failure {
-                    let after = trigger == .interruption ? "the job gets SIGTERM, a resume starts it afresh on this snapshot" : "the job goes on"
+                    let after = trigger != .interruption ? "the job goes on"
+                        : taken.latestKept.map { "the job gets SIGTERM; \(Escaped.terminal(settings.directory))/latest still names \(Escaped.terminal($0)), whose files and processes a resume restores" }
+                        ?? "the job gets SIGTERM, a resume starts it afresh on this snapshot"
                     IO.writeLine("warning: the job's processes were not dumped (only the snapshot file is kept, \(after)): \(failure)", to: 2)
                 }
                 return true
@@ -442,11 +489,20 @@ final class JobCheckpoints: @unchecked Sendable {
             failure = "cannot leave the job's PID namespace to run criu: \(error)"
             return
         }
+        let pending = JobSnapshotter.pendingCheckpoint(directory, stamp: name)
         do {
-            try Checkpoint.dump(root: job, to: JobSnapshotter.pendingCheckpoint(directory, stamp: name), leaveRunning: true,
+            try Checkpoint.dump(root: job, to: pending, leaveRunning: true,
                                 belongsTo: JobSnapshotter.checkpointOwner(run: run, snapshot: name), sharesJobMounts: true)
         } catch {
             failure = error.description
+            return
+        }
+        // A dump holding a pending SIGTERM (from outside: SLURM signals every process of the
+        // job) would end as soon as it is restored: it is not kept.
+        if let namespace = JobFreezer.namespace(of: job), let signalled = JobFreezer.pendingTermination(in: namespace) {
+            Checkpoint.removeTree(pending)
+            let name = signalled.signal == SIGTERM ? "SIGTERM" : "signal \(signalled.signal)"
+            failure = "process \(signalled.pid) of the job already had \(name) pending (sent to the job's processes from outside, as SLURM does to every process of a job), so its dump would end as soon as it was restored; dumps taken before that (SIGUSR1, --signal=B:USR1@SECS) are kept"
         }
     }
 }
