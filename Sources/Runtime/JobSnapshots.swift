@@ -490,6 +490,12 @@ final class JobCheckpoints: @unchecked Sendable {
             return
         }
         let pending = JobSnapshotter.pendingCheckpoint(directory, stamp: name)
+        let namespace = JobFreezer.namespace(of: job)
+        // Those alive now (a child that has exited but is not yet reaped is a zombie already).
+        let members = (namespace.map(JobFreezer.members(of:)) ?? []).filter { pid in
+            let state = JobFreezer.state(of: pid)
+            return state != nil && state != "Z" && state != "X"
+        }
         do {
             try Checkpoint.dump(root: job, to: pending, leaveRunning: true,
                                 belongsTo: JobSnapshotter.checkpointOwner(run: run, snapshot: name), sharesJobMounts: true)
@@ -498,12 +504,22 @@ final class JobCheckpoints: @unchecked Sendable {
             return
         }
         // A dump holding a pending SIGTERM (from outside: SLURM signals every process of the
-        // job) would end as soon as it is restored: it is not kept.
-        if let namespace = JobFreezer.namespace(of: job), let signalled = JobFreezer.pendingTermination(in: namespace) {
-            Checkpoint.removeTree(pending)
-            let name = signalled.signal == SIGTERM ? "SIGTERM" : "signal \(signalled.signal)"
-            failure = "process \(signalled.pid) of the job already had \(name) pending (sent to the job's processes from outside, as SLURM does to every process of a job), so its dump would end as soon as it was restored; dumps taken before that (SIGUSR1, --signal=B:USR1@SECS) are kept"
+        // job) would end as soon as it is restored: it is not kept. Such a signal shows as
+        // pending while the process stays stopped, or ends the process once CRIU lets go of
+        // it (the frozen job's processes do not end otherwise).
+        let why: String
+        if let namespace, let signalled = JobFreezer.pendingTermination(in: namespace) {
+            why = "process \(signalled.pid) of the job already had \(signalled.signal == SIGTERM ? "SIGTERM" : "signal \(signalled.signal)") pending"
+        } else if let gone = members.first(where: { pid in
+            let state = JobFreezer.state(of: pid)
+            return state == nil || state == "Z" || state == "X"
+        }) {
+            why = "process \(gone) of the job ended while it was frozen and dumped"
+        } else {
+            return
         }
+        Checkpoint.removeTree(pending)
+        failure = "\(why) (a signal sent to the job's processes from outside, as SLURM sends SIGTERM to every process of a job), so its dump would end as soon as it was restored; dumps taken before that (SIGUSR1, --signal=B:USR1@SECS) are kept"
     }
 }
 

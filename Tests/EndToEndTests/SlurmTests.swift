@@ -209,9 +209,9 @@ struct SlurmTests {
 
         try cluster.requeueAndStartAtOnce(job)
         let state = try cluster.waitUntilDone(job)
-        #expect(state.jobState == "COMPLETED" && state.restarts == 1 && state.exitCode == "0:0", "\(state)")
-
         let text = try cluster.logs(in: dir).joined()
+        #expect(state.jobState == "COMPLETED" && state.restarts == 1 && state.exitCode == "0:0", "\(state)\n\(text)")
+
         let runs = text.components(separatedBy: "run-overlay.sbatch: job ")
         try #require(runs.count == 3, "\(text)")
         func counts(_ part: String) -> [Int] {
