@@ -344,6 +344,9 @@ struct SlurmCluster {
         let requeued = try command(["scontrol", "requeue", job])
         guard requeued.status == 0 else { throw StandInError(description: "scontrol requeue failed: \(requeued)") }
         try poll("job \(job) to be pending again") { try state(of: job).jobState == "PENDING" }
+        // Launched again within the second of the requeue, slurmd takes the new run for the old
+        // one it killed ("Job credential revoked") and the job fails: wait a little first.
+        sleep(2)
         let update = try command(["scontrol", "update", "JobId=\(job)", "StartTime=now"])
         guard update.status == 0 else { throw StandInError(description: "scontrol update StartTime=now failed: \(update)") }
     }
