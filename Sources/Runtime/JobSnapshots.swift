@@ -430,6 +430,7 @@ extension Setup {
             if requests & Forwarding.terminateRequest != 0 {
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
+                checkpoints?.atInterruption = true
                 if !snapshot(.interruption) {
                     interruptionStatus = JobSnapshotter.interruptionFailedStatus
                 } else if let checkpoints {
@@ -464,6 +465,8 @@ final class JobCheckpoints: @unchecked Sendable {
     let run: String
     /// Why the last dump failed (nil: it worked).
     var failure: String?
+    /// Set for the dump at SIGTERM.
+    var atInterruption = false
 
     init(directory: String, run: String) {
         self.directory = directory
@@ -474,6 +477,14 @@ final class JobCheckpoints: @unchecked Sendable {
 
     func dump(job: Int32, snapshot name: String) {
         failure = nil
+        // Under SLURM that SIGTERM reached every process of the job at once, not only
+        // run-overlay: a dump now may hold it in a way not seen from outside (a process caught
+        // inside its own handler), and the restored job would end at once. A checkpoint taken
+        // before (the warning signal's, a periodic one) is the sure one: a resume restores it.
+        if atInterruption, environmentValue("SLURM_JOB_ID") != nil, let earlier = JobSnapshotter.latestWithProcesses(in: directory) {
+            failure = "under SLURM this SIGTERM reached every process of the job at once, so a dump now could hold it; the checkpoint taken before, \(Escaped.terminal(earlier)), is kept for the resume"
+            return
+        }
         // This process made the job's PID namespace its children's (unshare): CRIU must start
         // outside it, in this process's own, and the job's is put back after.
         let own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)
@@ -512,9 +523,9 @@ final class JobCheckpoints: @unchecked Sendable {
             why = "process \(signalled.pid) of the job already had \(signalled.signal == SIGTERM ? "SIGTERM" : "signal \(signalled.signal)") pending"
         } else if let gone = members.first(where: { pid in
             let state = JobFreezer.state(of: pid)
-            return state == nil || state == "Z" || state == "X"
+            return state != "T" && state != "t"
         }) {
-            why = "process \(gone) of the job ended while it was frozen and dumped"
+            why = "process \(gone) of the job ended (or left its stop) while it was frozen and dumped"
         } else {
             return
         }

@@ -182,8 +182,8 @@ struct SlurmTests {
 
     /// With --checkpoint: a job counting in memory is checkpointed on SIGUSR1 and requeued; the
     /// requeued run restores its processes, which count on from the checkpoint, not from 1.
-    /// SLURM's SIGTERM reaches every process of the job at once, so the dump at that SIGTERM may
-    /// or may not be made in time; either way the count goes on from a checkpoint.
+    /// SLURM's SIGTERM reaches every process of the job at once, so at that SIGTERM the job is
+    /// not dumped again: the checkpoint SIGUSR1 took is the one restored.
     @Test(.enabled(if: SlurmCluster.nativeRuntimeBuilt, "the native runtime is not built in this tree"),
           .requiresCRIU, .requires(executable: "e2fsck"))
     func aRequeuedCheckpointedJobCountsOnFromItsCheckpoint() throws {
@@ -206,6 +206,8 @@ struct SlurmTests {
             guard let name = try? FileManager.default.destinationOfSymbolicLink(atPath: dir.file("snaps/latest")) else { return false }
             return FileManager.default.fileExists(atPath: dir.file("snaps/" + name.replacingOccurrences(of: ".ext3", with: ".criu")))
         }
+        let checkpoint = try FileManager.default.destinationOfSymbolicLink(atPath: dir.file("snaps/latest"))
+            .replacingOccurrences(of: ".ext3", with: ".criu")
 
         try cluster.requeueAndStartAtOnce(job)
         let state = try cluster.waitUntilDone(job)
@@ -219,8 +221,10 @@ struct SlurmTests {
         }
         let before = counts(runs[1])
         let after = counts(runs[2])
-        #expect(runs[2].contains("resuming the job's processes from \(dir.file("snaps"))/"), "\(runs[2])")
-        // Counting on from a checkpoint taken after count 10, up to the end, one by one.
+        #expect(runs[1].contains("(interruption, job paused ") && runs[1].contains("under SLURM this SIGTERM reached every process of the job"),
+                "\(runs[1])")
+        #expect(runs[2].contains("resuming the job's processes from \(dir.file("snaps/" + checkpoint)) in place of the command"), "\(runs[2])")
+        // Counting on from the checkpoint taken after count 10, up to the end, one by one.
         let resumedAt = try #require(after.first, "\(runs[2])")
         #expect(resumedAt > 10 && resumedAt <= (before.last ?? 0) + 1, "first count after the requeue: \(resumedAt); before: \(before)")
         #expect(after == Array(resumedAt...150), "\(after)")
