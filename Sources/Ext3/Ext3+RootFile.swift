@@ -22,20 +22,7 @@ extension Ext3 {
         /// Adds the file to an existing image nobody has mounted (the caller holds its lock);
         /// with `replacing`, a file of that name at the root is removed first.
         public func add(toImage path: String, replacing: Bool = false) throws {
-            let handle = try FileSystemHandle(path: path, writable: true)
-            defer { handle.abandon() }
-            guard let fs = handle.fs else { throw Error.other("\(path): image is closed") }
-            try check(ext2fs_read_bitmaps(fs), "read the bitmaps", path: path)
-            if replacing { try remove(from: fs, path: path) }
-            try write(into: fs, path: path)
-            // Written out without fsync, like cp (the data is left to the kernel's writeback: an
-            // fsync would wait for a whole copied image to reach the disk). ext2fs_close would
-            // sync again when the image counts kilobytes written (s_kbytes_written), so the
-            // bitmaps and the metadata are written here and the handle freed, which closes
-            // the I/O channel after writing what it caches.
-            try check(ext2fs_write_bitmaps(fs), "write the bitmaps", path: path)
-            try check(ext2fs_flush2(fs, Int32(EXT2_FLAG_FLUSH_NO_SYNC)), "write the filesystem metadata", path: path)
-            handle.abandon()
+            try RootFileEditor(path: path).add(self, replacing: replacing)
         }
 
         /// Removes the regular file `name` at the root of an image nobody has mounted (the
@@ -115,5 +102,38 @@ extension Ext3 {
             try check(failure, "write /\(name)", path: path)
             try check(closed, "close /\(name)", path: path)
         }
+    }
+
+    /// An image opened to add a root file, which may be opened before the image is complete:
+    /// libext2fs fsyncs a file when it opens it (1.47.0), so an image being copied is opened
+    /// once its superblock and group descriptors are in place, before the bulk of the copy
+    /// makes that fsync wait for it all to reach the disk. It reads nothing more until
+    /// ``add(_:replacing:)``.
+    public final class RootFileEditor {
+        let handle: FileSystemHandle
+
+        public init(path: String) throws {
+            handle = try FileSystemHandle(path: path, writable: true)
+        }
+
+        /// Adds `file` at the root (with `replacing`, a file of that name there is removed
+        /// first) and closes the image. Written out without fsync, like cp (the data is left
+        /// to the kernel's writeback: an fsync would wait for a whole copied image to reach the
+        /// disk). ext2fs_close would sync again when the image counts kilobytes written
+        /// (s_kbytes_written), so the bitmaps and the metadata are written here and the handle
+        /// freed, which closes the I/O channel after writing what it caches.
+        public func add(_ file: RootFile, replacing: Bool = false) throws {
+            defer { handle.abandon() }
+            let path = handle.path
+            guard let fs = handle.fs else { throw Error.other("\(path): image is closed") }
+            try check(ext2fs_read_bitmaps(fs), "read the bitmaps", path: path)
+            if replacing { try file.remove(from: fs, path: path) }
+            try file.write(into: fs, path: path)
+            try check(ext2fs_write_bitmaps(fs), "write the bitmaps", path: path)
+            try check(ext2fs_flush2(fs, Int32(EXT2_FLAG_FLUSH_NO_SYNC)), "write the filesystem metadata", path: path)
+        }
+
+        /// Closes without writing anything.
+        public func abandon() { handle.abandon() }
     }
 }

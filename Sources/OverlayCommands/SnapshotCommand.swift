@@ -34,8 +34,8 @@ public struct SnapshotCreate: ParsableCommand {
         abstract: "Freeze directories, an overlay image or a git working tree into the snapshot NAME.",
         discussion: """
         A directory is captured whole at its absolute path (shown to a job exactly as it is now); \
-        an overlay image (.ext3) is copied (a reflink where the filesystem can, else its \
-        allocated blocks only). With --git, the working tree (committed, staged, unstaged and \
+        an overlay image (.ext3) is copied (a reflink where the filesystem can, else only the \
+        blocks its filesystem uses). With --git, the working tree (committed, staged, unstaged and \
         untracked files that are not ignored) is recorded as a commit on a new branch NAME \
         (default slurm-job-<UTC YYYYmmdd-HHMMSS>, -2, -3... if taken) without touching the work \
         tree, the index, HEAD or the stash, and the snapshot holds that commit's tree. Examples:

@@ -257,7 +257,7 @@ public struct NativePlan: Codable, Equatable, Sendable {
         if let snapshots = jobSnapshots {
             let every = snapshots.everySeconds.map { "every \($0) s, " } ?? ""
             let keep = snapshots.keep.map { ", keeping the newest \($0)" } ?? ""
-            lines.append("job snapshots to \(q(snapshots.directory)) (\(every)on SIGUSR1, and on SIGTERM before passing it on\(keep)): SIGSTOP the job's processes, syncfs + FIFREEZE \(images.first { !$0.readOnly }?.mountPoint ?? ""), copy the image (reflink, else its allocated blocks), FITHAW, SIGCONT")
+            lines.append("job snapshots to \(q(snapshots.directory)) (\(every)on SIGUSR1, and on SIGTERM before passing it on\(keep)): SIGSTOP the job's processes, syncfs + FIFREEZE \(images.first { !$0.readOnly }?.mountPoint ?? ""), copy the image (reflink, else its used blocks), FITHAW, SIGCONT")
             if !snapshots.include.isEmpty || !snapshots.exclude.isEmpty {
                 let regexes = snapshots.include.map { "--snapshot-include \(q($0))" } + snapshots.exclude.map { "--snapshot-exclude \(q($0))" }
                 lines.append("then, while the job goes on, a new image holding only the files that \(regexes.joined(separator: " ")) take, built from the copy; the copy is dropped")

@@ -52,7 +52,10 @@ public enum NativeSetup {
         let status = Children.wait(child)?.shellStatus ?? 125
         Forwarding.target(0)
         let message = String(decoding: (try? IO.readAll(readEnd.rawValue)) ?? [], as: UTF8.self).trimmingWhitespace
-        if !message.isEmpty { throw RuntimeError.failed(message) }
+        if !message.isEmpty {
+            if plan.restoreFrom != nil && status == JobResume.processRestoreFailedStatus { throw ProcessRestoreFailed(reason: message) }
+            throw RuntimeError.failed(message)
+        }
         return status
     }
 }
@@ -72,8 +75,12 @@ struct Setup: ~Copyable {
         self.parent = parent
     }
 
-    /// Failures of the setup itself go to the tool through the report pipe.
-    struct Failure: Error { let text: String }
+    /// Failures of the setup itself go to the tool through the report pipe; the setup process
+    /// exits with `status`.
+    struct Failure: Error {
+        let text: String
+        var status: Int32 = 125
+    }
 
     mutating func main() -> Int32 {
         // Die with the tool; if it is already gone, stop here.
@@ -97,6 +104,7 @@ struct Setup: ~Copyable {
             status = notStarted.status
         } catch let failure as Failure {
             report(failure.text)
+            status = failure.status
         } catch {
             report("\(error)")
         }

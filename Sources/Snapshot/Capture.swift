@@ -126,8 +126,9 @@ public struct SnapshotCapture: Sendable {
         let output = FileCalls.openUnnamed(in: store.directory, mode: 0o644)
         guard output >= 0 else { throw SnapshotError("cannot make a file in the snapshot store \(store.directory): \(Errno.last)") }
         defer { close(output) }
+        var editor: Ext3.RootFileEditor?
         if FileCalls.cloneFile(output, from: input) != 0 {
-            try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+            editor = try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image, openingCopy: true)
         }
         if let imageOwner { fchown(output, imageOwner.uid, imageOwner.gid) }
         let description = SnapshotDescription(
@@ -136,7 +137,7 @@ public struct SnapshotCapture: Sendable {
             sizeBytes: UInt64(info.st_size), entries: 0, dataBytes: UInt64(info.st_blocks) * 512)
         let file = Ext3.RootFile(name: SnapshotDescription.fileName, contents: Array((description.json + "\n").utf8), owner: owner)
         // The copy may already describe a snapshot (a snapshot of a snapshot): replace that.
-        try file.add(toImage: "/proc/self/fd/\(output)", replacing: true)
+        try (editor ?? Ext3.RootFileEditor(path: "/proc/self/fd/\(output)")).add(file, replacing: true)
         fchmod(output, 0o444)
         guard FileCalls.linkUnnamed(output, to: target) == 0 else {
             if errno == EEXIST { throw SnapshotError("snapshot '\(name)' exists already in \(store.directory): choose another name") }
@@ -145,26 +146,91 @@ public struct SnapshotCapture: Sendable {
         return description
     }
 
-    /// Copies the data regions of `input` (SEEK_DATA/SEEK_HOLE) with copy_file_range; holes stay holes.
-    public static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String) throws {
+    /// Copies an overlay image without reflink: only what its filesystem uses. The ranges its
+    /// block bitmaps mark in use (``Ext3/UsedBlocks``), where the image file has data
+    /// (SEEK_DATA/SEEK_HOLE: blocks never written read as zeros and stay holes), copied in long
+    /// runs by copy_file_range (pread/pwrite where the kernel cannot copy between these files);
+    /// everything else stays a hole. Free blocks, a deleted file's among them, are not copied.
+    /// When the bitmaps cannot be trusted (the journal needs replaying) or read, every data
+    /// region of the file is copied instead.
+    ///
+    /// With `openingCopy`, the copy is opened with libext2fs for a root file (the description)
+    /// as soon as its superblock and group descriptors are in, before the rest: libext2fs
+    /// fsyncs what it opens, which would otherwise wait for the whole copy to reach the disk.
+    /// Nothing is synced: like cp, the data is left to the kernel's writeback.
+    @discardableResult
+    public static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String,
+                                     openingCopy: Bool = false) throws -> Ext3.RootFileEditor? {
         guard ftruncate(output, off_t(size)) == 0 else { throw SnapshotError("cannot size the copy of \(path): \(Errno.last)") }
+        let used = Ext3.UsedBlocks.read(fd: input, fileSize: size)
+        var copier = RangeCopier(input: input, output: output, path: path)
+        var editor: Ext3.RootFileEditor?
         var offset: Int64 = 0
+        if openingCopy, let used {
+            try copier.copy(0..<used.headBytes)
+            offset = used.headBytes
+            editor = try Ext3.RootFileEditor(path: "/proc/self/fd/\(output)")
+        }
+        var next = 0
         while offset < size {
-            let data = FileCalls.seekData(input, offset)
+            var data = FileCalls.seekData(input, offset)
             if data < 0 { break }  // ENXIO: only a hole is left
             var hole = FileCalls.seekHole(input, data)
-            if hole < 0 { hole = size }
-            var inOffset = data
-            var outOffset = data
-            while inOffset < hole {
-                let copied = FileCalls.copyFileRange(input, &inOffset, output, &outOffset, Int(min(hole - inOffset, 1 << 30)))
-                if copied < 0 {
-                    if errno == EINTR { continue }
-                    throw SnapshotError("cannot copy \(path) into the snapshot store: \(Errno.last)")
+            if hole < 0 || hole > size { hole = size }
+            data = max(data, offset)
+            if let used {
+                while next < used.ranges.count && used.ranges[next].upperBound <= data { next += 1 }
+                var index = next
+                while index < used.ranges.count && used.ranges[index].lowerBound < hole {
+                    try copier.copy(max(used.ranges[index].lowerBound, data)..<min(used.ranges[index].upperBound, hole))
+                    index += 1
                 }
-                if copied == 0 { break }
+            } else {
+                try copier.copy(data..<hole)
             }
             offset = hole
+        }
+        if openingCopy && editor == nil { editor = try Ext3.RootFileEditor(path: "/proc/self/fd/\(output)") }
+        return editor
+    }
+
+    /// Copies byte ranges at the same offsets: copy_file_range, or pread/pwrite once the kernel
+    /// says it cannot copy between these two files.
+    struct RangeCopier {
+        let input: Int32
+        let output: Int32
+        let path: String
+        var buffer: [UInt8] = []
+
+        mutating func copy(_ range: Range<Int64>) throws {
+            var inOffset = range.lowerBound
+            var outOffset = range.lowerBound
+            while buffer.isEmpty && inOffset < range.upperBound {
+                let copied = FileCalls.copyFileRange(input, &inOffset, output, &outOffset, Int(min(range.upperBound - inOffset, 1 << 30)))
+                if copied > 0 { continue }
+                if copied == 0 { throw SnapshotError("cannot copy \(path) into the snapshot store: it ended early (was it truncated?)") }
+                switch errno {
+                case EINTR: continue
+                case EXDEV, EINVAL, EOPNOTSUPP, ENOSYS: buffer = [UInt8](repeating: 0, count: 8 << 20)
+                default: throw SnapshotError("cannot copy \(path) into the snapshot store: \(Errno.last)")
+                }
+            }
+            while inOffset < range.upperBound {
+                let length = Int(min(range.upperBound - inOffset, Int64(buffer.count)))
+                let read = buffer.withUnsafeMutableBytes { pread(input, $0.baseAddress, length, off_t(inOffset)) }
+                if read < 0 && errno == EINTR { continue }
+                guard read > 0 else {
+                    throw SnapshotError("cannot copy \(path) into the snapshot store: \(read == 0 ? "it ended early (was it truncated?)" : "\(Errno.last)")")
+                }
+                var done = 0
+                while done < read {
+                    let written = buffer.withUnsafeBytes { pwrite(output, $0.baseAddress! + done, read - done, off_t(inOffset) + off_t(done)) }
+                    if written < 0 && errno == EINTR { continue }
+                    guard written > 0 else { throw SnapshotError("cannot write the copy of \(path): \(Errno.last)") }
+                    done += written
+                }
+                inOffset += Int64(read)
+            }
         }
     }
 }

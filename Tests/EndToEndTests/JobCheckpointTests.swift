@@ -185,6 +185,42 @@ struct JobCheckpointTests {
         #expect(try FixtureImage.isClean(s.image))
     }
 
+    /// A checkpoint CRIU cannot restore (its process tree image damaged after the dump): the
+    /// overlay is restored to the snapshot, then the restore fails: status 179, one error
+    /// line, the files of the snapshot kept, the checkpoint kept, nothing left running or
+    /// mounted.
+    @Test func aRestoreThatFailsEndsWith179AndLeavesTheSnapshotsFiles() throws {
+        let s = try JobSnapshotScene()
+        let appender = "i=0; while :; do i=$((i+1)); echo $i >> /lines; sleep 0.02; done"
+        let arguments = ["--snapshot-to", s.snapshots, "--checkpoint", "-o", s.image, "--", "sh", "-c", appender]
+        let job = try s.start(arguments)
+        usleep(700_000)
+        job.signal(SIGTERM)
+        let ended = job.wait(timeout: 60)
+        #expect(ended.status == 177, "\(ended)")
+        let snapshot = try #require(s.taken().last)
+        let criu = String(snapshot.dropLast(5)) + ".criu"
+        let tree = criu + "/images/pstree.img"
+        #expect(FileManager.default.fileExists(atPath: tree), "\(Self.entries(s))")
+        try Data("damaged".utf8).write(to: URL(fileURLWithPath: tree))
+        // The overlay moves on after the snapshot, so that its restore shows.
+        let later = try s.run("run-overlay", ["-o", s.image, "--", "sh", "-c", "echo later >> /lines"])
+        #expect(later.status == 0, "\(later)")
+        let snapshotLines = try #require(try s.cat(snapshot, "/lines"))
+        #expect(snapshotLines.split(separator: "\n").count > 5, "\(snapshotLines)")
+
+        let resumed = try s.run("run-overlay", ["--resume"] + arguments, timeout: 60)
+        #expect(resumed.status == 179, "\(resumed)")
+        let errors = resumed.stderr.split(separator: "\n").filter { $0.hasPrefix("error: ") }
+        #expect(errors.count == 1 && errors[0].hasPrefix("error: the job's processes were not restored (cannot restore the checkpoint in ")
+                && errors[0].contains("nothing of the job runs"), "\(resumed)")
+        #expect(resumed.stdout.isEmpty, "\(resumed)")
+        #expect(try FixtureImage.cat(s.image, "upper/lines") == snapshotLines)
+        #expect(try FixtureImage.isClean(s.image))
+        #expect(FileManager.default.fileExists(atPath: criu + "/manifest.json"))
+        #expect(s.scene.leftovers().isEmpty, "\(s.scene.leftovers())")
+    }
+
     @Test func checkpointWithoutSnapshotToIsRefusedInOneLine() throws {
         let s = try JobSnapshotScene()
         let result = try s.run("run-overlay", ["--checkpoint", "-o", s.image, "--", "true"])

@@ -325,3 +325,42 @@ struct SnapshotBadInputTests {
         #expect(listed.stdout.contains("\"path\":\"\(scene.project)\""), "\(listed)")
     }
 }
+
+@Suite("Snapshots: image copies", .requires(executable: "debugfs"), .requires(executable: "e2fsck"))
+struct SnapshotImageCopyTests {
+    static func allocatedBytes(_ path: String) -> Int64 {
+        var info = Glibc.stat()
+        return stat(path, &info) == 0 ? Int64(info.st_blocks) * 512 : -1
+    }
+
+    /// Without reflink (this test's scratch filesystem: ext4 or tmpfs), the copy takes the
+    /// blocks the image's bitmaps mark in use: a deleted file's blocks, still allocated in the
+    /// image file, are left out, and the copy is the same filesystem.
+    @Test func aDeletedFilesBlocksAreNotCopiedAndTheCopyIsTheSameFilesystem() throws {
+        let scene = try SnapshotScene()
+        let data = scene.directory.file("data")
+        try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
+        try "kept\n".write(toFile: data + "/keep.txt", atomically: false, encoding: .utf8)
+        try Data((0..<(8 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 12) })
+            .write(to: URL(fileURLWithPath: data + "/big.bin"))
+        let original = scene.directory.file("env.ext3")
+        let made = try scene.run("create-overlay", ["--from", data, "--to", "/data", "-s", "64", "-o", original])
+        #expect(made.status == 0, "\(made)")
+        #expect(try run(["debugfs", "-w", "-R", "rm /upper/data/big.bin", original]).status == 0)
+        #expect(try FixtureImage.isClean(original))
+
+        let created = try scene.run("overlay", ["snapshot", "create", "--quiet", "copy", original])
+        #expect(created.status == 0 && created.stdout == "copy\n", "\(created)")
+        let snapshot = scene.store + "/copy.ext3"
+        let before = Self.allocatedBytes(original), after = Self.allocatedBytes(snapshot)
+        #expect(before > 8 << 20 && after >= 0 && after < before - (7 << 20), "image \(before) bytes on disk, copy \(after)")
+        #expect(try FixtureImage.isClean(snapshot))
+        #expect(try FixtureImage.cat(snapshot, "upper/data/keep.txt") == "kept\n")
+        #expect(try FixtureImage.cat(snapshot, "upper/data/big.bin") == nil)
+        let listed = try scene.run("overlay", ["ls", "-l", snapshot, "/upper/data"])
+        let listedOriginal = try scene.run("overlay", ["ls", "-l", original, "/upper/data"])
+        #expect(listed.status == 0 && listed.stdout == listedOriginal.stdout, "\(listed) vs \(listedOriginal)")
+        let info = try scene.run("overlay", ["snapshot", "info", "copy"])
+        #expect(info.status == 0 && info.stdout.contains("captured: \(original) (image)"), "\(info)")
+    }
+}
