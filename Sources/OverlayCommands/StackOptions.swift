@@ -73,7 +73,7 @@ public struct StackOptions: ParsableArguments {
     public var snapshotTimeout: Double?
 
     @Option(name: .customLong("snapshot-keep"),
-            help: ArgumentHelp("With --snapshot-to: keep only the newest N job snapshots in the directory (default: all); nothing else there is ever removed.",
+            help: ArgumentHelp("With --snapshot-to: keep only the newest N job snapshots in the directory (default: all), and always the one DIR/latest names; nothing else there is ever removed.",
                                valueName: "n"))
     public var snapshotKeep: Int?
 
@@ -90,7 +90,7 @@ public struct StackOptions: ParsableArguments {
     @Flag(help: "With --snapshot-to: when DIR/latest exists, put the writable overlay back to that snapshot before the job starts (what was written after it is rolled back); else start fresh. Implied when SLURM_RESTART_COUNT is above 0. --writable-dir directories are never rolled back.")
     public var resume = false
 
-    @Flag(help: "With --snapshot-to: each job snapshot also dumps the job's processes with CRIU (DIR/<time>.criu beside DIR/<time>.ext3); at SIGTERM the job is dumped and ends (status 177; 178: the dump failed, the snapshot file alone was kept). With --resume, the processes of the latest snapshot are restored in place of the command (status 179: they could not be restored; the overlay keeps the snapshot's files). Native runtime as root.")
+    @Flag(help: "With --snapshot-to: each job snapshot also dumps the job's processes with CRIU (DIR/<time>.criu beside DIR/<time>.ext3); at SIGTERM the job is dumped and ends (status 177; 178: the dump failed or could hold a SIGTERM sent to the job from outside, as SLURM does, and under SLURM whenever a checkpoint exists already: the snapshot file alone was kept, and DIR/latest stays on an earlier snapshot with processes if there is one). With --resume, the processes of the latest snapshot are restored in place of the command (status 179: they could not be restored; the overlay keeps the snapshot's files). Native runtime as root.")
     public var checkpoint = false
 
     @Flag(help: "Print the plan (mounts and command) and do nothing.")

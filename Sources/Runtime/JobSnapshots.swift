@@ -72,6 +72,25 @@ struct JobFreezer {
         }
     }
 
+    /// The first process in `namespace` with a signal that ends a job (SIGHUP, SIGINT, SIGQUIT,
+    /// SIGTERM) pending, and that signal's number. Under SLURM, a time limit, a preemption or
+    /// `scontrol requeue` sends SIGTERM to every process of the job step, not only to
+    /// run-overlay: one that comes while the job is stopped or being dumped stays pending, and
+    /// CRIU dumps pending signals, so a restored job would get it again at once.
+    static func pendingTermination(in namespace: String) -> (pid: Int32, signal: Int32)? {
+        for pid in members(of: namespace) {
+            guard let status = NativeRuntime.readSmallFile("/proc/\(pid)/status") else { continue }
+            var pending: UInt64 = 0
+            for line in status.split(separator: "\n") where line.hasPrefix("SigPnd:") || line.hasPrefix("ShdPnd:") {
+                pending |= UInt64(line.split(separator: "\t").last ?? "", radix: 16) ?? 0
+            }
+            for signal in [SIGTERM, SIGINT, SIGHUP, SIGQUIT] where pending & (UInt64(1) << UInt64(signal - 1)) != 0 {
+                return (pid, signal)
+            }
+        }
+        return nil
+    }
+
     /// Continues every process it stopped.
     mutating func thaw() {
         for pid in stopped { kill(pid, SIGCONT) }
@@ -110,6 +129,9 @@ public struct JobSnapshotter {
     struct Taken {
         let path: String
         let pauseMilliseconds: Double
+        /// Set when `DIR/latest` was left naming this earlier snapshot, which has its
+        /// processes, because this one's could not be dumped at interruption.
+        var latestKept: String? = nil
     }
 
     /// One snapshot of the job whose first process is `job`. When `killAfterCut` says so once
@@ -190,16 +212,32 @@ public struct JobSnapshotter {
         fchown(snapshot, owner.uid, owner.gid)
         fchmod(snapshot, 0o444)
         let path = try link(snapshot, stamp: stamp.name)
-        if access(pending, F_OK) == 0 {
+        let dumped = access(pending, F_OK) == 0
+        if dumped {
             let named = Self.checkpointDirectory(of: path)
             guard rename(pending, named) == 0 else {
                 throw RuntimeError.failed("cannot name the process checkpoint \(named): \(Errno.last)")
             }
             chown(named, owner.uid, owner.gid)
         }
-        try pointLatest(at: path)
+        // At interruption, a snapshot whose processes could not be dumped does not replace
+        // one that has them: a resume restores that one's files and processes together.
+        var latestKept: String?
+        if whileFrozen != nil, !dumped, trigger == .interruption, let previous = Self.latestWithProcesses(in: settings.directory) {
+            latestKept = previous
+        } else {
+            try pointLatest(at: path)
+        }
         prune()
-        return Taken(path: path, pauseMilliseconds: pause)
+        return Taken(path: path, pauseMilliseconds: pause, latestKept: latestKept)
+    }
+
+    /// The snapshot `DIR/latest` names, when it has a process checkpoint beside it.
+    static func latestWithProcesses(in directory: String) -> String? {
+        guard let resolved = realpath(directory + "/latest", nil) else { return nil }
+        defer { free(resolved) }
+        let snapshot = String(cString: resolved)
+        return access(checkpointDirectory(of: snapshot), F_OK) == 0 ? snapshot : nil
     }
 
     /// A new image (an unnamed file in `directory`) holding what `filter` takes of the image
@@ -276,12 +314,19 @@ public struct JobSnapshotter {
     }
 
     /// With `--snapshot-keep N`: removes the oldest job snapshots (files named as this makes
-    /// them) beyond the newest N; nothing else in the directory is touched.
+    /// them) beyond the newest N, never the one `DIR/latest` names; nothing else in the
+    /// directory is touched.
     func prune() {
         guard let keep = settings.keep else { return }
+        var latest: String?
+        if let resolved = realpath(settings.directory + "/latest", nil) {
+            latest = String(cString: resolved)
+            free(resolved)
+        }
         let names = Self.snapshotNames(in: settings.directory)
         for name in names.dropLast(keep) {
             let path = settings.directory + "/" + name
+            if let latest, latest.hasSuffix("/" + name) { continue }
             unlink(path)
             Checkpoint.removeTree(Self.checkpointDirectory(of: path))
         }
@@ -378,7 +423,9 @@ extension Setup {
                 IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms\(processes))",
                              to: 2)
                 if let failure = checkpoints?.failure {
-                    let after = trigger == .interruption ? "the job gets SIGTERM, a resume starts it afresh on this snapshot" : "the job goes on"
+                    let after = trigger != .interruption ? "the job goes on"
+                        : taken.latestKept.map { "the job gets SIGTERM; \(Escaped.terminal(settings.directory))/latest still names \(Escaped.terminal($0)), whose files and processes a resume restores" }
+                        ?? "the job gets SIGTERM, a resume starts it afresh on this snapshot"
                     IO.writeLine("warning: the job's processes were not dumped (only the snapshot file is kept, \(after)): \(failure)", to: 2)
                 }
                 return true
@@ -401,6 +448,7 @@ extension Setup {
                 Forwarding.intercepting.store(false, ordering: .releasing)
                 // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
                 // ends at the cut, so its last snapshot is never cut short.
+                checkpoints?.atInterruption = true
                 let taken = checkpoints == nil
                     ? boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
                                       directory: settings.directory, checkpoints: nil) { snapshot(.interruption) }
@@ -439,6 +487,8 @@ final class JobCheckpoints: @unchecked Sendable {
     let run: String
     /// Why the last dump failed (nil: it worked).
     var failure: String?
+    /// Set for the dump at SIGTERM.
+    var atInterruption = false
 
     init(directory: String, run: String) {
         self.directory = directory
@@ -449,6 +499,14 @@ final class JobCheckpoints: @unchecked Sendable {
 
     func dump(job: Int32, snapshot name: String) {
         failure = nil
+        // Under SLURM that SIGTERM reached every process of the job at once, not only
+        // run-overlay: a dump now may hold it in a way not seen from outside (a process caught
+        // inside its own handler), and the restored job would end at once. A checkpoint taken
+        // before (the warning signal's, a periodic one) is the sure one: a resume restores it.
+        if atInterruption, environmentValue("SLURM_JOB_ID") != nil, let earlier = JobSnapshotter.latestWithProcesses(in: directory) {
+            failure = "under SLURM this SIGTERM reached every process of the job at once, so a dump now could hold it; the checkpoint taken before, \(Escaped.terminal(earlier)), is kept for the resume"
+            return
+        }
         // This process made the job's PID namespace its children's (unshare): CRIU must start
         // outside it, in this process's own, and the job's is put back after.
         let own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)
@@ -464,12 +522,37 @@ final class JobCheckpoints: @unchecked Sendable {
             failure = "cannot leave the job's PID namespace to run criu: \(error)"
             return
         }
+        let pending = JobSnapshotter.pendingCheckpoint(directory, stamp: name)
+        let namespace = JobFreezer.namespace(of: job)
+        // Those alive now (a child that has exited but is not yet reaped is a zombie already).
+        let members = (namespace.map(JobFreezer.members(of:)) ?? []).filter { pid in
+            let state = JobFreezer.state(of: pid)
+            return state != nil && state != "Z" && state != "X"
+        }
         do {
-            try Checkpoint.dump(root: job, to: JobSnapshotter.pendingCheckpoint(directory, stamp: name), leaveRunning: true,
+            try Checkpoint.dump(root: job, to: pending, leaveRunning: true,
                                 belongsTo: JobSnapshotter.checkpointOwner(run: run, snapshot: name), sharesJobMounts: true)
         } catch {
             failure = error.description
+            return
         }
+        // A dump holding a pending SIGTERM (from outside: SLURM signals every process of the
+        // job) would end as soon as it is restored: it is not kept. Such a signal shows as
+        // pending while the process stays stopped, or ends the process once CRIU lets go of
+        // it (the frozen job's processes do not end otherwise).
+        let why: String
+        if let namespace, let signalled = JobFreezer.pendingTermination(in: namespace) {
+            why = "process \(signalled.pid) of the job already had \(signalled.signal == SIGTERM ? "SIGTERM" : "signal \(signalled.signal)") pending"
+        } else if let gone = members.first(where: { pid in
+            let state = JobFreezer.state(of: pid)
+            return state != "T" && state != "t"
+        }) {
+            why = "process \(gone) of the job ended (or left its stop) while it was frozen and dumped"
+        } else {
+            return
+        }
+        Checkpoint.removeTree(pending)
+        failure = "\(why) (a signal sent to the job's processes from outside, as SLURM sends SIGTERM to every process of a job), so its dump would end as soon as it was restored; dumps taken before that (SIGUSR1, --signal=B:USR1@SECS) are kept"
     }
 }
 

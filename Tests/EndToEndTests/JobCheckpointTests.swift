@@ -130,6 +130,61 @@ struct JobCheckpointTests {
         #expect(s.scene.leftovers().isEmpty, "\(s.scene.leftovers())")
     }
 
+    /// As under SLURM, where a requeue or a time limit sends SIGTERM to every process of the
+    /// job and not only to run-overlay: the job's process already has SIGTERM pending when it
+    /// is to be dumped, so a dump would end as soon as it was restored. None is kept, and
+    /// DIR/latest goes on naming the earlier snapshot whose processes were dumped.
+    @Test(.requires(executable: "python3", "the test job is a Python script"))
+    func aDumpHoldingASigtermFromOutsideIsNotKept() throws {
+        let s = try JobSnapshotScene()
+        let script = try s.write("count.py", """
+            import signal, sys, time
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+            i = 0
+            while True:
+                i += 1
+                print(i, flush=True)
+                time.sleep(0.05)
+            """)
+        // --snapshot-keep 1 never removes the snapshot DIR/latest names.
+        let arguments = ["--snapshot-to", s.snapshots, "--snapshot-keep", "1", "--checkpoint", "-o", s.image, "--", "python3", script]
+        let job = try s.start(arguments)
+        #expect(Self.numbers(job, count: 3).count == 3)
+        job.signal(SIGUSR1)
+        #expect(waitFor(timeout: 30) { Self.entries(s).contains { $0.hasSuffix(".criu") } }, "\(Self.entries(s))")
+        let first = try FileManager.default.destinationOfSymbolicLink(atPath: s.snapshots + "/latest")
+        let seen = Self.numbers(job, count: 3)
+        #expect(seen.count == 3)
+
+        // SIGTERM reaches the job's process while it is stopped, so it stays pending there.
+        let found = try run(["pgrep", "-x", "-f", "python3 \(script)"])
+        let pid = try #require(Int32(found.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), "\(found)")
+        kill(pid, SIGSTOP)
+        #expect(waitFor(timeout: 10) { (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.contains(") T ") == true })
+        kill(pid, SIGTERM)
+        job.signal(SIGTERM)
+        let ended = job.wait(timeout: 60)
+        #expect(ended.status == 178, "\(ended)")
+        // CRIU may refuse the dump itself ("Unexpected ... task interruption"), or make it and
+        // leave the signal pending, which run-overlay then finds: either way nothing is kept.
+        #expect(ended.stderr.contains("warning: the job's processes were not dumped") && ended.stderr.contains("/latest still names "), "\(ended)")
+        #expect(s.taken().count == 2, "\(s.taken())")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: s.snapshots + "/latest") == first)
+        #expect(Self.entries(s).filter { $0.hasSuffix(".criu") } == [first.dropLast(5) + ".criu"], "\(Self.entries(s))")
+        #expect(Self.entries(s).allSatisfy { !$0.hasPrefix(".") }, "\(Self.entries(s))")
+
+        // The resume restores the earlier snapshot's processes: they count on from there.
+        let resumed = try s.start(["--resume"] + arguments)
+        let after = Self.numbers(resumed, count: 3)
+        #expect(after.count == 3 && after[0] > 3 && after[0] <= (seen.last ?? 0), "resumed at \(after), before: \(seen)")
+        resumed.signal(SIGTERM)
+        let finished = resumed.wait(timeout: 60)
+        #expect(finished.status == 177, "\(finished)")
+        #expect(finished.stderr.contains("resuming the job's processes from "), "\(finished)")
+        #expect(s.scene.leftovers().isEmpty, "\(s.scene.leftovers())")
+        #expect(try FixtureImage.isClean(s.image))
+    }
+
     /// A checkpoint CRIU cannot restore (its process tree image damaged after the dump): the
     /// overlay is restored to the snapshot, then the restore fails: status 179, one error
     /// line, the files of the snapshot kept, the checkpoint kept, nothing left running or
