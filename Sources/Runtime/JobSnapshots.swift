@@ -99,6 +99,9 @@ public struct JobSnapshotter {
     /// Who gets the snapshot files (the invoking user).
     let owner: Ext3.Owner
     var whileFrozen: WhileFrozen?
+    /// FUSE mode (an ordinary user): the image is fuse2fs's, flushed through this instead of
+    /// frozen (JobSnapshots+FUSE.swift).
+    var fuse: Fuse2fsFlush? = nil
     /// How long the processes may take to stop before a snapshot is given up.
     static let freezeTimeoutMilliseconds = 10_000
 
@@ -135,21 +138,28 @@ public struct JobSnapshotter {
         var cut: Error?
         do {
             try whileFrozen?(job, stamp.name)
-            _ = FileCalls.syncFilesystem(mount)
-            guard FileCalls.freezeFilesystem(mount) == 0 else {
-                throw RuntimeError.failed("cannot freeze the filesystem of \(image) (FIFREEZE): \(Errno.last)")
-            }
-            do {
-                if FileCalls.cloneFile(output, from: input) != 0 {
-                    try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+            if let fuse {
+                try fuse.cut(from: input, to: output, size: Int64(info.st_size), image: image)
+            } else {
+                _ = FileCalls.syncFilesystem(mount)
+                guard FileCalls.freezeFilesystem(mount) == 0 else {
+                    throw RuntimeError.failed("cannot freeze the filesystem of \(image) (FIFREEZE): \(Errno.last)")
                 }
-            } catch { cut = error }
-            _ = FileCalls.thawFilesystem(mount)
+                do {
+                    if FileCalls.cloneFile(output, from: input) != 0 {
+                        try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+                    }
+                } catch { cut = error }
+                _ = FileCalls.thawFilesystem(mount)
+            }
         } catch { cut = error }
         if cut == nil && killAfterCut() { kill(job, SIGKILL) }
         freezer.thaw()
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
         if let cut { throw cut }
+        if fuse != nil {
+            try Ext3.settleLiveCopy(image: "/proc/self/fd/\(output)", removingWorkFile: Fuse2fsFlush.fileName)
+        }
 
         // With filters: a new image of the files taken, built from the copy (the job goes on
         // meanwhile); the copy, an unnamed file, goes when closed.
@@ -346,9 +356,12 @@ extension Setup {
             return Children.wait(job)?.shellStatus ?? 125
         }
         let checkpoints = settings.checkpoint ? JobCheckpoints(directory: settings.directory, run: settings.id) : nil
+        // FUSE mode: fuse2fs is asked to write the image out instead of a freeze.
+        let fuse = plan.mode == .fuse ? Fuse2fsFlush(mountPoint: image.mountPoint, overlayRoot: plan.root) : nil
+        defer { fuse?.remove() }
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
-                                         whileFrozen: checkpoints?.hook)
+                                         whileFrozen: checkpoints?.hook, fuse: fuse)
         let every = settings.everySeconds.map { $0 * 1000 }
         var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max
         var interruptionStatus: Int32?

@@ -1,0 +1,90 @@
+import Ext3
+import LinuxSupport
+import Snapshot
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The cut in FUSE mode (an ordinary user's run): the writable image is fuse2fs's, which
+/// keeps the superblock, the group descriptors, the bitmaps and a small write-back block cache
+/// in memory and writes them to the image file only when asked. There is no FIFREEZE on a FUSE
+/// mount; instead, with every process of the job stopped (none is inside a request then: a
+/// process stops only on its way back to user space):
+/// 1. syncfs on the overlay (the job's root) and on fuse2fs's mount writes back what the
+///    kernel's page caches hold of them (files the job maps shared), through fuse-overlayfs
+///    (or the kernel's overlay) into fuse2fs;
+/// 2. fsync on a file fuse2fs has open for writing makes fuse2fs write out everything it holds
+///    and fsync the image (fuse2fs 1.47.0's op_fsync: ext2fs_flush2, for a handle opened for
+///    writing; no other request makes it flush without changing the filesystem);
+/// 3. the image file is copied: nothing writes to it any more, since fuse2fs writes only when
+///    a request asks it to, and every writer is stopped.
+/// The file fsync'd is ``fileName`` in the image's `work/` (the overlay's scratch directory,
+/// which it never shows; the image's root is root's, which a user namespace cannot write), made
+/// when the job's snapshots start and removed when they end;
+/// the copy is then settled (``Ext3/settleLiveCopy(image:removingRootFile:)``): the file
+/// removed from it, and its superblock marked clean, as fuse2fs's unmount would.
+///
+/// One thing can still reach fuse2fs during the copy: a release the kernel sends on its own
+/// after a close the job made just before it was stopped. fuse2fs's release writes out the
+/// same metadata again (nothing changed), except for a file deleted while open, which the
+/// FUSE library then deletes for good at its release.
+final class Fuse2fsFlush {
+    /// The file in the image's `work/` that the flush is asked through.
+    static let fileName = ".overlay-snapshot-sync"
+    static let relativePath = "work/" + fileName
+
+    let mountPoint: String
+    let overlayRoot: String
+    private var descriptor: Int32
+    /// Why the flush file could not be opened (every snapshot then fails, saying so).
+    private let openFailure: String?
+
+    /// Opens (making it when missing) the flush file on fuse2fs's mount at `mountPoint`;
+    /// `overlayRoot` is the overlay mounted on it (the job's root).
+    init(mountPoint: String, overlayRoot: String) {
+        self.mountPoint = mountPoint
+        self.overlayRoot = overlayRoot
+        descriptor = open(mountPoint + "/" + Self.relativePath, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        openFailure = descriptor >= 0 ? nil
+            : "cannot open /\(Self.relativePath) in the writable image through fuse2fs, to make it write the image out: \(Errno.last)"
+    }
+
+    /// With the job frozen: everything the kernel and fuse2fs hold of the image goes into the
+    /// image file.
+    func flush() throws {
+        if let openFailure { throw RuntimeError.failed(openFailure) }
+        for path in [overlayRoot, mountPoint] {
+            let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw RuntimeError.failed("cannot open \(path) to sync it: \(Errno.last)") }
+            defer { close(fd) }
+            guard FileCalls.syncFilesystem(fd) == 0 else {
+                throw RuntimeError.failed("cannot sync \(path) (syncfs): \(Errno.last)")
+            }
+        }
+        guard descriptor >= 0, fsync(descriptor) == 0 else {
+            throw RuntimeError.failed("fuse2fs could not write the image out (fsync): \(Errno.last)")
+        }
+    }
+
+    /// Closes and removes the flush file (the job's snapshots are over; the mount is still there).
+    func remove() {
+        guard descriptor >= 0 else { return }
+        close(descriptor)
+        descriptor = -1
+        unlink(mountPoint + "/" + Self.relativePath)
+    }
+
+    deinit { if descriptor >= 0 { close(descriptor) } }
+}
+
+extension Fuse2fsFlush {
+    /// The cut, with the job frozen: the flush, then the image file copied to `output` (a
+    /// reflink where the filesystem holding it can, else its allocated blocks).
+    func cut(from input: Int32, to output: Int32, size: Int64, image: String) throws {
+        try flush()
+        if FileCalls.cloneFile(output, from: input) != 0 {
+            try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: image)
+        }
+    }
+}
