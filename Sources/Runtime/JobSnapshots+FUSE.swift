@@ -88,3 +88,46 @@ extension Fuse2fsFlush {
         }
     }
 }
+
+extension JobSnapshotter {
+    /// FUSE mode: the filtered image (see ``filtered(copy:by:in:)``) is built by a child
+    /// process. The image writer needs threads, which the setup process cannot start once it
+    /// made the job's PID namespace its children's, and in a user namespace it cannot go back
+    /// to its own (setns needs CAP_SYS_ADMIN over the host's); a child it forks is a process
+    /// of the job's PID namespace, where threads may start. It writes into an unnamed file this
+    /// process made, and says how many entries it wrote, or why it failed, through a pipe.
+    static func filteredInChild(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
+        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
+        var built = false
+        defer { if !built { close(output) } }
+        let ends: Pipe
+        do { ends = try Pipe() } catch { throw RuntimeError.failed("cannot build the filtered snapshot: \(error.errno)") }
+        let readEnd = ends.readEnd
+        let writeEnd = ends.writeEnd
+        fflush(nil)
+        let child: Int32
+        do { child = try Children.fork() } catch {
+            throw RuntimeError.failed("cannot start the process that builds the filtered snapshot: \(error.errno)")
+        }
+        if child == 0 {
+            readEnd.close()
+            var status: Int32 = 0
+            let reply: String
+            do { reply = "\(try write(copy: copy, by: filter, to: output))" } catch {
+                reply = "\(error)"
+                status = 1
+            }
+            try? IO.writeAll(writeEnd.rawValue, Array(reply.utf8))
+            _exit(status)
+        }
+        writeEnd.close()
+        let reply = String(decoding: (try? IO.readAll(readEnd.rawValue)) ?? [], as: UTF8.self)
+        let status = Children.wait(child)
+        guard status == .exited(0), let entries = Int(reply) else {
+            throw RuntimeError.failed(reply.isEmpty ? "the process building the filtered snapshot ended without a word (\(String(describing: status)))" : reply)
+        }
+        built = true
+        return (output, entries)
+    }
+}

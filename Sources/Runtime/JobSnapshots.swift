@@ -168,7 +168,8 @@ public struct JobSnapshotter {
         var filteredImage: Int32 = -1
         defer { if filteredImage >= 0 { close(filteredImage) } }
         if let filter = try SnapshotFilter.of(settings) {
-            (filteredImage, entries) = try Self.filtered(copy: output, by: filter, in: settings.directory)
+            (filteredImage, entries) = try fuse == nil ? Self.filtered(copy: output, by: filter, in: settings.directory)
+                : Self.filteredInChild(copy: output, by: filter, in: settings.directory)
             snapshot = filteredImage
         }
 
@@ -223,7 +224,20 @@ public struct JobSnapshotter {
     }
 
     static func build(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
-        let image = try Ext3.Image(path: "/proc/\(getpid())/fd/\(copy)")
+        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
+        do {
+            return (output, try write(copy: copy, by: filter, to: output))
+        } catch {
+            close(output)
+            throw error
+        }
+    }
+
+    /// Writes into `output` (an empty file) the image of what `filter` takes of the image copy
+    /// `copy`; returns how many files and directories it holds.
+    static func write(copy: Int32, by filter: SnapshotFilter, to output: Int32) throws -> Int {
+        let image = try Ext3.Image(path: "/proc/self/fd/\(copy)")
         defer { try? image.close() }
         let contents = try Ext3.ImageContents(image: image).pruned(taking: filter.takes)
         // Room for the description and a little more.
@@ -232,15 +246,8 @@ public struct JobSnapshotter {
         let size = try Ext3.PackSource.smallestSize(inodes: inodes, freeBlocks: blocks)
         let top = contents.upper.nodes[0]
         let formatter = try Ext3.Formatter(.init(sizeBytes: size, minimumInodes: inodes, owner: Ext3.Owner(uid: top.uid, gid: top.gid)))
-        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
-        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
-        do {
-            _ = try formatter.write(contents, to: "/proc/\(getpid())/fd/\(output)")
-        } catch {
-            close(output)
-            throw error
-        }
-        return (output, contents.upper.inodeCount)
+        _ = try formatter.write(contents, to: "/proc/self/fd/\(output)")
+        return contents.upper.inodeCount
     }
 
     /// Names the finished copy `<stamp>.ext3`, else `<stamp>-2.ext3`, ... (two in one second).
