@@ -25,11 +25,18 @@ import Glibc
 /// the copy is then settled (``Ext3/settleLiveCopy(image:removingRootFile:)``): the file
 /// removed from it, and its superblock marked clean, as fuse2fs's unmount would.
 ///
-/// One thing can still reach fuse2fs during the copy: a release the kernel sends on its own
-/// after a close the job made just before it was stopped. fuse2fs's release writes out the
-/// same metadata again (nothing changed), except for a file deleted while open, which the
-/// FUSE library then deletes for good at its release.
+/// One thing can still reach fuse2fs after the flush: a request the kernel sends on its own,
+/// such as the release after a close the job made just before it was stopped (fuse2fs's
+/// release writes its metadata out again; the FUSE library's release deletes for good a file
+/// deleted while open). So the cut checks that fuse2fs answered no request while the image was
+/// copied: it answers each by a write to /dev/fuse, which its write-call count in
+/// /proc/PID/io shows. When it did, the flush and the copy are made again (the job is still
+/// frozen), at most ``attempts`` times.
 final class Fuse2fsFlush {
+    /// How many times the flush and the copy are tried before the snapshot is given up.
+    static let attempts = 3
+    /// fuse2fs's pid (nil: not known; the copy is then not checked).
+    let driver: Int32?
     /// The file in the image's `work/` that the flush is asked through.
     static let fileName = ".overlay-snapshot-sync"
     static let relativePath = "work/" + fileName
@@ -42,9 +49,10 @@ final class Fuse2fsFlush {
 
     /// Opens (making it when missing) the flush file on fuse2fs's mount at `mountPoint`;
     /// `overlayRoot` is the overlay mounted on it (the job's root).
-    init(mountPoint: String, overlayRoot: String) {
+    init(mountPoint: String, overlayRoot: String, driver: Int32?) {
         self.mountPoint = mountPoint
         self.overlayRoot = overlayRoot
+        self.driver = driver
         descriptor = open(mountPoint + "/" + Self.relativePath, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
         openFailure = descriptor >= 0 ? nil
             : "cannot open /\(Self.relativePath) in the writable image through fuse2fs, to make it write the image out: \(Errno.last)"
@@ -80,11 +88,37 @@ final class Fuse2fsFlush {
 
 extension Fuse2fsFlush {
     /// The cut, with the job frozen: the flush, then the image file copied to `output` (a
-    /// reflink where the filesystem holding it can, else its allocated blocks).
+    /// reflink where the filesystem holding it can, else its allocated blocks); again when
+    /// fuse2fs answered a request meanwhile.
     func cut(from input: Int32, to output: Int32, size: Int64, image: String) throws {
-        try flush()
-        if FileCalls.cloneFile(output, from: input) != 0 {
-            try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: image)
+        for _ in 1...Self.attempts {
+            try flush()
+            let before = driver.flatMap(Self.writeCalls)
+            guard ftruncate(output, 0) == 0 else { throw RuntimeError.failed("cannot empty the snapshot's file: \(Errno.last)") }
+            if FileCalls.cloneFile(output, from: input) != 0 {
+                try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: image)
+            }
+            guard let before else { return }
+            if driver.flatMap(Self.writeCalls) == before { return }
+        }
+        throw RuntimeError.failed("fuse2fs kept answering requests while \(image) was copied (\(Self.attempts) times), so the copy may not be one instant")
+    }
+
+    /// The `syscw` of /proc/PID/io: how many write calls the process made.
+    static func writeCalls(of pid: Int32) -> Int? {
+        guard let text = NativeRuntime.readSmallFile("/proc/\(pid)/io") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("syscw:") {
+            return Int(String(line.dropFirst(6)).trimmingWhitespace)
+        }
+        return nil
+    }
+
+    /// Which of `drivers` is the fuse2fs that mounted `mountPoint` (its command line names it).
+    static func driver(among drivers: [Int32], mountPoint: String) -> Int32? {
+        drivers.first { pid in
+            guard let line = NativeRuntime.readSmallFile("/proc/\(pid)/cmdline") else { return false }
+            let arguments = line.split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+            return arguments.first.map { $0 == "fuse2fs" || $0.hasSuffix("/fuse2fs") } == true && arguments.contains(mountPoint)
         }
     }
 }

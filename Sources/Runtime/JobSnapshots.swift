@@ -364,7 +364,10 @@ extension Setup {
         }
         let checkpoints = settings.checkpoint ? JobCheckpoints(directory: settings.directory, run: settings.id) : nil
         // FUSE mode: fuse2fs is asked to write the image out instead of a freeze.
-        let fuse = plan.mode == .fuse ? Fuse2fsFlush(mountPoint: image.mountPoint, overlayRoot: plan.root) : nil
+        let fuse = plan.mode == .fuse
+            ? Fuse2fsFlush(mountPoint: image.mountPoint, overlayRoot: plan.root,
+                           driver: Fuse2fsFlush.driver(among: daemons.map(\.pid), mountPoint: image.mountPoint))
+            : nil
         defer { fuse?.remove() }
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
