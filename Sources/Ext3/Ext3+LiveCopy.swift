@@ -30,4 +30,24 @@ extension Ext3 {
         try check(ext2fs_flush2(fs, Int32(EXT2_FLAG_FLUSH_NO_SYNC)), "write the filesystem metadata", path: path)
         handle.abandon()
     }
+
+    /// Removes the regular file `name` from the `work/` directory of an image nobody has
+    /// mounted any more (the caller holds its lock), when its filesystem is marked clean (its
+    /// last driver closed it properly); an image in any other state is left as it is. Returns
+    /// whether the file was there and is gone.
+    @discardableResult
+    public static func removeWorkFile(image path: String, named name: String) throws -> Bool {
+        let handle = try FileSystemHandle(path: path, writable: true)
+        defer { handle.abandon() }
+        guard let fs = handle.fs, fs.pointee.super.pointee.s_state & UInt16(EXT2_VALID_FS) != 0,
+              fs.pointee.super.pointee.s_state & UInt16(EXT2_ERROR_FS) == 0 else { return false }
+        var work: ext2_ino_t = 0
+        var ino: ext2_ino_t = 0
+        guard ext2fs_lookup(fs, ext2_ino_t(EXT2_ROOT_INO), "work", 4, nil, &work) == 0, work != 0,
+              ext2fs_lookup(fs, work, name, Int32(name.utf8.count), nil, &ino) == 0, ino != 0 else { return false }
+        try check(ext2fs_read_bitmaps(fs), "read the bitmaps", path: path)
+        try RootFile(name: name, contents: [], owner: .root).remove(from: fs, path: path, directory: work)
+        try handle.close()
+        return true
+    }
 }

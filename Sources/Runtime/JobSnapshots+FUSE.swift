@@ -21,7 +21,7 @@ import Glibc
 ///    a request asks it to, and every writer is stopped.
 /// The file fsync'd is ``fileName`` in the image's `work/` (the overlay's scratch directory,
 /// which it never shows; the image's root is root's, which a user namespace cannot write), made
-/// when the job's snapshots start and removed when they end;
+/// when the job's snapshots start and removed from the image after the teardown;
 /// the copy is then settled (``Ext3/settleLiveCopy(image:removingRootFile:)``): the file
 /// removed from it, and its superblock marked clean, as fuse2fs's unmount would.
 ///
@@ -65,7 +65,7 @@ final class Fuse2fsFlush {
         for path in [overlayRoot, mountPoint] {
             let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             guard fd >= 0 else { throw RuntimeError.failed("cannot open \(path) to sync it: \(Errno.last)") }
-            defer { close(fd) }
+            defer { Glibc.close(fd) }
             guard FileCalls.syncFilesystem(fd) == 0 else {
                 throw RuntimeError.failed("cannot sync \(path) (syncfs): \(Errno.last)")
             }
@@ -75,15 +75,23 @@ final class Fuse2fsFlush {
         }
     }
 
-    /// Closes and removes the flush file (the job's snapshots are over; the mount is still there).
-    func remove() {
+    /// Closes the flush file (the job's snapshots are over). It is not removed through the
+    /// mount: the kernel sends fuse2fs the file's release on its own, and the FUSE library
+    /// turns the removal of a file it still sees open into a rename to `.fuse_hidden...`,
+    /// which the unmount can leave behind. ``removeFile(from:)`` removes it once unmounted.
+    func finish() {
         guard descriptor >= 0 else { return }
-        close(descriptor)
+        Glibc.close(descriptor)
         descriptor = -1
-        unlink(mountPoint + "/" + Self.relativePath)
     }
 
-    deinit { if descriptor >= 0 { close(descriptor) } }
+    /// After the teardown (fuse2fs gone, the image closed clean): removes the flush file from
+    /// the image with libext2fs. A failure leaves only that empty file in `work/`.
+    static func removeFile(from image: String) {
+        _ = try? Ext3.removeWorkFile(image: image, named: fileName)
+    }
+
+    deinit { if descriptor >= 0 { Glibc.close(descriptor) } }
 }
 
 extension Fuse2fsFlush {

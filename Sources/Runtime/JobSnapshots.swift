@@ -368,7 +368,7 @@ extension Setup {
             ? Fuse2fsFlush(mountPoint: image.mountPoint, overlayRoot: plan.root,
                            driver: Fuse2fsFlush.driver(among: daemons.map(\.pid), mountPoint: image.mountPoint))
             : nil
-        defer { fuse?.remove() }
+        defer { fuse?.finish() }
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
                                          whileFrozen: checkpoints?.hook, fuse: fuse)

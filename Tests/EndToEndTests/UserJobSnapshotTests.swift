@@ -79,6 +79,14 @@ struct UserJobSnapshotScene {
         return line.dropFirst("Filesystem state:".count).trimmingCharacters(in: .whitespaces)
     }
 
+    /// After a run with snapshots: neither the file fuse2fs was flushed through nor what the
+    /// FUSE library renames a file removed while open to (`.fuse_hidden...`) is in the overlay.
+    func expectNoFlushFile() throws {
+        let work = try workEntries(image)
+        #expect(!work.contains { $0 == ".overlay-snapshot-sync" || $0.hasPrefix(".fuse_hidden") },
+                "the flush file was left in the overlay: \(work)")
+    }
+
     /// The entries of `work/` in an image (debugfs), without `.` and `..` (fuse-overlayfs makes
     /// `work/work`).
     func workEntries(_ image: String) throws -> [String] {
@@ -142,8 +150,7 @@ struct UserJobSnapshotTests {
         let latest = try FileManager.default.destinationOfSymbolicLink(atPath: s.snapshots + "/latest")
         #expect(s.snapshots + "/" + latest == taken.last)
         #expect(try FixtureImage.isClean(s.image))
-        let work = try s.workEntries(s.image)
-        #expect(!work.contains(".overlay-snapshot-sync"), "the flush file was left in the overlay: \(work)")
+        try s.expectNoFlushFile()
         #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
     }
 
@@ -179,6 +186,7 @@ struct UserJobSnapshotTests {
         #expect(resumed.status == 0 && resumed.stdout == "v2\n", "\(resumed)")
         #expect(resumed.stderr.contains("rolled back"), "\(resumed)")
         #expect(try FixtureImage.isClean(s.image))
+        try s.expectNoFlushFile()
         var info = stat()
         #expect(stat(s.image, &info) == 0 && info.st_uid == s.user.uid, "the restored overlay is not the user's")
         // A requeued SLURM job resumes without being told.
