@@ -36,9 +36,10 @@ extension Ext3 {
             try handle.close()
         }
 
-        /// Removes a regular file of this name at the root, if there is one.
-        func remove(from fs: ext2_filsys, path: String) throws {
-            let root = ext2_ino_t(EXT2_ROOT_INO)
+        /// Removes a regular file of this name at the root (or in the directory `directory`),
+        /// if there is one.
+        func remove(from fs: ext2_filsys, path: String, directory: ext2_ino_t = ext2_ino_t(EXT2_ROOT_INO)) throws {
+            let root = directory
             var ino: ext2_ino_t = 0
             guard ext2fs_lookup(fs, root, name, Int32(name.utf8.count), nil, &ino) == 0, ino != 0 else { return }
             var inode = ext2_inode()

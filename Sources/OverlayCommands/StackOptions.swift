@@ -59,7 +59,7 @@ public struct StackOptions: ParsableArguments {
     public var writableDirs: [String] = []
 
     @Option(name: .customLong("snapshot-to"),
-            help: ArgumentHelp("Take snapshots of the running job (its writable overlay and each --writable-dir, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime as root.",
+            help: ArgumentHelp("Take snapshots of the running job (its writable overlay and each --writable-dir, at one instant: the job is paused for the cut) into this existing directory, as DIR/<UTC time>.ext3, with DIR/latest naming the newest; SIGUSR1 takes one, SIGTERM takes a last one before the job gets it. Native runtime (as root, or as an ordinary user through fuse2fs).",
                                valueName: "dir"))
     public var snapshotTo: String?
 
@@ -90,7 +90,7 @@ public struct StackOptions: ParsableArguments {
     @Flag(help: "With --snapshot-to: when DIR/latest exists, put the writable overlay back to that snapshot before the job starts (what was written after it is rolled back); else start fresh. Implied when SLURM_RESTART_COUNT is above 0. --writable-dir directories are never rolled back.")
     public var resume = false
 
-    @Flag(help: "With --snapshot-to: each job snapshot also dumps the job's processes with CRIU (DIR/<time>.criu beside DIR/<time>.ext3); at SIGTERM the job is dumped and ends (status 177; 178: the dump failed or could hold a SIGTERM sent to the job from outside, as SLURM does, and under SLURM whenever a checkpoint exists already: the snapshot file alone was kept, and DIR/latest stays on an earlier snapshot with processes if there is one). With --resume, the processes of the latest snapshot are restored in place of the command (status 179: they could not be restored; the overlay keeps the snapshot's files). Native runtime as root.")
+    @Flag(help: "With --snapshot-to: each job snapshot also dumps the job's processes with CRIU (DIR/<time>.criu beside DIR/<time>.ext3); at SIGTERM the job is dumped and ends (status 177; 178: the dump failed or could hold a SIGTERM sent to the job from outside, as SLURM does, and under SLURM whenever a checkpoint exists already: the snapshot file alone was kept, and DIR/latest stays on an earlier snapshot with processes if there is one). With --resume, the processes of the latest snapshot are restored in place of the command (status 179: they could not be restored; the overlay keeps the snapshot's files). Native runtime, as root only.")
     public var checkpoint = false
 
     @Flag(help: "Print the plan (mounts and command) and do nothing.")
@@ -386,8 +386,10 @@ public struct StackOptions: ParsableArguments {
             guard runtime is NativeRuntime else {
                 throw CommandFailure("--snapshot-to needs the native runtime (\(runtime.name) replaces this process): give --runtime native")
             }
-            guard geteuid() == 0 else {
-                throw CommandFailure("--snapshot-to needs root for now (the job's writable image is cut while frozen through the kernel's mount): run as root, or take snapshots after the job with overlay snapshot create")
+            // An ordinary user's job snapshots are cut through fuse2fs (FUSE mode); their
+            // processes cannot be dumped.
+            guard geteuid() == 0 || !checkpoint else {
+                throw CommandFailure("--checkpoint needs root (CRIU cannot dump or restore a job run in a user namespace through FUSE drivers): leave --checkpoint out to keep job snapshots of the files, or run as root")
             }
         }
         var own: (path: String, slot: Int?)?

@@ -27,9 +27,10 @@ extension JobSnapshotter {
         }
         let cp = findExecutable("cp") ?? "/bin/cp"
         for (index, directory) in writableDirs.enumerated() {
-            let result = try Self.inOwnPIDNamespace {
-                try ProgramRunner.run(cp, ["cp", "-a", "--reflink=auto", "--", directory, staging + "/\(index)"])
-            }
+            let copy = { try ProgramRunner.run(cp, ["cp", "-a", "--reflink=auto", "--", directory, staging + "/\(index)"]) }
+            // In FUSE mode (a user namespace) the setup process cannot go back to its own PID
+            // namespace; cp then runs in the job's, which it leaves again at once.
+            let result = try fuse == nil ? Self.inOwnPIDNamespace(copy) : copy()
             guard result.status == 0 else {
                 let reason = result.output.split(whereSeparator: \.isNewline).first.map(String.init) ?? "status \(result.status)"
                 throw RuntimeError.failed("cannot copy --writable-dir \(Escaped.terminal(directory)): \(Escaped.terminal(reason))")
@@ -41,42 +42,64 @@ extension JobSnapshotter {
     /// copy `copy`'s upper/ with each staged writable dir grafted at its path, both taken
     /// through `filter` when there is one (an overlay path relative to upper/, a writable dir's
     /// relative to the directory itself), and an empty work/; and how many entries upper/ holds.
+    /// With `inChild` (FUSE mode), a child process builds it (``buildInChild(in:_:)``).
     static func withWritableDirs(copy: Int32, staging: String, directories: [String], filter: SnapshotFilter?,
-                                 owner: Ext3.Owner, in directory: String) throws -> (fd: Int32, entries: Int) {
-        try inOwnPIDNamespace {
-            let image = try Ext3.Image(path: "/proc/\(getpid())/fd/\(copy)")
-            defer { try? image.close() }
-            var contents = try Ext3.ImageContents(image: image)
-            if let filter { contents = contents.pruned(taking: filter.takes) }
-            var sources: [Ext3.PackSource] = []
-            for (index, path) in directories.enumerated() {
-                var source = try Ext3.PackSource(directoryOnThisThread: staging + "/\(index)")
-                if let filter { source.prune(taking: filter.takes) }
-                try source.placeAsCaptured(at: path, owner: owner)
-                sources.append(source)
+                                 owner: Ext3.Owner, in directory: String, inChild: Bool = false) throws -> (fd: Int32, entries: Int) {
+        if inChild {
+            return try buildInChild(in: directory) { output in
+                try grafted(copy: copy, staging: staging, directories: directories, filter: filter, owner: owner) {
+                    try write($0, to: output)
+                }
             }
-            let merged = try Ext3.PackSource.merging(sources, path: directories.joined(separator: ", "))
-            return try write(contents.grafting(merged.tree), in: directory)
         }
+        return try inOwnPIDNamespace {
+            try grafted(copy: copy, staging: staging, directories: directories, filter: filter, owner: owner) {
+                try write($0, in: directory)
+            }
+        }
+    }
+
+    /// `body` given the contents of the image copy `copy` with each staged writable dir
+    /// grafted at its path (the copy stays open while `body` runs: the contents read from it).
+    static func grafted<T>(copy: Int32, staging: String, directories: [String], filter: SnapshotFilter?,
+                           owner: Ext3.Owner, _ body: (Ext3.ImageContents) throws -> T) throws -> T {
+        let image = try Ext3.Image(path: "/proc/self/fd/\(copy)")
+        defer { try? image.close() }
+        var contents = try Ext3.ImageContents(image: image)
+        if let filter { contents = contents.pruned(taking: filter.takes) }
+        var sources: [Ext3.PackSource] = []
+        for (index, path) in directories.enumerated() {
+            var source = try Ext3.PackSource(directoryOnThisThread: staging + "/\(index)")
+            if let filter { source.prune(taking: filter.takes) }
+            try source.placeAsCaptured(at: path, owner: owner)
+            sources.append(source)
+        }
+        let merged = try Ext3.PackSource.merging(sources, path: directories.joined(separator: ", "))
+        return try body(try contents.grafting(merged.tree))
     }
 
     /// `contents` formatted into a new unnamed file in `directory`, sized to what it holds
     /// with room for the description; and how many entries its upper/ holds.
     static func write(_ contents: Ext3.ImageContents, in directory: String) throws -> (fd: Int32, entries: Int) {
+        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
+        do {
+            return (output, try write(contents, to: output))
+        } catch {
+            close(output)
+            throw error
+        }
+    }
+
+    /// `contents` formatted into `output` (an empty file); how many entries its upper/ holds.
+    static func write(_ contents: Ext3.ImageContents, to output: Int32) throws -> Int {
         let inodes = contents.inodesNeeded + 16
         let blocks = contents.blocksNeeded + contents.blocksNeeded / 8 + 64
         let size = try Ext3.PackSource.smallestSize(inodes: inodes, freeBlocks: blocks)
         let top = contents.upper.nodes[0]
         let formatter = try Ext3.Formatter(.init(sizeBytes: size, minimumInodes: inodes, owner: Ext3.Owner(uid: top.uid, gid: top.gid)))
-        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
-        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
-        do {
-            _ = try formatter.write(contents, to: "/proc/\(getpid())/fd/\(output)")
-        } catch {
-            close(output)
-            throw error
-        }
-        return (output, contents.upper.inodeCount)
+        _ = try formatter.write(contents, to: "/proc/self/fd/\(output)")
+        return contents.upper.inodeCount
     }
 }
 

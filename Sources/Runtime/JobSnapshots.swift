@@ -121,6 +121,9 @@ public struct JobSnapshotter {
     /// The `--writable-dir` directories (absolute), copied while the job is frozen and packed
     /// into the snapshot at their paths (JobSnapshots+WritableDirs.swift).
     var writableDirs: [String] = []
+    /// FUSE mode (an ordinary user): the image is fuse2fs's, flushed through this instead of
+    /// frozen (JobSnapshots+FUSE.swift).
+    var fuse: Fuse2fsFlush? = nil
     /// How long the processes may take to stop before a snapshot is given up.
     static let freezeTimeoutMilliseconds = 10_000
 
@@ -160,16 +163,20 @@ public struct JobSnapshotter {
         var cut: Error?
         do {
             try whileFrozen?(job, stamp.name)
-            _ = FileCalls.syncFilesystem(mount)
-            guard FileCalls.freezeFilesystem(mount) == 0 else {
-                throw RuntimeError.failed("cannot freeze the filesystem of \(image) (FIFREEZE): \(Errno.last)")
-            }
-            do {
-                if FileCalls.cloneFile(output, from: input) != 0 {
-                    try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+            if let fuse {
+                try fuse.cut(from: input, to: output, size: Int64(info.st_size), image: image)
+            } else {
+                _ = FileCalls.syncFilesystem(mount)
+                guard FileCalls.freezeFilesystem(mount) == 0 else {
+                    throw RuntimeError.failed("cannot freeze the filesystem of \(image) (FIFREEZE): \(Errno.last)")
                 }
-            } catch { cut = error }
-            _ = FileCalls.thawFilesystem(mount)
+                do {
+                    if FileCalls.cloneFile(output, from: input) != 0 {
+                        try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+                    }
+                } catch { cut = error }
+                _ = FileCalls.thawFilesystem(mount)
+            }
         } catch { cut = error }
         // Each writable dir, copied while the job is still stopped.
         let staging = writableDirs.isEmpty ? nil : Self.stagingDirectory(settings.directory, stamp: stamp.name)
@@ -181,6 +188,9 @@ public struct JobSnapshotter {
         freezer.thaw()
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
         if let cut { throw cut }
+        if fuse != nil {
+            try Ext3.settleLiveCopy(image: "/proc/self/fd/\(output)", removingWorkFile: Fuse2fsFlush.fileName)
+        }
 
         // With filters: a new image of the files taken, built from the copy (the job goes on
         // meanwhile); the copy, an unnamed file, goes when closed.
@@ -191,10 +201,11 @@ public struct JobSnapshotter {
         if let staging {
             (filteredImage, entries) = try Self.withWritableDirs(copy: output, staging: staging, directories: writableDirs,
                                                                  filter: try SnapshotFilter.of(settings), owner: owner,
-                                                                 in: settings.directory)
+                                                                 in: settings.directory, inChild: fuse != nil)
             snapshot = filteredImage
         } else if let filter = try SnapshotFilter.of(settings) {
-            (filteredImage, entries) = try Self.filtered(copy: output, by: filter, in: settings.directory)
+            (filteredImage, entries) = try fuse == nil ? Self.filtered(copy: output, by: filter, in: settings.directory)
+                : Self.filteredInChild(copy: output, by: filter, in: settings.directory)
             snapshot = filteredImage
         }
 
@@ -266,7 +277,20 @@ public struct JobSnapshotter {
     }
 
     static func build(copy: Int32, by filter: SnapshotFilter, in directory: String) throws -> (fd: Int32, entries: Int) {
-        let image = try Ext3.Image(path: "/proc/\(getpid())/fd/\(copy)")
+        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
+        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
+        do {
+            return (output, try write(copy: copy, by: filter, to: output))
+        } catch {
+            close(output)
+            throw error
+        }
+    }
+
+    /// Writes into `output` (an empty file) the image of what `filter` takes of the image copy
+    /// `copy`; returns how many files and directories it holds.
+    static func write(copy: Int32, by filter: SnapshotFilter, to output: Int32) throws -> Int {
+        let image = try Ext3.Image(path: "/proc/self/fd/\(copy)")
         defer { try? image.close() }
         let contents = try Ext3.ImageContents(image: image).pruned(taking: filter.takes)
         // Room for the description and a little more.
@@ -275,15 +299,8 @@ public struct JobSnapshotter {
         let size = try Ext3.PackSource.smallestSize(inodes: inodes, freeBlocks: blocks)
         let top = contents.upper.nodes[0]
         let formatter = try Ext3.Formatter(.init(sizeBytes: size, minimumInodes: inodes, owner: Ext3.Owner(uid: top.uid, gid: top.gid)))
-        let output = FileCalls.openUnnamed(in: directory, mode: 0o644)
-        guard output >= 0 else { throw RuntimeError.failed("cannot make a file in \(directory): \(Errno.last)") }
-        do {
-            _ = try formatter.write(contents, to: "/proc/\(getpid())/fd/\(output)")
-        } catch {
-            close(output)
-            throw error
-        }
-        return (output, contents.upper.inodeCount)
+        _ = try formatter.write(contents, to: "/proc/self/fd/\(output)")
+        return contents.upper.inodeCount
     }
 
     /// Names the finished copy `<stamp>.ext3`, else `<stamp>-2.ext3`, ... (two in one second).
@@ -406,9 +423,15 @@ extension Setup {
             return Children.wait(job)?.shellStatus ?? 125
         }
         let checkpoints = settings.checkpoint ? JobCheckpoints(directory: settings.directory, run: settings.id) : nil
+        // FUSE mode: fuse2fs is asked to write the image out instead of a freeze.
+        let fuse = plan.mode == .fuse
+            ? Fuse2fsFlush(mountPoint: image.mountPoint, overlayRoot: plan.root,
+                           driver: Fuse2fsFlush.driver(among: daemons.map(\.pid), mountPoint: image.mountPoint))
+            : nil
+        defer { fuse?.finish() }
         let snapshotter = JobSnapshotter(settings: settings, image: image.path, mountPoint: image.mountPoint,
                                          owner: Ext3.Owner(uid: plan.identity.uid, gid: plan.identity.gid),
-                                         whileFrozen: checkpoints?.hook, writableDirs: settings.writableDirs)
+                                         whileFrozen: checkpoints?.hook, writableDirs: settings.writableDirs, fuse: fuse)
         Self.removeAbandoned(in: settings.directory)
         let every = settings.everySeconds.map { $0 * 1000 }
         var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max

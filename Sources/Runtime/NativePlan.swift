@@ -257,7 +257,11 @@ public struct NativePlan: Codable, Equatable, Sendable {
         if let snapshots = jobSnapshots {
             let every = snapshots.everySeconds.map { "every \($0) s, " } ?? ""
             let keep = snapshots.keep.map { ", keeping the newest \($0)" } ?? ""
-            lines.append("job snapshots to \(q(snapshots.directory)) (\(every)on SIGUSR1, and on SIGTERM before passing it on\(keep)): SIGSTOP the job's processes, syncfs + FIFREEZE \(images.first { !$0.readOnly }?.mountPoint ?? ""), copy the image (reflink, else its used blocks), FITHAW, SIGCONT")
+            let writable = images.first { !$0.readOnly }?.mountPoint ?? ""
+            let cut = mode == .kernel
+                ? "syncfs + FIFREEZE \(writable), copy the image (reflink, else its used blocks), FITHAW"
+                : "syncfs \(root) and \(writable), fsync \(writable)/\(Fuse2fsFlush.relativePath) (fuse2fs writes the image out), copy the image (reflink, else its used blocks), mark the copy clean"
+            lines.append("job snapshots to \(q(snapshots.directory)) (\(every)on SIGUSR1, and on SIGTERM before passing it on\(keep)): SIGSTOP the job's processes, \(cut), SIGCONT")
             if !snapshots.include.isEmpty || !snapshots.exclude.isEmpty {
                 let regexes = snapshots.include.map { "--snapshot-include \(q($0))" } + snapshots.exclude.map { "--snapshot-exclude \(q($0))" }
                 lines.append("then, while the job goes on, a new image holding only the files that \(regexes.joined(separator: " ")) take, built from the copy; the copy is dropped")

@@ -109,6 +109,10 @@ struct Setup: ~Copyable {
             report("\(error)")
         }
         tearDown()
+        // FUSE mode: the file job snapshots flushed fuse2fs through goes, now that it is unmounted.
+        if plan.mode == .fuse, plan.jobSnapshots != nil, let image = plan.images.first(where: { !$0.readOnly }) {
+            Fuse2fsFlush.removeFile(from: image.path)
+        }
         if let watchdog = watchdog.take() {
             // Done: the drivers are gone. It exits before this process does, so that it holds
             // no lock when the tool returns.
