@@ -470,9 +470,11 @@ extension Setup {
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
                 // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
-                // ends at the cut, so its last snapshot is never cut short.
+                // ends at the cut, so its last snapshot is never cut short. In FUSE mode the bound
+                // is not kept: its watcher process must live outside the job's PID namespace,
+                // which a user namespace cannot go back to.
                 checkpoints?.atInterruption = true
-                let taken = checkpoints == nil
+                let taken = checkpoints == nil && fuse == nil
                     ? boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
                                       directory: settings.directory, checkpoints: nil) { snapshot(.interruption) }
                     : snapshot(.interruption)
