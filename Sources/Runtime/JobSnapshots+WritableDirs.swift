@@ -91,7 +91,8 @@ extension JobSnapshotter {
         }
     }
 
-    /// `contents` formatted into `output` (an empty file); how many entries its upper/ holds.
+    /// `contents` formatted into `output` (an empty file), sized to what it holds with room for
+    /// the description and a little more; how many entries its upper/ holds.
     static func write(_ contents: Ext3.ImageContents, to output: Int32) throws -> Int {
         let inodes = contents.inodesNeeded + 16
         let blocks = contents.blocksNeeded + contents.blocksNeeded / 8 + 64

@@ -292,15 +292,7 @@ public struct JobSnapshotter {
     static func write(copy: Int32, by filter: SnapshotFilter, to output: Int32) throws -> Int {
         let image = try Ext3.Image(path: "/proc/self/fd/\(copy)")
         defer { try? image.close() }
-        let contents = try Ext3.ImageContents(image: image).pruned(taking: filter.takes)
-        // Room for the description and a little more.
-        let inodes = contents.inodesNeeded + 16
-        let blocks = contents.blocksNeeded + contents.blocksNeeded / 8 + 64
-        let size = try Ext3.PackSource.smallestSize(inodes: inodes, freeBlocks: blocks)
-        let top = contents.upper.nodes[0]
-        let formatter = try Ext3.Formatter(.init(sizeBytes: size, minimumInodes: inodes, owner: Ext3.Owner(uid: top.uid, gid: top.gid)))
-        _ = try formatter.write(contents, to: "/proc/self/fd/\(output)")
-        return contents.upper.inodeCount
+        return try write(try Ext3.ImageContents(image: image).pruned(taking: filter.takes), to: output)
     }
 
     /// Names the finished copy `<stamp>.ext3`, else `<stamp>-2.ext3`, ... (two in one second).

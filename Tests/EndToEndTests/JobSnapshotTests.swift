@@ -85,6 +85,30 @@ struct JobSnapshotTests {
                 os.pwrite(f, (b'%07d\\n' % g) * 512, i * 4096)
         """
 
+    /// The checks on one snapshot of the `lockstep` and `blocks` jobs: `a` and `b` in a relation
+    /// the job really had, the counter not gone back from `previous`, every block of `big` whole
+    /// and at most one generation behind. The counter `a`, or nil when the job had not made
+    /// its files yet. `cat` reads a path below the overlay's top in the snapshot.
+    static func expectOneInstant(_ snapshot: String, after previous: Int, cat: (String) throws -> String?) throws -> Int? {
+        guard let a = try cat("/jobdata/a").flatMap({ Int($0) }), let b = try cat("/jobdata/b").flatMap({ Int($0) }) else {
+            return nil
+        }
+        #expect(a == b || a == b + 1, "\(snapshot): a=\(a) b=\(b), a state the job never had")
+        #expect(a >= previous, "\(snapshot): the counter went back from \(previous) to \(a)")
+        if let big = try cat("/jobdata/big") {
+            let generations = stride(from: 0, to: big.utf8.count, by: 4096).map { offset -> Int in
+                let block = Array(big.utf8.dropFirst(offset).prefix(4096))
+                let first = Array(block.prefix(8))
+                #expect(block == Array([[UInt8]](repeating: first, count: block.count / 8).joined()), "\(snapshot): a torn block")
+                return Int(String(decoding: first.prefix(7), as: UTF8.self)) ?? -1
+            }
+            let top = generations.first ?? 0
+            let switched = generations.firstIndex { $0 != top } ?? generations.count
+            #expect(generations[switched...].allSatisfy { $0 == top - 1 }, "\(snapshot): generations \(Set(generations))")
+        }
+        return a
+    }
+
     @Test func periodicSnapshotsAreCleanInOrderAndEachOneInstant() throws {
         let s = try JobSnapshotScene()
         let lockstep = try s.write("lockstep.py", Self.lockstep)
@@ -99,25 +123,9 @@ struct JobSnapshotTests {
             #expect(try FixtureImage.isClean(snapshot), "\(snapshot) is not e2fsck-clean")
             let info = try s.run("overlay", ["snapshot", "info", "--json", snapshot])
             #expect(info.stdout.contains("\"trigger\":\"interval\""), "\(info)")
-            guard let a = try s.cat(snapshot, "/jobdata/a").flatMap({ Int($0) }),
-                  let b = try s.cat(snapshot, "/jobdata/b").flatMap({ Int($0) }) else {
-                // The first snapshot may come before the job made its files.
-                continue
-            }
-            #expect(a == b || a == b + 1, "\(snapshot): a=\(a) b=\(b), a state the job never had")
-            #expect(a >= previous, "\(snapshot): the counter went back from \(previous) to \(a)")
+            // The first snapshot may come before the job made its files.
+            guard let a = try Self.expectOneInstant(snapshot, after: previous, cat: { try s.cat(snapshot, $0) }) else { continue }
             previous = a
-            if let big = try s.cat(snapshot, "/jobdata/big") {
-                let generations = stride(from: 0, to: big.utf8.count, by: 4096).map { offset -> Int in
-                    let block = Array(big.utf8.dropFirst(offset).prefix(4096))
-                    let first = Array(block.prefix(8))
-                    #expect(block == Array([[UInt8]](repeating: first, count: block.count / 8).joined()), "\(snapshot): a torn block")
-                    return Int(String(decoding: first.prefix(7), as: UTF8.self)) ?? -1
-                }
-                let top = generations.first ?? 0
-                let switched = generations.firstIndex { $0 != top } ?? generations.count
-                #expect(generations[switched...].allSatisfy { $0 == top - 1 }, "\(snapshot): generations \(Set(generations))")
-            }
         }
         #expect(previous > 0, "no snapshot showed the job's files")
         let latest = try FileManager.default.destinationOfSymbolicLink(atPath: s.snapshots + "/latest")
