@@ -133,6 +133,40 @@ struct JobSnapshotTests {
         #expect(try FixtureImage.isClean(s.image))
     }
 
+    /// mount-overlay's interactive shell, on a terminal (script(1) gives it one), takes job
+    /// snapshots the same way: SIGUSR1 to mount-overlay cuts one of what the shell wrote.
+    @Test(.requires(executable: "script", "bsdutils: a terminal for the interactive shell"), .requires(executable: "pgrep", "procps"))
+    func mountOverlaysShellTakesASnapshotOnSigusr1() throws {
+        let s = try JobSnapshotScene()
+        let command = ([product("mount-overlay"), "--runtime", "native", "--snapshot-to", s.snapshots, "-o", s.image])
+            .map { "'" + $0 + "'" }.joined(separator: " ")
+        let shell = try SpawnedProcess(["script", "-qec", command, "/dev/null"],
+                                       environment: s.environment.merging(["SHELL": "/bin/bash"]) { $1 },
+                                       currentDirectory: s.scene.directory.path, stdin: .pipe)
+        defer { shell.signal(SIGKILL); _ = shell.wait(timeout: 10) }
+        shell.write("echo from-the-shell > /typed.txt; echo written\n")
+        // Once the shell wrote the file: its own "written" line, after the terminal's codes (the
+        // terminal also echoes the command line, which holds the word).
+        var written = false
+        let deadline = Date().addingTimeInterval(60)
+        while !written, Date() < deadline, let line = shell.readLine(timeout: 60) {
+            let text = line.trimmingCharacters(in: .whitespacesAndNewlines)
+            written = text.hasSuffix("written") && !text.contains("echo")
+        }
+        try #require(written, "the shell did not run the command")
+        let found = try TestSupport.run(["pgrep", "-f", "-x", "-o", command.replacingOccurrences(of: "'", with: "")])
+        let pid = try #require(Int32(found.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), "no mount-overlay: \(found)")
+        kill(pid, SIGUSR1)
+        for _ in 0..<200 where s.taken().isEmpty { usleep(50_000) }
+        let taken = s.taken()
+        try #require(taken.count == 1, "\(taken)")
+        #expect(try s.cat(taken[0], "/typed.txt") == "from-the-shell\n")
+        #expect(try FixtureImage.isClean(taken[0]))
+        shell.write("exit 3\n")
+        #expect(shell.wait(timeout: 60).status == 3)
+        #expect(try FixtureImage.isClean(s.image))
+    }
+
     @Test func sigusr1TakesOneAndSigtermTakesALastOneBeforeTheJobGetsIt() throws {
         let s = try JobSnapshotScene()
         let marker = s.scene.file("got-term")
