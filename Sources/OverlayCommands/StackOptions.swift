@@ -68,7 +68,7 @@ public struct StackOptions: ParsableArguments {
     public var snapshotEvery: Int?
 
     @Option(name: .customLong("snapshot-timeout"),
-            help: ArgumentHelp("With --snapshot-to: the most the last snapshot at SIGTERM may take (default 20, decimals allowed); when it runs out the snapshot is dropped whole, the job gets SIGTERM and the status is 175. Keep it below SLURM's KillWait (time limit) or GraceTime (preemption). Not with --checkpoint; not kept yet for an ordinary user (FUSE mode).",
+            help: ArgumentHelp("With --snapshot-to: the most the last snapshot at SIGTERM may take (default 20, decimals allowed); when it runs out the snapshot is dropped whole, the job gets SIGTERM and the status is 175. Keep it below SLURM's KillWait (time limit) or GraceTime (preemption). Not with --checkpoint.",
                                valueName: "seconds"))
     public var snapshotTimeout: Double?
 

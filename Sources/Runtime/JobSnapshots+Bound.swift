@@ -16,8 +16,9 @@ extension Setup {
     /// for it at most `seconds`. True when it worked; false when it failed or the bound
     /// passed (then nothing of it is left and one line on stderr says so). With
     /// `checkpoints`, the child's dump outcome is brought back into it.
+    /// With `inJobNamespace` (FUSE mode) the child is forked into the job's PID namespace.
     func boundedSnapshot(within seconds: Double, job: Int32, mountPoint: String, directory: String,
-                         checkpoints: JobCheckpoints?, take: () -> Bool) -> Bool {
+                         checkpoints: JobCheckpoints?, inJobNamespace: Bool = false, take: () -> Bool) -> Bool {
         let deadline = MonotonicClock.milliseconds + Int((seconds * 1000).rounded(.up))
         let before = Set(JobSnapshotter.snapshotNames(in: directory))
         let namespace = JobFreezer.namespace(of: job)
@@ -27,11 +28,14 @@ extension Setup {
             return false
         }
         // The child in this process's own PID namespace, not the job's (which the freeze scans).
+        // In FUSE mode (a user namespace, which cannot go back to its own PID namespace) it is
+        // a process of the job's: the freeze leaves it out and signals by /proc descriptors.
         let child: Int32
         do {
-            child = try JobSnapshotter.inOwnPIDNamespace { () throws -> Int32 in
+            let fork = { () throws -> Int32 in
                 do { return try Children.fork() } catch { throw RuntimeError.failed("cannot fork: \(error)") }
             }
+            child = try inJobNamespace ? fork() : JobSnapshotter.inOwnPIDNamespace(fork)
         } catch {
             close(ends[0])
             close(ends[1])

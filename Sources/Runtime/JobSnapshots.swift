@@ -1,3 +1,4 @@
+import CLinux
 import Checkpoint
 import Ext3
 import LinuxSupport
@@ -25,17 +26,38 @@ struct JobFreezer {
         return String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    /// The processes whose PID namespace is `namespace`.
+    /// The processes whose PID namespace is `namespace` (as /proc numbers them), but this one:
+    /// the process that takes a bounded snapshot in FUSE mode lives in the job's namespace.
     static func members(of namespace: String) -> [Int32] {
         guard let dir = opendir("/proc") else { return [] }
         defer { closedir(dir) }
+        let me = procSelf()
         var found: [Int32] = []
         while let entry = readdir(dir) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            guard let pid = Int32(name), pid > 0, Self.namespace(of: pid) == namespace else { continue }
+            guard let pid = Int32(name), pid > 0, pid != me, Self.namespace(of: pid) == namespace else { continue }
             found.append(pid)
         }
         return found
+    }
+
+    /// This process's number in /proc (getpid() numbers it in its own PID namespace, which
+    /// differs for a process forked into the job's).
+    static func procSelf() -> Int32 {
+        var buffer = [CChar](repeating: 0, count: 32)
+        let count = readlink("/proc/self", &buffer, buffer.count - 1)
+        guard count > 0 else { return getpid() }
+        return Int32(String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)) ?? getpid()
+    }
+
+    /// Sends `signal` to the process /proc numbers `pid`, through a descriptor of its /proc
+    /// directory (pidfd_send_signal), which means the same process whatever PID namespace the
+    /// sender is in; kill(2) only where that call is missing.
+    static func send(_ signal: Int32, to pid: Int32) {
+        let fd = open("/proc/\(pid)", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        if clinux_pidfd_send_signal(fd, signal) != 0 && errno == ENOSYS { kill(pid, signal) }
     }
 
     /// The state letter of /proc/PID/stat (nil: gone).
@@ -51,12 +73,16 @@ struct JobFreezer {
         guard let namespace = Self.namespace(of: initProcess) else {
             throw RuntimeError.failed("the job has ended")
         }
+        // From inside the job's namespace (FUSE mode's bounded snapshot) its first process, the
+        // toolkit's init, cannot be stopped: the kernel drops SIGSTOP sent to a namespace's init
+        // from within. It only starts the command, reaps and passes signals on; it writes no file.
+        let inside = Self.namespace(of: Self.procSelf()) == namespace
         while true {
-            let members = Self.members(of: namespace)
+            let members = Self.members(of: namespace).filter { !inside || $0 != initProcess }
             let new = members.filter { !stopped.contains($0) }
             if new.isEmpty { return }
             for pid in new {
-                kill(pid, SIGSTOP)
+                Self.send(SIGSTOP, to: pid)
                 stopped.append(pid)
             }
             while let running = new.first(where: { pid in
@@ -93,7 +119,7 @@ struct JobFreezer {
 
     /// Continues every process it stopped.
     mutating func thaw() {
-        for pid in stopped { kill(pid, SIGCONT) }
+        for pid in stopped { Self.send(SIGCONT, to: pid) }
         stopped = []
     }
 }
@@ -462,13 +488,13 @@ extension Setup {
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
                 // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
-                // ends at the cut, so its last snapshot is never cut short. In FUSE mode the bound
-                // is not kept: its watcher process must live outside the job's PID namespace,
-                // which a user namespace cannot go back to.
+                // ends at the cut, so its last snapshot is never cut short.
                 checkpoints?.atInterruption = true
-                let taken = checkpoints == nil && fuse == nil
+                let taken = checkpoints == nil
                     ? boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
-                                      directory: settings.directory, checkpoints: nil) { snapshot(.interruption) }
+                                      directory: settings.directory, checkpoints: nil, inJobNamespace: fuse != nil) {
+                        snapshot(.interruption)
+                    }
                     : snapshot(.interruption)
                 if !taken {
                     interruptionStatus = JobSnapshotter.interruptionFailedStatus

@@ -217,6 +217,29 @@ struct UserJobSnapshotTests {
         #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
     }
 
+    /// The bound on the last snapshot holds for an ordinary user too: its process lives in the
+    /// job's PID namespace there, and the freeze leaves it out.
+    @Test func aFinalSnapshotThatOutrunsTheBoundIsDroppedAndTheJobGetsSigterm() throws {
+        let s = try UserJobSnapshotScene()
+        let image = s.scene.file("mine/big.ext3")
+        let made = try s.run("create-overlay", ["-s", "512", "-n", "1", "-o", image])
+        try #require(made.status == 0, "\(made)")
+        let job = try s.start(["--snapshot-to", s.snapshots, "--snapshot-timeout", "0.1", "--snapshot-include", ".*",
+                               "-o", image, "--", "bash", "-c",
+                               "trap 'echo term > /marker; exit 7' TERM; dd if=/dev/urandom of=/big bs=1M count=256 status=none; "
+                                   + "echo ready; while true; do sleep 0.05; done"])
+        #expect(job.readLine(timeout: 120) == "ready")
+        job.signal(SIGTERM)
+        let result = job.wait(timeout: 60)
+        #expect(result.status == 175, "\(result)")
+        let lines = result.stderr.split(separator: "\n").filter { $0.hasPrefix("error:") || $0.hasPrefix("warning:") || $0.hasPrefix("snapshot ") }
+        #expect(lines.count == 1 && lines[0].contains("did not finish within 0.1 s (--snapshot-timeout)"), "\(result)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: s.snapshots).isEmpty)
+        #expect(try s.cat(image, "/marker") == "term\n", "the job was not continued, or did not get SIGTERM")
+        #expect(try FixtureImage.isClean(image))
+        #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
+    }
+
     @Test func checkpointIsRefusedInOneLine() throws {
         let s = try UserJobSnapshotScene()
         let before = try Data(contentsOf: URL(fileURLWithPath: s.image))
