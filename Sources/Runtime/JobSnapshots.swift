@@ -182,6 +182,11 @@ public struct JobSnapshotter {
         var info = stat()
         fstat(input, &info)
 
+        // What the job wrote so far goes to the image before it is stopped, so that the sync
+        // in the pause has only the last moments' writes left (kernel mode; fuse2fs is flushed
+        // in the pause by its own steps).
+        if fuse == nil { _ = FileCalls.syncFilesystem(mount) }
+
         // The pause: from the first SIGSTOP to the last SIGCONT.
         let start = MonotonicClock.nanoseconds
         var freezer = JobFreezer(initProcess: job)
