@@ -17,7 +17,9 @@ import Glibc
 /// FUSE node 1 is the image's root (inode 2); every other node is the ext3 inode of the same
 /// number. Extended attributes are served as stored, so whiteouts (character devices 0/0) and
 /// opaque directories (`user.overlay.opaque`, `trusted.overlay.opaque`) mean to an overlay
-/// above what they mean on the kernel's own ext3 mount.
+/// above what they mean on the kernel's own ext3 mount. An image that holds no extended
+/// attributes at all says so once (ENOSYS to the first getxattr), so that the kernel stops
+/// asking: a `stat` of each file under the kernel's overlay then costs no round trip.
 ///
 /// The runtime starts it as `<this executable> --serve-image-read-only IMAGE MOUNTPOINT`
 /// in the run's user namespace; it mounts through /dev/fuse, serves until the mount goes
@@ -111,6 +113,12 @@ public enum ImageDriver {
         }
         ops.getxattr = { req, ino, name, size in
             Self.answer(req) { tree in
+                // An image without any extended attributes answers ENOSYS, which the kernel
+                // remembers for the whole mount: every later getxattr fails at once with
+                // EOPNOTSUPP ("none", to overlayfs) instead of costing a round trip. The
+                // kernel's overlay asks each regular file of a lower layer for
+                // `user.overlay.metacopy` when it first looks it up: one round trip a file.
+                if !tree.holdsExtendedAttributes { throw FuseError(ENOSYS) }
                 guard let name else { throw FuseError(EINVAL) }
                 let wanted = Array(UnsafeBufferPointer(start: UnsafeRawPointer(name).assumingMemoryBound(to: UInt8.self), count: strlen(name)))
                 guard let value = try tree.extendedAttributes(Self.inode(ino)).first(where: { $0.name == wanted })?.value else {

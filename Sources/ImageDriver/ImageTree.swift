@@ -158,6 +158,50 @@ final class ImageTree: @unchecked Sendable {
         }
     }
 
+    /// Whether any inode of the image carries extended attributes (in an attribute block or
+    /// in the inode's spare space). Found once, by reading the inode tables of the groups
+    /// that have inodes in use; a table that cannot be read counts as holding some.
+    var holdsExtendedAttributes: Bool {
+        withLock {
+            if let known = extendedAttributesKnown { return known }
+            let found = scanForExtendedAttributes()
+            extendedAttributesKnown = found
+            return found
+        }
+    }
+
+    private var extendedAttributesKnown: Bool?
+
+    private func scanForExtendedAttributes() -> Bool {
+        let sb = fs.pointee.super!
+        let inodeSize = Int(sb.pointee.s_rev_level == 0 ? 128 : UInt32(sb.pointee.s_inode_size))
+        let perGroup = sb.pointee.s_inodes_per_group
+        var scan: OpaquePointer?
+        guard ext2fs_open_inode_scan(fs, 64, &scan) == 0, let scan else { return true }
+        defer { ext2fs_close_inode_scan(scan) }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(inodeSize, MemoryLayout<ext2_inode_large>.size), alignment: 8)
+        defer { buffer.deallocate() }
+        for group in 0..<cext2fs_group_count(fs) {
+            if ext2fs_bg_free_inodes_count(fs, dgrp_t(group)) >= perGroup { continue }
+            guard ext2fs_inode_scan_goto_blockgroup(scan, Int32(group)) == 0 else { return true }
+            for _ in 0..<perGroup {
+                var number: ext2_ino_t = 0
+                guard ext2fs_get_next_inode_full(scan, &number, buffer.assumingMemoryBound(to: ext2_inode.self), Int32(inodeSize)) == 0 else { return true }
+                if number == 0 { break }
+                let inode = buffer.assumingMemoryBound(to: ext2_inode_large.self).pointee
+                guard inode.i_links_count > 0 else { continue }
+                if inode.i_file_acl != 0 { return true }
+                // In-inode attributes: the header's magic right after the inode's extra fields.
+                let extra = Int(inode.i_extra_isize)
+                if inodeSize > 128, extra >= 4, 128 + extra + 4 <= inodeSize,
+                   buffer.loadUnaligned(fromByteOffset: 128 + extra, as: UInt32.self) == 0xEA02_0000 {
+                    return true
+                }
+            }
+        }
+        return false
+    }
+
     func linkTarget(_ inode: UInt32) throws(FuseError) -> [UInt8] {
         try withLock { () throws(FuseError) -> [UInt8] in
             let entry = try node(inode)

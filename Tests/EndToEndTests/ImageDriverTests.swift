@@ -129,6 +129,56 @@ struct ImageDriverTests {
         #expect(!ended.timedOut && ended.status == 0, "\(ended)")
     }
 
+    /// An image with no extended attributes anywhere answers the first getxattr with ENOSYS,
+    /// which the kernel keeps for the mount (the kernel's overlay then asks no file of the
+    /// layer for `user.overlay.metacopy`): getfattr reads "not supported". An image holding
+    /// one attribute keeps answering each file: the one it has, "no such attribute" elsewhere.
+    @Test func anImageWithoutExtendedAttributesSaysSoOnce() throws {
+        let directory = try TempDirectory("image-driver")
+        try FixtureImage.ext3(at: directory.file("plain.ext3"), mebibytes: 16, files: ["srv/a.txt": "a\n", "srv/b.txt": "b\n"])
+        try FixtureImage.ext3(at: directory.file("marked.ext3"), mebibytes: 16, files: ["srv/a.txt": "a\n", "srv/b.txt": "b\n"])
+        let marked = try run(["debugfs", "-w", "-R", "ea_set upper/srv/b.txt user.note hello", directory.file("marked.ext3")])
+        #expect(marked.status == 0, "\(marked)")
+        let mountPoint = directory.file("mnt")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let query = """
+            for f in a.txt b.txt; do getfattr -n user.overlay.metacopy srv/$f 2>&1; getfattr -n user.note --only-values srv/$f 2>&1; echo; done; cat srv/a.txt srv/b.txt
+            """
+
+        var driver = try Self.mount(directory.file("plain.ext3"), at: mountPoint)
+        let plain = try run(["sh", "-c", query], currentDirectory: mountPoint + "/upper")
+        #expect(plain.stdout == """
+            srv/a.txt: user.overlay.metacopy: Operation not supported
+            srv/a.txt: user.note: Operation not supported
+
+            srv/b.txt: user.overlay.metacopy: Operation not supported
+            srv/b.txt: user.note: Operation not supported
+
+            a
+            b
+
+            """, "\(plain)")
+        #expect(umount(mountPoint) == 0)
+        var ended = driver.wait(timeout: 10)
+        #expect(!ended.timedOut && ended.status == 0, "\(ended)")
+
+        driver = try Self.mount(directory.file("marked.ext3"), at: mountPoint)
+        let answered = try run(["sh", "-c", query], currentDirectory: mountPoint + "/upper")
+        #expect(answered.stdout == """
+            srv/a.txt: user.overlay.metacopy: No such attribute
+            srv/a.txt: user.note: No such attribute
+
+            srv/b.txt: user.overlay.metacopy: No such attribute
+            hello
+            a
+            b
+
+            """, "\(answered)")
+        #expect(umount(mountPoint) == 0)
+        ended = driver.wait(timeout: 10)
+        #expect(!ended.timedOut && ended.status == 0, "\(ended)")
+    }
+
     @Test func aMissingImageIsOneLine() throws {
         let directory = try TempDirectory("image-driver")
         let result = try run([product("overlay"), "--serve-image-read-only", directory.file("missing.ext3"), directory.path])
