@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "TarArchiveTests", dependencies: ["TarArchive", "LinuxSupport", "TestSupport"]),
         .testTarget(name: "PackTests", dependencies: ["Pack", "Ext3", "TarArchive", "TestSupport"]),
         .testTarget(name: "OverlayTests", dependencies: ["Overlay", "TestSupport"]),
-        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "TestSupport"]),
+        .testTarget(name: "SnapshotTests", dependencies: ["Snapshot", "Ext3", "TestSupport"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "Overlay", "Ext3", "TestSupport"]),
         // Real CRIU on real process trees (root).
         .testTarget(name: "CheckpointTests", dependencies: ["Checkpoint", "LinuxSupport", "TestSupport"]),

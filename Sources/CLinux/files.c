@@ -89,6 +89,15 @@ int clinux_pipe_cloexec(int ends[2]) { return pipe2(ends, O_CLOEXEC); }
 #endif
 #include <sys/ioctl.h>
 int clinux_ficlone(int destination, int source) { return ioctl(destination, FICLONE, source); }
+struct clinux_clone_range {
+    long long src_fd;
+    unsigned long long src_offset, src_length, dest_offset;
+};
+int clinux_ficlonerange(int destination, int source, long long offset, long long length) {
+    struct clinux_clone_range range = { .src_fd = source, .src_offset = (unsigned long long)offset,
+                                      .src_length = (unsigned long long)length, .dest_offset = (unsigned long long)offset };
+    return ioctl(destination, _IOW(0x94, 13, struct clinux_clone_range), &range);  /* FICLONERANGE */
+}
 #ifndef FIFREEZE
 #define FIFREEZE _IOWR('X', 119, int)
 #define FITHAW _IOWR('X', 120, int)

@@ -35,6 +35,10 @@ public enum FileCalls {
     /// Makes `destination` a reflink copy of `source` (FICLONE): 0, or -1 with errno set where
     /// the filesystem cannot share blocks.
     public static func cloneFile(_ destination: Int32, from source: Int32) -> Int32 { clinux_ficlone(destination, source) }
+    /// FICLONERANGE of `length` bytes at `offset`, to the same offset: 0, or -1 with errno set.
+    public static func cloneRange(_ destination: Int32, from source: Int32, offset: Int64, length: Int64) -> Int32 {
+        clinux_ficlonerange(destination, source, offset, length)
+    }
     /// FIFREEZE / FITHAW on a descriptor of a mount point (root only): 0, or -1 with errno set.
     public static func freezeFilesystem(_ fd: Int32) -> Int32 { clinux_fifreeze(fd) }
     public static func thawFilesystem(_ fd: Int32) -> Int32 { clinux_fithaw(fd) }

@@ -161,6 +161,9 @@ public struct StackOptions: ParsableArguments {
         if snapshotTo == nil && (snapshotEvery != nil || snapshotKeep != nil) {
             throw UsageError("--snapshot-every and --snapshot-keep go with --snapshot-to DIR")
         }
+        if snapshotTo != nil, let problem = StagedCopy.settingProblem() {
+            throw UsageError(problem)
+        }
         if snapshotTo == nil && (!snapshotInclude.isEmpty || !snapshotExclude.isEmpty) {
             throw UsageError("--snapshot-include and --snapshot-exclude filter job snapshots: give --snapshot-to DIR too")
         }

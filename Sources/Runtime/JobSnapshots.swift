@@ -186,6 +186,10 @@ public struct JobSnapshotter {
         // in the pause has only the last moments' writes left (kernel mode; fuse2fs is flushed
         // in the pause by its own steps).
         if fuse == nil { _ = FileCalls.syncFilesystem(mount) }
+        // Where the image cannot be cloned (a first block tells), its used blocks are read into
+        // memory made ready now, and written to the copy after the pause (StagedCopy).
+        var staged = fuse == nil && FileCalls.cloneRange(output, from: input, offset: 0, length: 4096) != 0
+            ? StagedCopy.prepare(input: input, size: Int64(info.st_size)) : nil
 
         // The pause: from the first SIGSTOP to the last SIGCONT.
         let start = MonotonicClock.nanoseconds
@@ -203,7 +207,11 @@ public struct JobSnapshotter {
                 }
                 do {
                     if FileCalls.cloneFile(output, from: input) != 0 {
-                        try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+                        if let staged {
+                            try staged.read(from: input, into: output, size: Int64(info.st_size), path: image)
+                        } else {
+                            try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
+                        }
                     }
                 } catch { cut = error }
                 _ = FileCalls.thawFilesystem(mount)
@@ -219,6 +227,10 @@ public struct JobSnapshotter {
         freezer.thaw()
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
         if let cut { throw cut }
+        // Without filters, the description goes into the copy itself: opened as it is written.
+        let unfiltered = try fuse == nil && staging == nil && SnapshotFilter.of(settings) == nil
+        let editor = try staged?.writeOut(to: output, path: image, openingCopy: unfiltered)
+        staged = nil
         if fuse != nil {
             try Ext3.settleLiveCopy(image: "/proc/self/fd/\(output)", removingWorkFile: Fuse2fsFlush.fileName)
         }
@@ -250,7 +262,11 @@ public struct JobSnapshotter {
         var withJob = description
         withJob.job = .init(id: settings.id, trigger: trigger.rawValue, pauseMilliseconds: pause)
         let file = Ext3.RootFile(name: SnapshotDescription.fileName, contents: Array((withJob.json + "\n").utf8), owner: owner)
-        try file.add(toImage: "/proc/self/fd/\(snapshot)", replacing: true)
+        if let editor, snapshot == output {
+            try editor.add(file, replacing: true)
+        } else {
+            try file.add(toImage: "/proc/self/fd/\(snapshot)", replacing: true)
+        }
         fchown(snapshot, owner.uid, owner.gid)
         fchmod(snapshot, 0o444)
         let path = try link(snapshot, stamp: stamp.name)

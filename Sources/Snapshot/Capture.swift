@@ -162,15 +162,30 @@ public struct SnapshotCapture: Sendable {
     public static func copyAllocated(from input: Int32, to output: Int32, size: Int64, path: String,
                                      openingCopy: Bool = false) throws -> Ext3.RootFileEditor? {
         guard ftruncate(output, off_t(size)) == 0 else { throw SnapshotError("cannot size the copy of \(path): \(Errno.last)") }
-        let used = Ext3.UsedBlocks.read(fd: input, fileSize: size)
+        let (ranges, headBytes) = allocatedRanges(of: input, size: size)
         var copier = RangeCopier(input: input, output: output, path: path)
         var editor: Ext3.RootFileEditor?
-        var offset: Int64 = 0
-        if openingCopy, let used {
-            try copier.copy(0..<used.headBytes)
-            offset = used.headBytes
+        var start: Int64 = 0
+        if openingCopy, let headBytes {
+            try copier.copy(0..<headBytes)
+            start = headBytes
             editor = try Ext3.RootFileEditor(path: "/proc/self/fd/\(output)")
         }
+        for range in ranges where range.upperBound > start {
+            try copier.copy(max(range.lowerBound, start)..<range.upperBound)
+        }
+        if openingCopy && editor == nil { editor = try Ext3.RootFileEditor(path: "/proc/self/fd/\(output)") }
+        return editor
+    }
+
+    /// What ``copyAllocated(from:to:size:path:openingCopy:)`` copies of an image, in order:
+    /// the ranges its bitmaps mark in use where the file has data (every data region when the
+    /// bitmaps cannot be read), and the length of its superblock and group descriptors (nil
+    /// without bitmaps).
+    public static func allocatedRanges(of input: Int32, size: Int64) -> (ranges: [Range<Int64>], headBytes: Int64?) {
+        let used = Ext3.UsedBlocks.read(fd: input, fileSize: size)
+        var ranges: [Range<Int64>] = []
+        var offset: Int64 = 0
         var next = 0
         while offset < size {
             var data = FileCalls.seekData(input, offset)
@@ -182,16 +197,15 @@ public struct SnapshotCapture: Sendable {
                 while next < used.ranges.count && used.ranges[next].upperBound <= data { next += 1 }
                 var index = next
                 while index < used.ranges.count && used.ranges[index].lowerBound < hole {
-                    try copier.copy(max(used.ranges[index].lowerBound, data)..<min(used.ranges[index].upperBound, hole))
+                    ranges.append(max(used.ranges[index].lowerBound, data)..<min(used.ranges[index].upperBound, hole))
                     index += 1
                 }
             } else {
-                try copier.copy(data..<hole)
+                ranges.append(data..<hole)
             }
             offset = hole
         }
-        if openingCopy && editor == nil { editor = try Ext3.RootFileEditor(path: "/proc/self/fd/\(output)") }
-        return editor
+        return (ranges, used?.headBytes)
     }
 
     /// Copies byte ranges at the same offsets: copy_file_range, or pread/pwrite once the kernel

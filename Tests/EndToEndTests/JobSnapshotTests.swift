@@ -17,8 +17,11 @@ struct JobSnapshotScene {
         try FileManager.default.createDirectory(atPath: scene.file("run"), withIntermediateDirectories: true)
     }
 
+    /// More for the tools' environment.
+    var extra: [String: String] = [:]
+
     /// The scene's environment, with a runtime directory of its own (the job registry).
-    var environment: [String: String] { scene.environment(["XDG_RUNTIME_DIR": scene.file("run")]) }
+    var environment: [String: String] { scene.environment(["XDG_RUNTIME_DIR": scene.file("run")].merging(extra) { $1 }) }
 
     @discardableResult
     func run(_ tool: String, _ arguments: [String], timeout: TimeInterval = 120) throws -> ProcessResult {
@@ -109,8 +112,12 @@ struct JobSnapshotTests {
         return a
     }
 
-    @Test func periodicSnapshotsAreCleanInOrderAndEachOneInstant() throws {
-        let s = try JobSnapshotScene()
+    /// Both ways of copying the image in the pause: staged in memory (the default where the
+    /// memory is there) and straight to the copy (`OVERLAY_SNAPSHOT_MEMORY_MIB=0`).
+    @Test(arguments: [nil, "0"])
+    func periodicSnapshotsAreCleanInOrderAndEachOneInstant(memory: String?) throws {
+        var s = try JobSnapshotScene()
+        if let memory { s.extra["OVERLAY_SNAPSHOT_MEMORY_MIB"] = memory }
         let lockstep = try s.write("lockstep.py", Self.lockstep)
         let blocks = try s.write("blocks.py", Self.blocks)
         let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--snapshot-every", "1", "-o", s.image, "--",
@@ -366,6 +373,18 @@ struct JobSnapshotTests {
         #expect(!FileManager.default.fileExists(atPath: marker))
         #expect(s.taken().isEmpty)
         #expect(try Data(contentsOf: URL(fileURLWithPath: s.image)) == before)
+    }
+
+    @Test(arguments: ["lots", "-1", "1.5"])
+    func aBadMemoryBoundIsOneLineBeforeAnythingStarts(value: String) throws {
+        var s = try JobSnapshotScene()
+        s.extra["OVERLAY_SNAPSHOT_MEMORY_MIB"] = value
+        let marker = s.scene.file("ran")
+        let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "-o", s.image, "--", "touch", marker])
+        #expect(result.status == 64, "\(result)")
+        #expect(result.stderr == "error: OVERLAY_SNAPSHOT_MEMORY_MIB is '\(value)': give the most MiB a job snapshot may stage in memory (0: none)\n",
+                "\(result)")
+        #expect(!FileManager.default.fileExists(atPath: marker))
     }
 
     @Test func aReadOnlyStackOrAnUnwritableDirectoryIsRefused() throws {

@@ -65,6 +65,7 @@ int clinux_link_tmpfile(int fd, const char *target);
 /// ioctl(destination, FICLONE, source): the whole file shared by reflink (XFS, btrfs). 0, or -1
 /// with errno set (EOPNOTSUPP, EXDEV, EINVAL where the filesystem cannot).
 int clinux_ficlone(int destination, int source);
+int clinux_ficlonerange(int destination, int source, long long offset, long long length);
 /// ioctl(fd, FIFREEZE/FITHAW) on a mount point: the filesystem's writes blocked and its
 /// journal checkpointed (clean on disk) until thawed. 0, or -1 with errno set.
 int clinux_fifreeze(int fd);
