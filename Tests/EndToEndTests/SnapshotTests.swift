@@ -213,8 +213,10 @@ struct SnapshotGitTests {
         formatter.dateFormat = "yyyyMMdd-HHmmss"
         formatter.timeZone = TimeZone(identifier: "UTC")
         formatter.locale = Locale(identifier: "en_US_POSIX")
+        // One base time, so that the taken seconds leave no gap however slow each `git branch` is.
+        let base = Date()
         for offset in -10..<60 {
-            let name = "job-" + formatter.string(from: Date().addingTimeInterval(Double(offset)))
+            let name = "job-" + formatter.string(from: base.addingTimeInterval(Double(offset)))
             _ = try git(["branch", name], in: repo)
             taken.append(name)
         }
