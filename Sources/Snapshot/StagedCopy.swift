@@ -12,8 +12,8 @@ import Glibc
 /// every block of it, which on a busy machine costs several times the read.
 ///
 /// The memory is bounded (``budget()``): a quarter of what the machine has available, half of
-/// what the memory cgroup still allows (a SLURM job's limit covers run-overlay too), at most
-/// `OVERLAY_SNAPSHOT_MEMORY_MIB` when that is set (0: never stage). What does not fit is
+/// what the memory cgroup still allows (a SLURM job's limit covers run-overlay too), and 4 GiB,
+/// or `OVERLAY_SNAPSHOT_MEMORY_MIB` instead of 4 GiB when that is set (0: never stage). What does not fit is
 /// copied to the copy directly, in the pause, as ``SnapshotCapture/copyAllocated(from:to:size:path:openingCopy:)``
 /// does.
 public final class StagedCopy {
@@ -120,16 +120,27 @@ public final class StagedCopy {
         return "OVERLAY_SNAPSHOT_MEMORY_MIB is '\(Escaped.terminal(text))': give the most MiB a job snapshot may stage in memory (0: none)"
     }
 
+    /// The most memory a copy may be staged in by default: past it, the pause's reading from
+    /// memory already saves most of what it can, and a node's other jobs keep their memory.
+    public static let defaultBound: Int64 = 4 << 30
+
     /// The most memory a copy may be staged in (bytes).
     public static func budget() -> Int64 {
-        var budget = Int64.max
-        if let text = getenv("OVERLAY_SNAPSHOT_MEMORY_MIB") {
-            guard let mib = Int64(String(cString: text)), mib >= 0, mib < 1 << 40 else { return 0 }
+        budget(setting: getenv("OVERLAY_SNAPSHOT_MEMORY_MIB").map { String(cString: $0) },
+               available: memInfo("MemAvailable"), headroom: cgroupHeadroom())
+    }
+
+    /// The bound from `OVERLAY_SNAPSHOT_MEMORY_MIB` (`setting`), MemAvailable and the cgroup
+    /// headroom (bytes): 0 for a setting that is not a number of MiB or an unknown MemAvailable.
+    static func budget(setting: String?, available: Int64?, headroom: Int64?) -> Int64 {
+        var budget = defaultBound
+        if let setting {
+            guard let mib = Int64(setting), mib >= 0, mib < 1 << 40 else { return 0 }
             budget = mib << 20
         }
-        guard let available = memInfo("MemAvailable") else { return 0 }
+        guard let available else { return 0 }
         budget = min(budget, available / 4)
-        if let headroom = cgroupHeadroom() { budget = min(budget, headroom / 2) }
+        if let headroom { budget = min(budget, headroom / 2) }
         return max(budget, 0)
     }
 

@@ -86,4 +86,17 @@ struct StagedCopyTests {
         defer { close(input) }
         #expect(StagedCopy.prepare(input: input, size: 64 << 20, budget: 0) == nil)
     }
+
+    @Test func theBoundIsTheLeastOfTheSettingAQuarterOfWhatIsAvailableAndHalfTheCgroupsHeadroom() {
+        let gib: Int64 = 1 << 30
+        #expect(StagedCopy.budget(setting: nil, available: 64 * gib, headroom: nil) == 4 * gib)
+        #expect(StagedCopy.budget(setting: nil, available: 8 * gib, headroom: nil) == 2 * gib)
+        #expect(StagedCopy.budget(setting: nil, available: 64 * gib, headroom: 3 * gib) == 3 * gib / 2)
+        #expect(StagedCopy.budget(setting: nil, available: 64 * gib, headroom: -gib) == 0)
+        #expect(StagedCopy.budget(setting: "16384", available: 128 * gib, headroom: nil) == 16 * gib)
+        #expect(StagedCopy.budget(setting: "16384", available: 8 * gib, headroom: nil) == 2 * gib)
+        #expect(StagedCopy.budget(setting: "0", available: 64 * gib, headroom: nil) == 0)
+        #expect(StagedCopy.budget(setting: "lots", available: 64 * gib, headroom: nil) == 0)
+        #expect(StagedCopy.budget(setting: nil, available: nil, headroom: nil) == 0)
+    }
 }
