@@ -1,4 +1,5 @@
 import ArgumentParser
+import Runtime
 import ImageDriver
 import LinuxSupport
 
@@ -27,9 +28,13 @@ public struct CommandFailure: UserFacingError {
 /// ArgumentParser's own, printed with a pointer to --help instead of the usage. Help and version
 /// print as usual, and an exit status a command passes on (a job's) is exited with silently.
 public enum OneLineErrors {
-    public static func main<Command: ParsableCommand>(_ type: Command.Type) -> Never {
+    /// With `holdingUserSignals` (run-overlay, mount-overlay), SIGUSR1 and SIGUSR2 are kept for
+    /// the job from the first moment: their default action would end the tool before the job
+    /// has even started.
+    public static func main<Command: ParsableCommand>(_ type: Command.Type, holdingUserSignals: Bool = false) -> Never {
         // The native runtime starts this executable as its FUSE driver for read-only images.
         ImageDriver.runIfAsked()
+        if holdingUserSignals { Forwarding.holdUserSignals() }
         if let mistyped = unknownSubcommand(type, Array(CommandLine.arguments.dropFirst())) {
             fail(mistyped, status: 64)
         }

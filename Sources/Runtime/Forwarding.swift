@@ -9,7 +9,7 @@ import Glibc
 /// kept and sent as soon as there is one.
 ///
 /// The handler reads and writes only atomics and calls kill, which is async-signal-safe.
-enum Forwarding {
+public enum Forwarding {
     static let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
     /// The process signals go to (0: none yet).
     static let recipient = Atomic<Int32>(0)
@@ -24,8 +24,23 @@ enum Forwarding {
     /// The dispositions replaced, to put back (never touched by the handler).
     static let saved = Mutex<[Int32: sigaction]>([:])
 
-    static func install() {
-        for number in signals {
+    /// Handles SIGUSR1 and SIGUSR2 from the start of the tool, before anything is mounted: their
+    /// default action would end the tool (a batch system's warning signal or a snapshot request
+    /// that comes early must not kill the job before it starts). Kept until there is a target,
+    /// as every forwarded signal is; unblocked, so that one already waiting comes now.
+    public static func holdUserSignals() {
+        install([SIGUSR1, SIGUSR2])
+        var held = sigset_t()
+        sigemptyset(&held)
+        sigaddset(&held, SIGUSR1)
+        sigaddset(&held, SIGUSR2)
+        sigprocmask(SIG_UNBLOCK, &held, nil)
+    }
+
+    /// Sets the handler for `numbers`; the disposition each had before the first install is
+    /// the one ``restore()`` puts back.
+    static func install(_ numbers: [Int32] = signals) {
+        for number in numbers {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { number in
                 if Forwarding.intercepting.load(ordering: .acquiring), number == SIGUSR1 || number == SIGTERM {
@@ -40,7 +55,7 @@ enum Forwarding {
             action.sa_flags = SA_RESTART
             var old = sigaction()
             sigaction(number, &action, &old)
-            saved.withLock { $0[number] = old }
+            saved.withLock { if $0[number] == nil { $0[number] = old } }
         }
     }
 
@@ -50,7 +65,13 @@ enum Forwarding {
         recipient.store(pid, ordering: .releasing)
         guard pid > 0 else { return }
         let kept = pending.exchange(0, ordering: .acquiringAndReleasing)
-        if kept != 0 { kill(pid, kept) }
+        if kept == 0 { return }
+        // One that came before snapshots were on is still a request for one.
+        if intercepting.load(ordering: .acquiring), kept == SIGUSR1 || kept == SIGTERM {
+            requests.bitwiseOr(kept == SIGUSR1 ? snapshotRequest : terminateRequest, ordering: .acquiringAndReleasing)
+            return
+        }
+        kill(pid, kept)
     }
 
     static func restore() {

@@ -33,6 +33,9 @@ public enum NativeSetup {
         defer { Forwarding.restore() }
         // Nothing buffered may be written twice, once by each process.
         fflush(nil)
+        // A signal held since the tool started goes to the setup process once it exists; taken
+        // out first, so that the setup process does not start with a copy to pass on too.
+        let held = Forwarding.pending.exchange(0, ordering: .acquiringAndReleasing)
         let parent = getpid()
         let child: Int32
         do { child = try Children.fork() } catch { throw RuntimeError.failed("cannot start the native runtime: \(error.errno)") }
@@ -49,6 +52,7 @@ public enum NativeSetup {
         }
         writeEnd.close()
         Forwarding.target(child)
+        if held != 0 { kill(child, held) }
         let status = Children.wait(child)?.shellStatus ?? 125
         Forwarding.target(0)
         let message = String(decoding: (try? IO.readAll(readEnd.rawValue)) ?? [], as: UTF8.self).trimmingWhitespace
@@ -86,12 +90,14 @@ struct Setup: ~Copyable {
         // Die with the tool; if it is already gone, stop here.
         Children.setParentDeathSignal(SIGKILL)
         if getppid() != parent { return 125 }
+        // With job snapshots, SIGUSR1 and SIGTERM are requests from the start (one that comes
+        // while the stack is mounted is taken once the job runs).
+        if plan.jobSnapshots != nil { Forwarding.intercepting.store(true, ordering: .releasing) }
         Forwarding.install()
         var status: Int32 = 125
         do {
             try enterNamespaces()
             try mountStack()
-            if plan.jobSnapshots != nil { Forwarding.intercepting.store(true, ordering: .releasing) }
             let job = try plan.restoreFrom.map { directory throws(Failure) in try restoreJob(from: directory) } ?? startJob()
             Forwarding.target(job)
             if let settings = plan.jobSnapshots {

@@ -1,3 +1,3 @@
 import OverlayCommands
 
-OneLineErrors.main(MountOverlay.self)
+OneLineErrors.main(MountOverlay.self, holdingUserSignals: true)

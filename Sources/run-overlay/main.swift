@@ -1,3 +1,3 @@
 import OverlayCommands
 
-OneLineErrors.main(RunOverlay.self)
+OneLineErrors.main(RunOverlay.self, holdingUserSignals: true)

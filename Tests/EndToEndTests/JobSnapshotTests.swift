@@ -174,6 +174,30 @@ struct JobSnapshotTests {
         #expect(try FixtureImage.isClean(s.image))
     }
 
+    /// A SIGUSR1 that comes before run-overlay has even started (here: sent while blocked by
+    /// the process that starts it, so it waits across exec) is a snapshot once the job runs,
+    /// not the end of the tool: SIGUSR1's default action would kill it before the job starts.
+    @Test func aSigusr1FromBeforeTheStartIsASnapshotOnceTheJobRuns() throws {
+        let s = try JobSnapshotScene()
+        let starter = try s.write("starter.py", """
+            import os, signal, sys
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.execv(sys.argv[1], sys.argv[1:])
+            """)
+        let result = try TestSupport.run(["python3", starter, product("run-overlay"), "--snapshot-to", s.snapshots, "-o", s.image,
+                                          "--", "sh", "-c", "echo before > /n; sleep 3; echo after > /n"],
+                                         environment: s.environment, currentDirectory: s.scene.directory.path, timeout: 120)
+        #expect(result.status == 0, "\(result)")
+        let taken = s.taken()
+        #expect(taken.count == 1, "\(taken) \(result)")
+        if let snapshot = taken.first {
+            let info = try s.run("overlay", ["snapshot", "info", "--json", snapshot])
+            #expect(info.stdout.contains("\"trigger\":\"demand\""), "\(info)")
+            #expect(try FixtureImage.isClean(snapshot))
+        }
+    }
+
     @Test func sigusr1TakesOneAndSigtermTakesALastOneBeforeTheJobGetsIt() throws {
         let s = try JobSnapshotScene()
         let marker = s.scene.file("got-term")
