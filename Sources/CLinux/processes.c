@@ -246,6 +246,15 @@ static void clinux_child_run(const struct clinux_child *c, pid_t parent) {
         if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
     }
     if (c->new_process_group) setpgid(0, 0);
+    if (c->foreground_terminal && isatty(0)) {
+        // A process group of its own, in the foreground of the terminal, so that a shell that
+        // saves the terminal's foreground group at start (dash) saves one it can see from
+        // its PID namespace and can give the terminal back to when it exits.
+        setpgid(0, 0);
+        signal(SIGTTOU, SIG_IGN);
+        tcsetpgrp(0, getpgrp());
+        signal(SIGTTOU, SIG_DFL);
+    }
     if (c->null_stdio) {
         int null = open("/dev/null", O_RDWR);
         if (null >= 0) { dup2(null, 0); dup2(null, 1); if (null > 2) close(null); }

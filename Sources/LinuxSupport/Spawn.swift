@@ -38,6 +38,9 @@ public struct ChildSpec: Sendable {
     /// the namespace holds its session leader (what a CRIU dump needs). It loses its
     /// controlling terminal, so only for jobs without one.
     public var newSession = false
+    /// With a terminal on standard input: the child gets a process group of its own and makes
+    /// it the terminal's foreground group (an interactive shell in a PID namespace of its own).
+    public var foregroundTerminal = false
 
     public init(argv: [String]) { self.argv = argv }
 
@@ -88,6 +91,7 @@ public struct ChildSpec: Sendable {
             child.proc_target = UnsafePointer(cProc)
             child.reexec_init = reexecInit ? 1 : 0
             child.new_session = newSession ? 1 : 0
+            child.foreground_terminal = foregroundTerminal ? 1 : 0
             return clinux_spawn(&child)
         }
         let readEnd = errors.readEnd

@@ -55,6 +55,7 @@ public enum NativeSetup {
         if held != 0 { kill(child, held) }
         let status = Children.wait(child)?.shellStatus ?? 125
         Forwarding.target(0)
+        if plan.interactive { Setup.takeTerminalBack() }
         let message = String(decoding: (try? IO.readAll(readEnd.rawValue)) ?? [], as: UTF8.self).trimmingWhitespace
         if !message.isEmpty {
             if plan.restoreFrom != nil && status == JobResume.processRestoreFailedStatus { throw ProcessRestoreFailed(reason: message) }
@@ -84,6 +85,15 @@ struct Setup: ~Copyable {
     struct Failure: Error {
         let text: String
         var status: Int32 = 125
+    }
+
+    /// Makes this process's group the terminal's foreground again (an interactive job had it),
+    /// so that what the tool prints or reads after the job, and its caller, find it as before.
+    static func takeTerminalBack() {
+        guard isatty(0) != 0 else { return }
+        let previous = signal(SIGTTOU, SIG_IGN)
+        tcsetpgrp(0, getpgrp())
+        signal(SIGTTOU, previous)
     }
 
     mutating func main() -> Int32 {

@@ -36,6 +36,10 @@ extension Setup {
         // session of its own, inside its PID namespace, which a checkpoint needs; a job on a
         // terminal keeps the terminal's session, its job control and /dev/tty.
         spec.newSession = !plan.interactive && (0...2).allSatisfy { isatty(Int32($0)) == 0 }
+        // An interactive shell leads the terminal's foreground from inside the namespace (dash
+        // exits 2 when the group it saved at start lies outside it); the tool takes the
+        // terminal back when the job ends.
+        spec.foregroundTerminal = plan.interactive
         return try start(spec, what: "cannot run '\(command[0])' in the container", isJob: true)
     }
 

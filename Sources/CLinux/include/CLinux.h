@@ -102,6 +102,7 @@ struct clinux_child {
     const char *proc_target;   // with init_process: mount the namespace's /proc here
     int reexec_init;           // with init_process: init re-executes this program (see clinux_spawn)
     int new_session;           // with init_process: init starts a session (setsid) the job joins
+    int foreground_terminal;   // a terminal on stdin: a process group of its own, the terminal's foreground
 };
 
 /// Steps reported through error_fd.
