@@ -67,6 +67,25 @@ struct JobFreezer {
         return text[text.index(after: close)...].first { $0 != " " }
     }
 
+    /// Whether `pid` can change nothing until it is continued: stopped, gone or a zombie, or a
+    /// parent waiting in vfork (posix_spawn, a shell's vfork) for a child that is stopped. Such
+    /// a parent cannot stop (it waits in the kernel, in 'D', until the child execs or exits) and
+    /// cannot run either; once the child goes on, the SIGCONT of the thaw finds its SIGSTOP
+    /// still pending and drops it. Waiting for it to stop would wait for ever.
+    static func isHeld(_ pid: Int32) -> Bool {
+        let state = Self.state(of: pid)
+        guard let state else { return true }
+        if state == "T" || state == "t" || state == "Z" || state == "X" { return true }
+        guard state == "D", let wchan = NativeRuntime.readSmallFile("/proc/\(pid)/wchan"),
+              wchan == "kernel_clone" || wchan == "wait_for_vfork_done" || wchan == "_do_fork" else { return false }
+        let children = NativeRuntime.readSmallFile("/proc/\(pid)/task/\(pid)/children") ?? ""
+        return children.split(separator: " ").contains { child in
+            guard let child = Int32(child) else { return false }
+            let state = Self.state(of: child)
+            return state == "T" || state == "t"
+        }
+    }
+
     /// Stops them all, or throws (after continuing those it stopped) when one is still running
     /// at `deadline` (monotonic milliseconds).
     mutating func freeze(until deadline: Int) throws {
@@ -85,10 +104,7 @@ struct JobFreezer {
                 Self.send(SIGSTOP, to: pid)
                 stopped.append(pid)
             }
-            while let running = new.first(where: { pid in
-                let state = Self.state(of: pid)
-                return state != nil && state != "T" && state != "t" && state != "Z" && state != "X"
-            }) {
+            while let running = new.first(where: { !Self.isHeld($0) }) {
                 if MonotonicClock.milliseconds >= deadline {
                     thaw()
                     throw RuntimeError.failed("process \(running) of the job did not stop within the time allowed")

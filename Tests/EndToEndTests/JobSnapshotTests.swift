@@ -198,6 +198,50 @@ struct JobSnapshotTests {
         }
     }
 
+    /// A process of the job waiting in vfork for its child (what posix_spawn and some shells
+    /// do) cannot stop while the child is stopped: the snapshot counts it as held instead of
+    /// waiting for it until the freeze gives up.
+    @Test(.requires(executable: "clang", "the Swift toolchain's C compiler builds the test's vfork program"))
+    func aParentWaitingInVforkForAStoppedChildDoesNotHoldTheSnapshotUp() throws {
+        let s = try JobSnapshotScene()
+        let source = try s.write("vfork.c", """
+            #include <stdio.h>
+            #include <sys/wait.h>
+            #include <unistd.h>
+            int main(void) {
+                FILE *f = fopen("/vforked", "w");
+                fputs("before\\n", f);
+                fclose(f);
+                printf("ready\\n");
+                fflush(stdout);
+                pid_t pid = vfork();
+                if (pid == 0) { sleep(3); _exit(0); }
+                int status;
+                waitpid(pid, &status, 0);
+                printf("done\\n");
+                return 0;
+            }
+            """)
+        let program = s.scene.file("vfork")
+        let built = try TestSupport.run(["clang", "-o", program, source])
+        try #require(built.status == 0, "\(built)")
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", program])
+        #expect(job.readLine(timeout: 60) == "ready")
+        usleep(500_000)  // in vfork: the child sleeps 3 s
+        let asked = Date()
+        job.signal(SIGUSR1)
+        for _ in 0..<200 where s.taken().isEmpty { usleep(50_000) }
+        #expect(s.taken().count == 1, "no snapshot")
+        #expect(Date().timeIntervalSince(asked) < 5, "the snapshot waited for the vfork parent")
+        let result = job.wait(timeout: 60)
+        #expect(result.status == 0 && result.stdout.contains("done"), "\(result)")
+        #expect(!result.stderr.contains("did not stop"), "\(result)")
+        if let snapshot = s.taken().first {
+            #expect(try s.cat(snapshot, "/vforked") == "before\n")
+            #expect(try FixtureImage.isClean(snapshot))
+        }
+    }
+
     @Test func sigusr1TakesOneAndSigtermTakesALastOneBeforeTheJobGetsIt() throws {
         let s = try JobSnapshotScene()
         let marker = s.scene.file("got-term")
