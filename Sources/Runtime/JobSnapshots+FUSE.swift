@@ -98,13 +98,17 @@ extension Fuse2fsFlush {
     /// The cut, with the job frozen: the flush, then the image file copied to `output` (a
     /// reflink where the filesystem holding it can, else its allocated blocks); again when
     /// fuse2fs answered a request meanwhile.
-    func cut(from input: Int32, to output: Int32, size: Int64, image: String) throws {
+    func cut(from input: Int32, to output: Int32, size: Int64, image: String, staged: StagedCopy? = nil) throws {
         for _ in 1...Self.attempts {
             try flush()
             let before = driver.flatMap(Self.writeCalls)
             guard ftruncate(output, 0) == 0 else { throw RuntimeError.failed("cannot empty the snapshot's file: \(Errno.last)") }
             if FileCalls.cloneFile(output, from: input) != 0 {
-                try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: image)
+                if let staged {
+                    try staged.read(from: input, into: output, size: size, path: image)
+                } else {
+                    try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: image)
+                }
             }
             guard let before else { return }
             if driver.flatMap(Self.writeCalls) == before { return }

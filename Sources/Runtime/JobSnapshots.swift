@@ -204,7 +204,7 @@ public struct JobSnapshotter {
         if fuse == nil { _ = FileCalls.syncFilesystem(mount) }
         // Where the image cannot be cloned (a first block tells), its used blocks are read into
         // memory made ready now, and written to the copy after the pause (StagedCopy).
-        var staged = fuse == nil && FileCalls.cloneRange(output, from: input, offset: 0, length: 4096) != 0
+        var staged = FileCalls.cloneRange(output, from: input, offset: 0, length: 4096) != 0
             ? StagedCopy.prepare(input: input, size: Int64(info.st_size)) : nil
 
         // The pause: from the first SIGSTOP to the last SIGCONT.
@@ -215,7 +215,7 @@ public struct JobSnapshotter {
         do {
             try whileFrozen?(job, stamp.name)
             if let fuse {
-                try fuse.cut(from: input, to: output, size: Int64(info.st_size), image: image)
+                try fuse.cut(from: input, to: output, size: Int64(info.st_size), image: image, staged: staged)
             } else {
                 _ = FileCalls.syncFilesystem(mount)
                 guard FileCalls.freezeFilesystem(mount) == 0 else {

@@ -51,6 +51,7 @@ public final class StagedCopy {
     public func read(from input: Int32, into output: Int32, size: Int64, path: String) throws {
         guard ftruncate(output, off_t(size)) == 0 else { throw SnapshotError("cannot size the copy of \(path): \(Errno.last)") }
         var copier = SnapshotCapture.RangeCopier(input: input, output: output, path: path)
+        pieces = []  // a read made again (FUSE mode's retries) starts over
         var position = 0
         let (ranges, headBytes) = SnapshotCapture.allocatedRanges(of: input, size: size)
         self.headBytes = headBytes
@@ -115,7 +116,7 @@ public final class StagedCopy {
     /// What is wrong with `OVERLAY_SNAPSHOT_MEMORY_MIB`, as one line; nil when it is unset or
     /// a number of MiB.
     public static func settingProblem() -> String? {
-        guard let text = getenv("OVERLAY_SNAPSHOT_MEMORY_MIB").map({ String(cString: $0) }) else { return nil }
+        guard let text = getenv("OVERLAY_SNAPSHOT_MEMORY_MIB").map({ String(cString: $0) }), !text.isEmpty else { return nil }
         if let mib = Int64(text), mib >= 0, mib < 1 << 40 { return nil }
         return "OVERLAY_SNAPSHOT_MEMORY_MIB is '\(Escaped.terminal(text))': give the most MiB a job snapshot may stage in memory (0: none)"
     }
@@ -134,7 +135,7 @@ public final class StagedCopy {
     /// headroom (bytes): 0 for a setting that is not a number of MiB or an unknown MemAvailable.
     static func budget(setting: String?, available: Int64?, headroom: Int64?) -> Int64 {
         var budget = defaultBound
-        if let setting {
+        if let setting, !setting.isEmpty {
             guard let mib = Int64(setting), mib >= 0, mib < 1 << 40 else { return 0 }
             budget = mib << 20
         }

@@ -104,12 +104,16 @@ struct UserJobSnapshotScene {
 struct UserJobSnapshotTests {
     /// The lockstep and block-generation jobs of the root tests (JobSnapshotTests): every
     /// snapshot must show one instant of both, cut through fuse2fs.
-    @Test func periodicSnapshotsAreCleanInOrderAndEachOneInstant() throws {
+    /// Both ways of copying the image in the pause: staged in memory (the default) and straight
+    /// to the copy (`OVERLAY_SNAPSHOT_MEMORY_MIB=0`).
+    @Test(arguments: [nil, "0"])
+    func periodicSnapshotsAreCleanInOrderAndEachOneInstant(memory: String?) throws {
         let s = try UserJobSnapshotScene()
         let lockstep = try s.write("lockstep.py", JobSnapshotTests.lockstep)
         let blocks = try s.write("blocks.py", JobSnapshotTests.blocks)
         let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--snapshot-every", "1", "-o", s.image, "--",
-                                               "sh", "-c", "python3 \(blocks) & python3 \(lockstep); wait"])
+                                               "sh", "-c", "python3 \(blocks) & python3 \(lockstep); wait"],
+                               environment: memory.map { ["OVERLAY_SNAPSHOT_MEMORY_MIB": $0] } ?? [:])
         #expect(result.status == 0, "\(result)")
         let taken = s.taken()
         #expect(taken.count >= 2, "\(taken) \(result)")

@@ -98,5 +98,6 @@ struct StagedCopyTests {
         #expect(StagedCopy.budget(setting: "0", available: 64 * gib, headroom: nil) == 0)
         #expect(StagedCopy.budget(setting: "lots", available: 64 * gib, headroom: nil) == 0)
         #expect(StagedCopy.budget(setting: nil, available: nil, headroom: nil) == 0)
+        #expect(StagedCopy.budget(setting: "", available: 64 * gib, headroom: nil) == 4 * gib, "empty: as if unset")
     }
 }
