@@ -204,7 +204,7 @@ public struct JobSnapshotter {
         if fuse == nil { _ = FileCalls.syncFilesystem(mount) }
         // Where the image cannot be cloned (a first block tells), its used blocks are read into
         // memory made ready now, and written to the copy after the pause (StagedCopy).
-        var staged = FileCalls.cloneRange(output, from: input, offset: 0, length: 4096) != 0
+        let staged = FileCalls.cloneRange(output, from: input, offset: 0, length: 4096) != 0
             ? StagedCopy.prepare(input: input, size: Int64(info.st_size)) : nil
 
         // The pause: from the first SIGSTOP to the last SIGCONT.
@@ -246,7 +246,9 @@ public struct JobSnapshotter {
         // Without filters, the description goes into the copy itself: opened as it is written.
         let unfiltered = try fuse == nil && staging == nil && SnapshotFilter.of(settings) == nil
         let editor = try staged?.writeOut(to: output, path: image, openingCopy: unfiltered)
-        staged = nil
+        // The memory goes when this returns, after the snapshot is named (unmapping it takes a
+        // while: nobody waits for that).
+        defer { withExtendedLifetime(staged) {} }
         if fuse != nil {
             try Ext3.settleLiveCopy(image: "/proc/self/fd/\(output)", removingWorkFile: Fuse2fsFlush.fileName)
         }

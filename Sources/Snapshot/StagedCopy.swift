@@ -38,7 +38,7 @@ public final class StagedCopy {
     public static func prepare(input: Int32, size: Int64, budget: Int64 = StagedCopy.budget()) -> StagedCopy? {
         let ranges = SnapshotCapture.allocatedRanges(of: input, size: size).ranges
         let bytes = ranges.reduce(Int64(0)) { $0 + Int64($1.count) } + Int64(ranges.count) * 4096
-        let wanted = bytes + max(bytes / 8, 64 << 20)
+        let wanted = bytes + max(bytes / 32, 32 << 20)
         guard bytes > 0, budget >= 1 << 20 else { return nil }
         let capacity = Int(min(wanted, budget)) & ~4095
         let memory = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0)
