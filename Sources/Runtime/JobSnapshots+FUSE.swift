@@ -103,13 +103,7 @@ extension Fuse2fsFlush {
             try flush()
             let before = driver.flatMap(Self.writeCalls)
             guard ftruncate(output, 0) == 0 else { throw RuntimeError.failed("cannot empty the snapshot's file: \(Errno.last)") }
-            if FileCalls.cloneFile(output, from: input) != 0 {
-                if let staged {
-                    try staged.read(from: input, into: output, size: size, path: image)
-                } else {
-                    try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: image)
-                }
-            }
+            try StagedCopy.copy(input, to: output, size: size, path: image, staged: staged)
             guard let before else { return }
             if driver.flatMap(Self.writeCalls) == before { return }
         }

@@ -222,13 +222,7 @@ public struct JobSnapshotter {
                     throw RuntimeError.failed("cannot freeze the filesystem of \(image) (FIFREEZE): \(Errno.last)")
                 }
                 do {
-                    if FileCalls.cloneFile(output, from: input) != 0 {
-                        if let staged {
-                            try staged.read(from: input, into: output, size: Int64(info.st_size), path: image)
-                        } else {
-                            try SnapshotCapture.copyAllocated(from: input, to: output, size: Int64(info.st_size), path: image)
-                        }
-                    }
+                    try StagedCopy.copy(input, to: output, size: Int64(info.st_size), path: image, staged: staged)
                 } catch { cut = error }
                 _ = FileCalls.thawFilesystem(mount)
             }

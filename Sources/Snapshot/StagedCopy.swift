@@ -113,6 +113,18 @@ public final class StagedCopy {
         return editor
     }
 
+    /// An image copied whole to `output` while nothing writes it: a reflink where the
+    /// filesystem can, else its used blocks, read into `staged` when there is one (written out
+    /// later with ``writeOut(to:path:openingCopy:)``), else copied straight to `output`.
+    public static func copy(_ input: Int32, to output: Int32, size: Int64, path: String, staged: StagedCopy?) throws {
+        guard FileCalls.cloneFile(output, from: input) != 0 else { return }
+        if let staged {
+            try staged.read(from: input, into: output, size: size, path: path)
+        } else {
+            try SnapshotCapture.copyAllocated(from: input, to: output, size: size, path: path)
+        }
+    }
+
     /// What is wrong with `OVERLAY_SNAPSHOT_MEMORY_MIB`, as one line; nil when it is unset or
     /// a number of MiB.
     public static func settingProblem() -> String? {
