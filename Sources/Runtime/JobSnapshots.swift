@@ -238,7 +238,8 @@ public struct JobSnapshotter {
         let pause = Double(MonotonicClock.nanoseconds - start) / 1_000_000
         if let cut { throw cut }
         // Without filters, the description goes into the copy itself: opened as it is written.
-        let unfiltered = try fuse == nil && staging == nil && SnapshotFilter.of(settings) == nil
+        let filter = try SnapshotFilter.of(settings)
+        let unfiltered = fuse == nil && staging == nil && filter == nil
         let editor = try staged?.writeOut(to: output, path: image, openingCopy: unfiltered)
         // The memory goes when this returns, after the snapshot is named (unmapping it takes a
         // while: nobody waits for that).
@@ -255,10 +256,10 @@ public struct JobSnapshotter {
         defer { if filteredImage >= 0 { close(filteredImage) } }
         if let staging {
             (filteredImage, entries) = try Self.withWritableDirs(copy: output, staging: staging, directories: writableDirs,
-                                                                 filter: try SnapshotFilter.of(settings), owner: owner,
+                                                                 filter: filter, owner: owner,
                                                                  in: settings.directory, inChild: fuse != nil)
             snapshot = filteredImage
-        } else if let filter = try SnapshotFilter.of(settings) {
+        } else if let filter {
             (filteredImage, entries) = try fuse == nil ? Self.filtered(copy: output, by: filter, in: settings.directory)
                 : Self.filteredInChild(copy: output, by: filter, in: settings.directory)
             snapshot = filteredImage

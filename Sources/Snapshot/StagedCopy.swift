@@ -13,9 +13,9 @@ import Glibc
 ///
 /// The memory is bounded (``budget()``): a quarter of what the machine has available, half of
 /// what the memory cgroup still allows (a SLURM job's limit covers run-overlay too), and 4 GiB,
-/// or `OVERLAY_SNAPSHOT_MEMORY_MIB` instead of 4 GiB when that is set (0: never stage). What does not fit is
-/// copied to the copy directly, in the pause, as ``SnapshotCapture/copyAllocated(from:to:size:path:openingCopy:)``
-/// does.
+/// or `OVERLAY_SNAPSHOT_MEMORY_MIB` instead of 4 GiB when that is set (0: never stage). What
+/// does not fit is copied straight to the copy in the pause, as
+/// ``SnapshotCapture/copyAllocated(from:to:size:path:openingCopy:)`` does.
 public final class StagedCopy {
     private let memory: UnsafeMutableRawPointer
     private let capacity: Int
@@ -128,8 +128,8 @@ public final class StagedCopy {
     /// What is wrong with `OVERLAY_SNAPSHOT_MEMORY_MIB`, as one line; nil when it is unset or
     /// a number of MiB.
     public static func settingProblem() -> String? {
-        guard let text = getenv("OVERLAY_SNAPSHOT_MEMORY_MIB").map({ String(cString: $0) }), !text.isEmpty else { return nil }
-        if let mib = Int64(text), mib >= 0, mib < 1 << 40 { return nil }
+        guard let text = getenv("OVERLAY_SNAPSHOT_MEMORY_MIB").map({ String(cString: $0) }), !text.isEmpty,
+              mebibytes(text) == nil else { return nil }
         return "OVERLAY_SNAPSHOT_MEMORY_MIB is '\(Escaped.terminal(text))': give the most MiB a job snapshot may stage in memory (0: none)"
     }
 
@@ -148,13 +148,19 @@ public final class StagedCopy {
     static func budget(setting: String?, available: Int64?, headroom: Int64?) -> Int64 {
         var budget = defaultBound
         if let setting, !setting.isEmpty {
-            guard let mib = Int64(setting), mib >= 0, mib < 1 << 40 else { return 0 }
+            guard let mib = mebibytes(setting) else { return 0 }
             budget = mib << 20
         }
         guard let available else { return 0 }
         budget = min(budget, available / 4)
         if let headroom { budget = min(budget, headroom / 2) }
         return max(budget, 0)
+    }
+
+    /// The setting as a number of MiB (nil: not one).
+    static func mebibytes(_ setting: String) -> Int64? {
+        guard let mib = Int64(setting), mib >= 0, mib < 1 << 40 else { return nil }
+        return mib
     }
 
     /// A line of /proc/meminfo, in bytes.
