@@ -89,9 +89,7 @@ struct JobFreezer {
     /// Stops them all, or throws (after continuing those it stopped) when one is still running
     /// at `deadline` (monotonic milliseconds).
     mutating func freeze(until deadline: Int) throws {
-        guard let namespace = Self.namespace(of: initProcess) else {
-            throw RuntimeError.failed("the job has ended")
-        }
+        guard let namespace = Self.namespace(of: initProcess) else { throw JobEnded() }
         // From inside the job's namespace (FUSE mode's bounded snapshot) its first process, the
         // toolkit's init, cannot be stopped: the kernel drops SIGSTOP sent to a namespace's init
         // from within. It only starts the command, reaps and passes signals on; it writes no file.
@@ -131,6 +129,11 @@ struct JobFreezer {
             }
         }
         return nil
+    }
+
+    /// The job's first process has ended: there is nothing to stop.
+    struct JobEnded: Error, CustomStringConvertible {
+        var description: String { "the job has ended" }
     }
 
     /// Continues every process it stopped.
@@ -181,7 +184,9 @@ public struct JobSnapshotter {
 
     /// One snapshot of the job whose first process is `job`. When `killAfterCut` says so once
     /// the cut is made, the job is killed (SIGKILL to its first process) while still frozen.
-    func take(job: Int32, trigger: Trigger, killAfterCut: () -> Bool = { false }) throws -> Taken {
+    /// `afterEnd`: the job's processes have all ended (nothing is left to stop or dump; the
+    /// filesystem is still synced and frozen for the copy).
+    func take(job: Int32, trigger: Trigger, afterEnd: Bool = false, killAfterCut: () -> Bool = { false }) throws -> Taken {
         let stamp = Self.utcStamp()
         // A process checkpoint made while frozen, named once the snapshot file is.
         let pending = Self.pendingCheckpoint(settings.directory, stamp: stamp.name)
@@ -210,7 +215,7 @@ public struct JobSnapshotter {
         // The pause: from the first SIGSTOP to the last SIGCONT.
         let start = MonotonicClock.nanoseconds
         var freezer = JobFreezer(initProcess: job)
-        try freezer.freeze(until: MonotonicClock.milliseconds + Self.freezeTimeoutMilliseconds)
+        if !afterEnd { try freezer.freeze(until: MonotonicClock.milliseconds + Self.freezeTimeoutMilliseconds) }
         var cut: Error?
         do {
             try whileFrozen?(job, stamp.name)
@@ -488,24 +493,31 @@ extension Setup {
         let every = settings.everySeconds.map { $0 * 1000 }
         var next = every.map { MonotonicClock.milliseconds + $0 } ?? Int.max
         var interruptionStatus: Int32?
-        func snapshot(_ trigger: JobSnapshotter.Trigger) -> Bool {
+        // Whether the snapshot at interruption was taken (or tried): one per run.
+        var interrupted = false
+        func snapshot(_ trigger: JobSnapshotter.Trigger, afterEnd: Bool = false) -> Bool {
             do {
                 // At interruption a job whose processes were dumped ends there, still frozen.
-                let taken = try snapshotter.take(job: job, trigger: trigger,
+                let taken = try snapshotter.take(job: job, trigger: trigger, afterEnd: afterEnd,
                                                  killAfterCut: { trigger == .interruption && checkpoints != nil && checkpoints?.failure == nil })
                 let tenths = Int((taken.pauseMilliseconds * 10).rounded())
                 let processes = checkpoints == nil ? "" : checkpoints?.failure == nil ? ", processes in \(Escaped.terminal(JobSnapshotter.checkpointDirectory(of: taken.path)))" : ""
-                IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), job paused \(tenths / 10).\(tenths % 10) ms\(processes))",
-                             to: 2)
+                let when = afterEnd ? "taken after the job ended" : "job paused \(tenths / 10).\(tenths % 10) ms"
+                IO.writeLine("snapshot \(Escaped.terminal(taken.path)) (\(trigger.rawValue), \(when)\(processes))", to: 2)
                 if let failure = checkpoints?.failure {
+                    let ending = afterEnd ? "the job has ended" : "the job gets SIGTERM"
                     let after = trigger != .interruption ? "the job goes on"
-                        : taken.latestKept.map { "the job gets SIGTERM; \(Escaped.terminal(settings.directory))/latest still names \(Escaped.terminal($0)), whose files and processes a resume restores" }
-                        ?? "the job gets SIGTERM, a resume starts it afresh on this snapshot"
+                        : taken.latestKept.map { "\(ending); \(Escaped.terminal(settings.directory))/latest still names \(Escaped.terminal($0)), whose files and processes a resume restores" }
+                        ?? "\(ending), a resume starts it afresh on this snapshot"
                     IO.writeLine("warning: the job's processes were not dumped (only the snapshot file is kept, \(after)): \(failure)", to: 2)
                 }
                 return true
+            } catch is JobFreezer.JobEnded where !afterEnd {
+                // It ended as the snapshot began (of the same SIGTERM, say): taken all the same.
+                checkpoints?.jobEnded = true
+                return snapshot(trigger, afterEnd: true)
             } catch {
-                IO.writeLine("warning: snapshot (\(trigger.rawValue)) failed, nothing kept, the job goes on: \(error)", to: 2)
+                IO.writeLine("warning: snapshot (\(trigger.rawValue)) failed, nothing kept, \(afterEnd ? "the job has ended" : "the job goes on"): \(error)", to: 2)
                 return false
             }
         }
@@ -515,10 +527,29 @@ extension Setup {
                 ended = status
             }
             if let ended {
+                // A batch system's SIGTERM (SLURM's at a time limit, a preemption, a requeue)
+                // reaches every process of the job at once: the job may end of it before its
+                // request is read here. The last snapshot is still taken, without a pause (no
+                // process is left to stop): the filesystem synced and frozen for the copy.
+                if !interrupted, Forwarding.requests.load(ordering: .acquiring) & Forwarding.terminateRequest != 0 {
+                    Forwarding.intercepting.store(false, ordering: .releasing)
+                    checkpoints?.atInterruption = true
+                    checkpoints?.jobEnded = true
+                    let taken = fuse != nil || checkpoints != nil
+                        // FUSE mode's bounded snapshot runs in the job's PID namespace, gone now.
+                        ? snapshot(.interruption, afterEnd: true)
+                        : boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
+                                          directory: settings.directory, checkpoints: nil) {
+                            snapshot(.interruption, afterEnd: true)
+                        }
+                    if !taken { return JobSnapshotter.interruptionFailedStatus }
+                    if checkpoints != nil { return JobSnapshotter.dumpFailedStatus }
+                }
                 return interruptionStatus ?? ended.shellStatus
             }
             let requests = Forwarding.requests.exchange(0, ordering: .acquiringAndReleasing)
             if requests & Forwarding.terminateRequest != 0 {
+                interrupted = true
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
                 // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
@@ -566,6 +597,9 @@ final class JobCheckpoints: @unchecked Sendable {
     var failure: String?
     /// Set for the dump at SIGTERM.
     var atInterruption = false
+    /// Set when the job's processes ended before they could be dumped (of a SIGTERM that
+    /// reached them at once).
+    var jobEnded = false
 
     init(directory: String, run: String) {
         self.directory = directory
@@ -582,6 +616,10 @@ final class JobCheckpoints: @unchecked Sendable {
         // before (the warning signal's, a periodic one) is the sure one: a resume restores it.
         if atInterruption, environmentValue("SLURM_JOB_ID") != nil, let earlier = JobSnapshotter.latestWithProcesses(in: directory) {
             failure = "under SLURM this SIGTERM reached every process of the job at once, so a dump now could hold it; the checkpoint taken before, \(Escaped.terminal(earlier)), is kept for the resume"
+            return
+        }
+        if jobEnded {
+            failure = "the job's processes ended of that SIGTERM before they could be dumped (a batch system sends it to every process of the job at once)"
             return
         }
         // This process made the job's PID namespace its children's (unshare): CRIU must start

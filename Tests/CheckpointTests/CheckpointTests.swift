@@ -47,7 +47,7 @@ struct CheckpointTests {
         _ = try readNumbers(original, atLeast: 5, prefix: "got ")
         // The producer and the consumer, the root's children (the producer's sleeps, its own
         // children, come and go).
-        let childrenBefore = children(of: original.pid).count
+        let childrenBefore = processChildren(of: original.pid).count
         #expect(childrenBefore == 2, "the tree should have a producer and a consumer")
         try Checkpoint.dump(root: original.pid, to: dir.file("ck"), leaveRunning: false)
         let last = try readNumbers(original, atLeast: 0, prefix: "got ").last
@@ -59,9 +59,9 @@ struct CheckpointTests {
         let after = try readNumbers(fd: output.readEnd.rawValue, atLeast: 5, prefix: "got ")
         #expect(after.first! > 1, "the count started again from zero: \(after)")
         if let last { #expect(after.first == last + 1, "\(after.prefix(3)) after \(last)") }
-        #expect(children(of: tree.pid).count == childrenBefore, "not every process of the tree came back")
+        #expect(processChildren(of: tree.pid).count == childrenBefore, "not every process of the tree came back")
         kill(-tree.pid, SIGKILL)
-        for pid in descendants(of: tree.pid) { kill(pid, SIGKILL) }
+        for pid in processDescendants(of: tree.pid) { kill(pid, SIGKILL) }
         kill(tree.pid, SIGKILL)
         _ = tree.wait()
         #expect(noProcess(runs: Self.counter))
@@ -181,31 +181,6 @@ private func readNumbers(fd: Int32, atLeast count: Int, prefix: String = "") thr
     }
     if numbers.count < count { throw NoOutput(seen: numbers) }
     return numbers
-}
-
-/// Every descendant of `pid` (through /proc/PID/task/*/children).
-private func descendants(of pid: Int32) -> [Int32] {
-    var found: [Int32] = []
-    var queue = [pid]
-    while let next = queue.popLast() {
-        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(next)/task")) ?? []
-        for task in tasks {
-            let text = (try? String(contentsOfFile: "/proc/\(next)/task/\(task)/children", encoding: .utf8)) ?? ""
-            for word in text.split(separator: " ") {
-                if let child = Int32(word.trimmingCharacters(in: .whitespacesAndNewlines)) {
-                    found.append(child)
-                    queue.append(child)
-                }
-            }
-        }
-    }
-    return found
-}
-
-/// The children of `pid`.
-private func children(of pid: Int32) -> [Int32] {
-    let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
-    return text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
 }
 
 /// Whether no process runs `script` (its command line) any more, after a short grace.

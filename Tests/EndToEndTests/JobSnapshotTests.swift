@@ -269,6 +269,40 @@ struct JobSnapshotTests {
         #expect(shown.status == 0 && shown.stdout == "1\n", "\(shown)")
     }
 
+    /// A batch system's SIGTERM (SLURM's at a time limit, a preemption, a requeue) reaches
+    /// every process of the job at once, so the job may end of it before run-overlay reads its
+    /// own as a request: the last snapshot is taken all the same. Made certain here: run-overlay's
+    /// setup process is stopped while the job's processes get SIGTERM and end, and gets its own
+    /// SIGTERM before it goes on.
+    @Test func aSigtermThatEndedTheJobFirstStillTakesTheLastSnapshot() throws {
+        let s = try JobSnapshotScene()
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                               "echo 1 > /n; echo ready; while true; do sleep 0.05; done"])
+        defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
+        #expect(job.readLine(timeout: 60) == "ready")
+        let setup = try #require(processChildren(of: job.pid).first, "no setup process")
+        let jobProcesses = processDescendants(of: setup)
+        try #require(!jobProcesses.isEmpty, "no job process")
+        kill(setup, SIGSTOP)
+        try #require(waitFor(timeout: 10) { processState(of: setup) == "T" }, "the setup process did not stop")
+        for pid in jobProcesses { kill(pid, SIGTERM) }
+        // The job's first process ended: a zombie, its parent being stopped.
+        try #require(waitFor(timeout: 10) { processState(of: jobProcesses[0]) == "Z" }, "the job did not end of SIGTERM")
+        job.signal(SIGTERM)
+        kill(setup, SIGTERM)
+        kill(setup, SIGCONT)
+        let result = job.wait(timeout: 60)
+        #expect(result.status == 128 + SIGTERM, "\(result)")
+        let taken = s.taken()
+        try #require(taken.count == 1, "no last snapshot: \(taken)\n\(result)")
+        #expect(result.stderr.contains("(interruption, taken after the job ended)"), "\(result)")
+        let info = try s.run("overlay", ["snapshot", "info", "--json", taken[0]]).stdout
+        #expect(info.contains("\"trigger\":\"interruption\""), "\(info)")
+        #expect(try s.cat(taken[0], "/n") == "1\n")
+        #expect(try FixtureImage.isClean(taken[0]))
+        #expect(try FixtureImage.isClean(s.image))
+    }
+
     @Test func resumeRestoresTheLatestSnapshotAndSlurmRestartImpliesIt() throws {
         let s = try JobSnapshotScene()
         let fresh = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--resume", "-o", s.image, "--", "sh", "-c", "echo v1 > /state"])

@@ -306,3 +306,36 @@ public var productsDirectory: URL {
 public func product(_ name: String) -> String {
     productsDirectory.appendingPathComponent(name).path
 }
+
+/// Every descendant of `pid` (through /proc/PID/task/*/children), parents before their children.
+public func processDescendants(of pid: Int32) -> [Int32] {
+    var found: [Int32] = []
+    var queue = [pid]
+    while !queue.isEmpty {
+        let next = queue.removeFirst()
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(next)/task")) ?? []
+        for task in tasks {
+            let text = (try? String(contentsOfFile: "/proc/\(next)/task/\(task)/children", encoding: .utf8)) ?? ""
+            for word in text.split(separator: " ") {
+                if let child = Int32(word.trimmingCharacters(in: .whitespacesAndNewlines)) {
+                    found.append(child)
+                    queue.append(child)
+                }
+            }
+        }
+    }
+    return found
+}
+
+/// The children of `pid`.
+public func processChildren(of pid: Int32) -> [Int32] {
+    let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+    return text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+}
+
+/// The state letter of /proc/PID/stat (R, S, T, Z...), nil when the process is gone.
+public func processState(of pid: Int32) -> Character? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return nil }
+    return text[text.index(after: close)...].first { $0 != " " }
+}
