@@ -245,6 +245,13 @@ static void clinux_child_run(const struct clinux_child *c, pid_t parent) {
     for (int s = 1; s < 32; s++) {
         if (s != SIGKILL && s != SIGSTOP) signal(s, SIG_DFL);
     }
+    if (c->ignore_job_signals) {
+        // Ignored across exec (libfuse sets its exit handler only on a signal left at its
+        // default), so that a batch system's signal to every process of the job leaves the
+        // FUSE driver serving the job's files; SIGHUP still ends it.
+        const int job_signals[] = { SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2 };
+        for (size_t i = 0; i < sizeof job_signals / sizeof job_signals[0]; i++) signal(job_signals[i], SIG_IGN);
+    }
     if (c->new_process_group) setpgid(0, 0);
     if (c->foreground_terminal && isatty(0)) {
         // A process group of its own, in the foreground of the terminal, so that a shell that

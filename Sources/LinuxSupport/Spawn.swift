@@ -41,6 +41,10 @@ public struct ChildSpec: Sendable {
     /// With a terminal on standard input: the child gets a process group of its own and makes
     /// it the terminal's foreground group (an interactive shell in a PID namespace of its own).
     public var foregroundTerminal = false
+    /// SIGINT, SIGTERM, SIGQUIT, SIGUSR1 and SIGUSR2 ignored across exec (a FUSE driver, which
+    /// must serve the job's files until the job is done; libfuse leaves an ignored signal as it
+    /// is and ends on SIGHUP).
+    public var ignoreJobSignals = false
 
     public init(argv: [String]) { self.argv = argv }
 
@@ -92,6 +96,7 @@ public struct ChildSpec: Sendable {
             child.reexec_init = reexecInit ? 1 : 0
             child.new_session = newSession ? 1 : 0
             child.foreground_terminal = foregroundTerminal ? 1 : 0
+            child.ignore_job_signals = ignoreJobSignals ? 1 : 0
             return clinux_spawn(&child)
         }
         let readEnd = errors.readEnd

@@ -34,9 +34,13 @@ extension Setup {
             stat(driver.mountPoint, &before)
             // A process group of its own: Ctrl-C on the terminal goes to the job (and the tool,
             // which passes it on), never straight to a driver the job is still reading through.
+            // The job's signals ignored: a batch system sends SIGTERM (a time limit, a
+            // preemption) to every process of the job at once, and a driver that ended of it
+            // would take the job's files away while the job saves its work. SIGHUP ends one.
             var spec = ChildSpec(argv: driver.argv)
             spec.ambientSysAdmin = true
-            spec.deathSignal = SIGTERM
+            spec.ignoreJobSignals = true
+            spec.deathSignal = SIGHUP
             spec.nullStandardIO = true
             spec.newProcessGroup = true
             let pid = try start(spec, what: "cannot start \(driver.name)")
@@ -70,7 +74,7 @@ extension Setup {
 
     /// Detaches everything (the whole tree under the staging tmpfs), then lets the FUSE drivers
     /// see their mounts go and exit; they close their images cleanly. Waits on the drivers'
-    /// exits themselves; after 5 seconds they get SIGTERM (top first: the overlay driver keeps
+    /// exits themselves; after 5 seconds they get SIGHUP (top first: the overlay driver keeps
     /// the image drivers busy until it exits), after 15 SIGKILL.
     mutating func tearDown() {
         try? Mounts.unmount(plan.staging, flags: Int32(MNT_DETACH))
@@ -78,7 +82,7 @@ extension Setup {
         let start = MonotonicClock.milliseconds
         var remaining = Children.reap(daemons.map(\.pid), until: start + 5_000)
         if !remaining.isEmpty {
-            for pid in remaining.reversed() { kill(pid, SIGTERM) }
+            for pid in remaining.reversed() { kill(pid, SIGHUP) }
             remaining = Children.reap(remaining, until: start + 15_000)
         }
         for pid in remaining {
@@ -91,7 +95,7 @@ extension Setup {
 
 /// The watchdog (FUSE mode): a fork of the setup process that ends the FUSE drivers when the
 /// setup process is killed (it dies with the tool) before it could tear them down. The drivers
-/// then get SIGTERM (their parent-death signal), which a driver stopped, or waiting on a FUSE
+/// then get SIGHUP (their parent-death signal), which a driver stopped, or waiting on a FUSE
 /// request that will never be answered, does not act on: the watchdog gives them 5 seconds to
 /// exit, then sends SIGKILL, and waits up to 5 more. Told each driver's pid as it starts; told
 /// 0 when the teardown is done, and exits. It keeps the image locks (inherited descriptors)

@@ -185,6 +185,66 @@ struct UserJobSnapshotTests {
         #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
     }
 
+    /// A batch system's SIGTERM (SLURM's at a time limit, a preemption, a requeue) reaches every
+    /// process of the job at once, the FUSE drivers too: they go on serving the job's files
+    /// while its SIGTERM handler saves its work (before, they ended of it: the handler's write
+    /// failed, the job died of SIGBUS). The last snapshot is taken before the job gets its
+    /// signal.
+    @Test func aSigtermToEveryProcessLeavesTheJobItsFilesUntilItEnds() throws {
+        let s = try UserJobSnapshotScene()
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                               "trap 'sleep 0.3; echo saved > /final; exit 3' TERM; echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
+        defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
+        #expect(job.readLine(timeout: 60) == "ready")
+        let everyProcess = [job.pid] + processDescendants(of: job.pid)
+        #expect(everyProcess.count >= 6, "the tool, setup, watchdog, drivers, init, job: \(everyProcess)")
+        for pid in everyProcess { kill(pid, SIGTERM) }
+        let ended = job.wait(timeout: 60)
+        #expect(ended.status == 3, "\(ended)")
+        #expect(try s.cat(s.image, "/final") == "saved\n", "the job's last write did not reach the image")
+        #expect(try FixtureImage.isClean(s.image))
+        let taken = s.taken()
+        try #require(taken.count == 1, "\(taken)\n\(ended)")
+        let info = try s.run("overlay", ["snapshot", "info", "--json", taken[0]]).stdout
+        #expect(info.contains("\"trigger\":\"interruption\""), "\(info)")
+        #expect(try s.cat(taken[0], "/state") == "v1\n")
+        #expect(try FixtureImage.isClean(taken[0]))
+        try s.expectNoFlushFile()
+        #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
+    }
+
+    /// The job ended of that SIGTERM before run-overlay read its own (made certain by stopping
+    /// the setup process meanwhile): the last snapshot is taken after the job's end, through
+    /// fuse2fs, which the signal left running.
+    @Test func aSigtermThatEndedTheJobFirstStillTakesTheLastSnapshot() throws {
+        let s = try UserJobSnapshotScene()
+        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                               "echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
+        defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
+        #expect(job.readLine(timeout: 60) == "ready")
+        let setup = try #require(processChildren(of: job.pid).first, "no setup process")
+        let everyProcess = [job.pid] + processDescendants(of: job.pid)
+        let initProcess = try #require(processDescendants(of: setup).first { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").hasPrefix("overlay-toolkit-init")
+        }, "no init process")
+        kill(setup, SIGSTOP)
+        try #require(waitFor(timeout: 10) { processState(of: setup) == "T" }, "the setup process did not stop")
+        for pid in everyProcess where pid != setup { kill(pid, SIGTERM) }
+        try #require(waitFor(timeout: 10) { processState(of: initProcess) == "Z" }, "the job did not end of SIGTERM")
+        kill(setup, SIGTERM)
+        kill(setup, SIGCONT)
+        let ended = job.wait(timeout: 60)
+        #expect(ended.status == 128 + SIGTERM, "\(ended)")
+        #expect(ended.stderr.contains("(interruption, taken after the job ended)"), "\(ended)")
+        let taken = s.taken()
+        try #require(taken.count == 1, "no last snapshot: \(taken)\n\(ended)")
+        #expect(try s.cat(taken[0], "/state") == "v1\n")
+        #expect(try FixtureImage.isClean(taken[0]))
+        #expect(try FixtureImage.isClean(s.image))
+        try s.expectNoFlushFile()
+        #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
+    }
+
     @Test func filtersAndKeepWorkForAnOrdinaryUser() throws {
         let s = try UserJobSnapshotScene()
         let result = try s.run("run-overlay", ["--snapshot-to", s.snapshots, "--snapshot-every", "1", "--snapshot-keep", "2",

@@ -103,6 +103,7 @@ struct clinux_child {
     int reexec_init;           // with init_process: init re-executes this program (see clinux_spawn)
     int new_session;           // with init_process: init starts a session (setsid) the job joins
     int foreground_terminal;   // a terminal on stdin: a process group of its own, the terminal's foreground
+    int ignore_job_signals;    // SIGINT, SIGTERM, SIGQUIT, SIGUSR1, SIGUSR2 ignored across exec (FUSE drivers)
 };
 
 /// Steps reported through error_fd.
