@@ -23,7 +23,8 @@ import Glibc
 ///
 /// The runtime starts it as `<this executable> --serve-image-read-only IMAGE MOUNTPOINT`
 /// in the run's user namespace; it mounts through /dev/fuse, serves until the mount goes
-/// (or SIGTERM, SIGINT or SIGHUP), unmounts and exits.
+/// (or a signal that ends it: SIGHUP, and SIGTERM or SIGINT unless it started with them
+/// ignored, as the runtime starts its drivers), unmounts and exits.
 public enum ImageDriver {
     /// The hidden first argument that makes an executable of the toolkit this driver.
     public static let argument = "--serve-image-read-only"

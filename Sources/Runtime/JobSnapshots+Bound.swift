@@ -17,11 +17,12 @@ extension Setup {
     /// passed (then nothing of it is left and one line on stderr says so). With
     /// `checkpoints`, the child's dump outcome is brought back into it.
     /// With `inJobNamespace` (FUSE mode) the child is forked into the job's PID namespace.
-    func boundedSnapshot(within seconds: Double, job: Int32, mountPoint: String, directory: String,
+    func boundedSnapshot(within seconds: Double, job: Int32, jobEnded: Bool = false, mountPoint: String, directory: String,
                          checkpoints: JobCheckpoints?, inJobNamespace: Bool = false, take: () -> Bool) -> Bool {
         let deadline = MonotonicClock.milliseconds + Int((seconds * 1000).rounded(.up))
         let before = Set(JobSnapshotter.snapshotNames(in: directory))
-        let namespace = JobFreezer.namespace(of: job)
+        // Once the job has ended (and maybe been reaped) there is nothing of it to continue.
+        let namespace = jobEnded ? nil : JobFreezer.namespace(of: job)
         var ends: [Int32] = [-1, -1]
         guard pipe(&ends) == 0 else {
             IO.writeLine("warning: snapshot (interruption) failed, nothing kept: cannot make a pipe: \(Errno.last)", to: 2)

@@ -89,7 +89,9 @@ struct JobFreezer {
     /// Stops them all, or throws (after continuing those it stopped) when one is still running
     /// at `deadline` (monotonic milliseconds).
     mutating func freeze(until deadline: Int) throws {
-        guard let namespace = Self.namespace(of: initProcess) else { throw JobEnded() }
+        guard let namespace = Self.namespace(of: initProcess) else {
+            throw RuntimeError.failed("the job has ended")
+        }
         // From inside the job's namespace (FUSE mode's bounded snapshot) its first process, the
         // toolkit's init, cannot be stopped: the kernel drops SIGSTOP sent to a namespace's init
         // from within. It only starts the command, reaps and passes signals on; it writes no file.
@@ -129,11 +131,6 @@ struct JobFreezer {
             }
         }
         return nil
-    }
-
-    /// The job's first process has ended: there is nothing to stop.
-    struct JobEnded: Error, CustomStringConvertible {
-        var description: String { "the job has ended" }
     }
 
     /// Continues every process it stopped.
@@ -187,6 +184,12 @@ public struct JobSnapshotter {
     /// `afterEnd`: the job's processes have all ended (nothing is left to stop or dump; the
     /// filesystem is still synced and frozen for the copy).
     func take(job: Int32, trigger: Trigger, afterEnd: Bool = false, killAfterCut: () -> Bool = { false }) throws -> Taken {
+        // FUSE mode: writable dirs and filters are copied and packed by child processes, which
+        // can only start in the job's PID namespace (a user namespace cannot go back to its
+        // own), gone with the job.
+        if afterEnd, fuse != nil, !writableDirs.isEmpty || !settings.include.isEmpty || !settings.exclude.isEmpty {
+            throw RuntimeError.failed("the job ended before its last snapshot could pause it, and as an ordinary user a snapshot with --writable-dir, --snapshot-include or --snapshot-exclude is only taken while the job runs (a warning signal ahead, --signal=B:USR1@SECS, takes one then)")
+        }
         let stamp = Self.utcStamp()
         // A process checkpoint made while frozen, named once the snapshot file is.
         let pending = Self.pendingCheckpoint(settings.directory, stamp: stamp.name)
@@ -512,13 +515,27 @@ extension Setup {
                     IO.writeLine("warning: the job's processes were not dumped (only the snapshot file is kept, \(after)): \(failure)", to: 2)
                 }
                 return true
-            } catch is JobFreezer.JobEnded where !afterEnd {
-                // It ended as the snapshot began (of the same SIGTERM, say): taken all the same.
-                checkpoints?.jobEnded = true
-                return snapshot(trigger, afterEnd: true)
             } catch {
                 IO.writeLine("warning: snapshot (\(trigger.rawValue)) failed, nothing kept, \(afterEnd ? "the job has ended" : "the job goes on"): \(error)", to: 2)
                 return false
+            }
+        }
+        // The last snapshot, at SIGTERM. `ended`: the job's processes have all ended (a batch
+        // system's SIGTERM reaches every process of the job at once, and the job may have
+        // ended of it first): then it is taken without a pause, nothing being left to stop
+        // (the filesystem still synced and frozen for the copy), and no dump is tried.
+        func lastSnapshot(ended: Bool) -> Bool {
+            checkpoints?.atInterruption = true
+            checkpoints?.jobEnded = ended
+            // With --checkpoint the job ends at the cut, so its last snapshot is never cut
+            // short. FUSE mode's bounded snapshot runs in the job's PID namespace, which is
+            // gone once the job has ended: then it is taken here, unbounded (nothing of the
+            // job is left to wait for it).
+            if checkpoints != nil || (fuse != nil && ended) { return snapshot(.interruption, afterEnd: ended) }
+            // Within --snapshot-timeout (JobSnapshots+Bound.swift).
+            return boundedSnapshot(within: settings.timeoutSeconds, job: job, jobEnded: ended, mountPoint: image.mountPoint,
+                                   directory: settings.directory, checkpoints: nil, inJobNamespace: fuse != nil) {
+                snapshot(.interruption, afterEnd: ended)
             }
         }
         while true {
@@ -527,23 +544,13 @@ extension Setup {
                 ended = status
             }
             if let ended {
-                // A batch system's SIGTERM (SLURM's at a time limit, a preemption, a requeue)
-                // reaches every process of the job at once: the job may end of it before its
-                // request is read here. The last snapshot is still taken, without a pause (no
-                // process is left to stop): the filesystem synced and frozen for the copy.
+                // Reaped: no signal may go to its pid any more (it may be another process's).
+                Forwarding.target(0)
+                // Its SIGTERM came as the job ended (of the same signal, say) and was not
+                // read before: the last snapshot is taken all the same. The job's status stays
+                // the run's (175 when that snapshot failed).
                 if !interrupted, Forwarding.requests.load(ordering: .acquiring) & Forwarding.terminateRequest != 0 {
-                    Forwarding.intercepting.store(false, ordering: .releasing)
-                    checkpoints?.atInterruption = true
-                    checkpoints?.jobEnded = true
-                    let taken = fuse != nil || checkpoints != nil
-                        // FUSE mode's bounded snapshot runs in the job's PID namespace, gone now.
-                        ? snapshot(.interruption, afterEnd: true)
-                        : boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
-                                          directory: settings.directory, checkpoints: nil) {
-                            snapshot(.interruption, afterEnd: true)
-                        }
-                    if !taken { return JobSnapshotter.interruptionFailedStatus }
-                    if checkpoints != nil { return JobSnapshotter.dumpFailedStatus }
+                    if !lastSnapshot(ended: true) { return JobSnapshotter.interruptionFailedStatus }
                 }
                 return interruptionStatus ?? ended.shellStatus
             }
@@ -552,18 +559,12 @@ extension Setup {
                 interrupted = true
                 // Later signals, SIGTERM included, go straight to the job.
                 Forwarding.intercepting.store(false, ordering: .releasing)
-                // Within --snapshot-timeout (JobSnapshots+Bound.swift); with --checkpoint the job
-                // ends at the cut, so its last snapshot is never cut short.
-                checkpoints?.atInterruption = true
-                let taken = checkpoints == nil
-                    ? boundedSnapshot(within: settings.timeoutSeconds, job: job, mountPoint: image.mountPoint,
-                                      directory: settings.directory, checkpoints: nil, inJobNamespace: fuse != nil) {
-                        snapshot(.interruption)
-                    }
-                    : snapshot(.interruption)
+                // The job's first process, not reaped yet, is a zombie once it has ended.
+                let jobEnded = JobFreezer.state(of: job) == "Z"
+                let taken = lastSnapshot(ended: jobEnded)
                 if !taken {
                     interruptionStatus = JobSnapshotter.interruptionFailedStatus
-                } else if let checkpoints {
+                } else if let checkpoints, !jobEnded {
                     interruptionStatus = checkpoints.failure == nil ? JobSnapshotter.checkpointedStatus : JobSnapshotter.dumpFailedStatus
                 }
                 kill(job, SIGTERM)

@@ -213,13 +213,11 @@ struct UserJobSnapshotTests {
         #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
     }
 
-    /// The job ended of that SIGTERM before run-overlay read its own (made certain by stopping
-    /// the setup process meanwhile): the last snapshot is taken after the job's end, through
-    /// fuse2fs, which the signal left running.
-    @Test func aSigtermThatEndedTheJobFirstStillTakesTheLastSnapshot() throws {
-        let s = try UserJobSnapshotScene()
-        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
-                               "echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
+    /// Starts a job of `arguments` (its command prints "ready" once it runs) and ends it with
+    /// SIGTERM to every process of it before run-overlay reads its own (made certain by
+    /// stopping the setup process meanwhile); returns how run-overlay ended.
+    static func endedBeforeItsSigtermWasRead(_ s: UserJobSnapshotScene, _ arguments: [String]) throws -> ProcessResult {
+        let job = try s.start(arguments)
         defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
         #expect(job.readLine(timeout: 60) == "ready")
         let setup = try #require(processChildren(of: job.pid).first, "no setup process")
@@ -233,7 +231,15 @@ struct UserJobSnapshotTests {
         try #require(waitFor(timeout: 10) { processState(of: initProcess) == "Z" }, "the job did not end of SIGTERM")
         kill(setup, SIGTERM)
         kill(setup, SIGCONT)
-        let ended = job.wait(timeout: 60)
+        return job.wait(timeout: 60)
+    }
+
+    /// The job ended of that SIGTERM before run-overlay read its own: the last snapshot is
+    /// taken after the job's end, through fuse2fs, which the signal left running.
+    @Test func aSigtermThatEndedTheJobFirstStillTakesTheLastSnapshot() throws {
+        let s = try UserJobSnapshotScene()
+        let ended = try Self.endedBeforeItsSigtermWasRead(s, ["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                                                             "echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
         #expect(ended.status == 128 + SIGTERM, "\(ended)")
         #expect(ended.stderr.contains("(interruption, taken after the job ended)"), "\(ended)")
         let taken = s.taken()
@@ -242,6 +248,23 @@ struct UserJobSnapshotTests {
         #expect(try FixtureImage.isClean(taken[0]))
         #expect(try FixtureImage.isClean(s.image))
         try s.expectNoFlushFile()
+        #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
+    }
+
+    /// With a writable dir (copied by a child process, which cannot start once the job's PID
+    /// namespace is gone) that snapshot is not taken: one line says why, status 175, nothing
+    /// left in the snapshot directory.
+    @Test func aSnapshotWithWritableDirsAfterTheJobEndedIsRefusedInOneLine() throws {
+        let s = try UserJobSnapshotScene()
+        let out = s.scene.file("out")
+        let ended = try Self.endedBeforeItsSigtermWasRead(s, ["--snapshot-to", s.snapshots, "--writable-dir", out, "-o", s.image, "--",
+                                                             "bash", "-c", "echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
+        #expect(ended.status == 175, "\(ended)")
+        #expect(ended.stderr.contains("the job ended before its last snapshot could pause it"), "\(ended)")
+        #expect(s.taken().isEmpty, "\(s.taken())")
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: s.snapshots)) ?? []
+        #expect(left.isEmpty, "\(left)")
+        #expect(try FixtureImage.isClean(s.image))
         #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
     }
 
