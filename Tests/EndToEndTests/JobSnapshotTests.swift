@@ -276,22 +276,8 @@ struct JobSnapshotTests {
     /// SIGTERM before it goes on.
     @Test func aSigtermThatEndedTheJobFirstStillTakesTheLastSnapshot() throws {
         let s = try JobSnapshotScene()
-        let job = try s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
-                               "echo 1 > /n; echo ready; while true; do sleep 0.05; done"])
-        defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
-        #expect(job.readLine(timeout: 60) == "ready")
-        let setup = try #require(processChildren(of: job.pid).first, "no setup process")
-        let jobProcesses = processDescendants(of: setup)
-        try #require(!jobProcesses.isEmpty, "no job process")
-        kill(setup, SIGSTOP)
-        try #require(waitFor(timeout: 10) { processState(of: setup) == "T" }, "the setup process did not stop")
-        for pid in jobProcesses { kill(pid, SIGTERM) }
-        // The job's first process ended: a zombie, its parent being stopped.
-        try #require(waitFor(timeout: 10) { processState(of: jobProcesses[0]) == "Z" }, "the job did not end of SIGTERM")
-        job.signal(SIGTERM)
-        kill(setup, SIGTERM)
-        kill(setup, SIGCONT)
-        let result = job.wait(timeout: 60)
+        let result = try endedBeforeItsSigtermWasRead(s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                                                               "echo 1 > /n; echo ready; while true; do sleep 0.05; done"]))
         #expect(result.status == 128 + SIGTERM, "\(result)")
         let taken = s.taken()
         try #require(taken.count == 1, "no last snapshot: \(taken)\n\(result)")
@@ -508,4 +494,25 @@ struct JobSnapshotTests {
         #expect(ordinary.stderr.split(separator: "\n").count == 1, "\(ordinary)")
         #expect(s.taken().isEmpty)
     }
+}
+
+/// Ends the run-overlay `job` (its command prints "ready" once it runs) with SIGTERM to every
+/// process of it, as SLURM sends it, such that the job ends before run-overlay reads its own:
+/// the setup process is stopped meanwhile, and continued once the job's first process (the
+/// toolkit's init) is a zombie. Returns how run-overlay ended.
+func endedBeforeItsSigtermWasRead(_ job: SpawnedProcess) throws -> ProcessResult {
+    defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
+    #expect(job.readLine(timeout: 60) == "ready")
+    let setup = try #require(processChildren(of: job.pid).first, "no setup process")
+    let everyProcess = [job.pid] + processDescendants(of: job.pid)
+    let initProcess = try #require(processDescendants(of: setup).first { pid in
+        ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").hasPrefix("overlay-toolkit-init")
+    }, "no init process")
+    kill(setup, SIGSTOP)
+    try #require(waitFor(timeout: 10) { processState(of: setup) == "T" }, "the setup process did not stop")
+    for pid in everyProcess where pid != setup { kill(pid, SIGTERM) }
+    try #require(waitFor(timeout: 10) { processState(of: initProcess) == "Z" }, "the job did not end of SIGTERM")
+    kill(setup, SIGTERM)
+    kill(setup, SIGCONT)
+    return job.wait(timeout: 60)
 }

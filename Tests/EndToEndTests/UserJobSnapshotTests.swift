@@ -213,33 +213,12 @@ struct UserJobSnapshotTests {
         #expect(s.scene.leftovers(waiting: 5).isEmpty, "\(s.scene.leftovers())")
     }
 
-    /// Starts a job of `arguments` (its command prints "ready" once it runs) and ends it with
-    /// SIGTERM to every process of it before run-overlay reads its own (made certain by
-    /// stopping the setup process meanwhile); returns how run-overlay ended.
-    static func endedBeforeItsSigtermWasRead(_ s: UserJobSnapshotScene, _ arguments: [String]) throws -> ProcessResult {
-        let job = try s.start(arguments)
-        defer { job.signal(SIGKILL); _ = job.wait(timeout: 10) }
-        #expect(job.readLine(timeout: 60) == "ready")
-        let setup = try #require(processChildren(of: job.pid).first, "no setup process")
-        let everyProcess = [job.pid] + processDescendants(of: job.pid)
-        let initProcess = try #require(processDescendants(of: setup).first { pid in
-            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").hasPrefix("overlay-toolkit-init")
-        }, "no init process")
-        kill(setup, SIGSTOP)
-        try #require(waitFor(timeout: 10) { processState(of: setup) == "T" }, "the setup process did not stop")
-        for pid in everyProcess where pid != setup { kill(pid, SIGTERM) }
-        try #require(waitFor(timeout: 10) { processState(of: initProcess) == "Z" }, "the job did not end of SIGTERM")
-        kill(setup, SIGTERM)
-        kill(setup, SIGCONT)
-        return job.wait(timeout: 60)
-    }
-
     /// The job ended of that SIGTERM before run-overlay read its own: the last snapshot is
     /// taken after the job's end, through fuse2fs, which the signal left running.
     @Test func aSigtermThatEndedTheJobFirstStillTakesTheLastSnapshot() throws {
         let s = try UserJobSnapshotScene()
-        let ended = try Self.endedBeforeItsSigtermWasRead(s, ["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
-                                                             "echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
+        let ended = try endedBeforeItsSigtermWasRead(s.start(["--snapshot-to", s.snapshots, "-o", s.image, "--", "bash", "-c",
+                                                             "echo v1 > /state; echo ready; while true; do sleep 0.05; done"]))
         #expect(ended.status == 128 + SIGTERM, "\(ended)")
         #expect(ended.stderr.contains("(interruption, taken after the job ended)"), "\(ended)")
         let taken = s.taken()
@@ -257,8 +236,8 @@ struct UserJobSnapshotTests {
     @Test func aSnapshotWithWritableDirsAfterTheJobEndedIsRefusedInOneLine() throws {
         let s = try UserJobSnapshotScene()
         let out = s.scene.file("out")
-        let ended = try Self.endedBeforeItsSigtermWasRead(s, ["--snapshot-to", s.snapshots, "--writable-dir", out, "-o", s.image, "--",
-                                                             "bash", "-c", "echo v1 > /state; echo ready; while true; do sleep 0.05; done"])
+        let ended = try endedBeforeItsSigtermWasRead(s.start(["--snapshot-to", s.snapshots, "--writable-dir", out, "-o", s.image, "--",
+                                                             "bash", "-c", "echo v1 > /state; echo ready; while true; do sleep 0.05; done"]))
         #expect(ended.status == 175, "\(ended)")
         #expect(ended.stderr.contains("the job ended before its last snapshot could pause it"), "\(ended)")
         #expect(s.taken().isEmpty, "\(s.taken())")
