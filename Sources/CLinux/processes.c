@@ -52,6 +52,10 @@ int clinux_pidfd_send_signal(int pidfd, int sig) {
 #endif
 }
 
+int clinux_set_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
+}
+
 int clinux_set_parent_death_signal(int sig) {
     return prctl(PR_SET_PDEATHSIG, (unsigned long)sig, 0UL, 0UL, 0UL);
 }
@@ -238,7 +242,33 @@ pid_t clinux_spawn(const struct clinux_child *c) {
     clinux_init_loop(job);
 }
 
+static void clinux_child_prepare(const struct clinux_child *c, pid_t parent);
+
 static void clinux_child_run(const struct clinux_child *c, pid_t parent) {
+    clinux_child_prepare(c, parent);
+    environ = c->envp;
+    execvp(c->file, c->argv);
+    clinux_child_fail(c->error_fd, CLINUX_STEP_EXEC);
+}
+
+pid_t clinux_fork_prepared(const struct clinux_child *c) {
+    pid_t parent = getpid();
+    // Nothing buffered may be written twice, once by each process.
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid != 0) return pid < 0 ? -errno : pid;
+    clinux_child_prepare(c, parent);
+    // Only the standard streams go on: no pipe, lock or image descriptor of the parent's is
+    // held by the child (an exec'd child loses them by close-on-exec; error_fd too, which
+    // tells the parent the steps are done).
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) != 0) {
+        for (int fd = 3; fd < 1024; fd++) close(fd);
+    }
+    return 0;
+}
+
+/// The steps of `c` before its exec, in the child.
+static void clinux_child_prepare(const struct clinux_child *c, pid_t parent) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
@@ -291,8 +321,5 @@ static void clinux_child_run(const struct clinux_child *c, pid_t parent) {
         prctl(PR_SET_PDEATHSIG, (unsigned long)c->death_signal, 0UL, 0UL, 0UL);
         if (getppid() != parent) _exit(128 + c->death_signal);
     }
-    environ = c->envp;
-    execvp(c->file, c->argv);
-    clinux_child_fail(c->error_fd, CLINUX_STEP_EXEC);
 }
 

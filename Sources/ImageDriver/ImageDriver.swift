@@ -21,8 +21,9 @@ import Glibc
 /// attributes at all says so once (ENOSYS to the first getxattr), so that the kernel stops
 /// asking: a `stat` of each file under the kernel's overlay then costs no round trip.
 ///
-/// The runtime starts it as `<this executable> --serve-image-read-only IMAGE MOUNTPOINT`
-/// in the run's user namespace; it mounts through /dev/fuse, serves until the mount goes
+/// The runtime forks it (``serve(image:mountPoint:)``) in the run's user namespace, which
+/// costs no program start; `<this executable> --serve-image-read-only IMAGE MOUNTPOINT` runs
+/// the same driver as a command. It mounts through /dev/fuse, serves until the mount goes
 /// (or a signal that ends it: SIGHUP, and SIGTERM or SIGINT unless it started with them
 /// ignored, as the runtime starts its drivers), unmounts and exits.
 public enum ImageDriver {
@@ -33,6 +34,16 @@ public enum ImageDriver {
     public static func runIfAsked(_ arguments: [String] = CommandLine.arguments) {
         guard arguments.count >= 2, arguments[1] == argument else { return }
         exit(main(Array(arguments.dropFirst(2))))
+    }
+
+    /// The name a driver forked by the runtime gives itself (`ps`, /proc/PID/comm): its
+    /// command line is the tool's, as nothing is executed.
+    public static let processName = "overlay-image"
+
+    /// Serves `image` on `mountPoint` until the mount goes, in a process forked for it (see
+    /// `runIfAsked` for the same driver as a command); returns the exit status.
+    public static func serve(image: String, mountPoint: String) -> Int32 {
+        main([image, mountPoint])
     }
 
     /// How long the kernel may keep names, misses and attributes: the image cannot change.

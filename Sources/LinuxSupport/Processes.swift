@@ -121,6 +121,11 @@ public enum Children {
         return pid
     }
 
+    /// This process's name (/proc/self/comm, what `ps` shows; at most 15 bytes are kept).
+    public static func setName(_ name: String) {
+        _ = clinux_set_name(name)
+    }
+
     /// The signal this process gets when its parent dies.
     public static func setParentDeathSignal(_ signal: Int32) {
         _ = clinux_set_parent_death_signal(signal)

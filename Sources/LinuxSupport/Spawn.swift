@@ -62,6 +62,20 @@ public struct ChildSpec: Sendable {
     /// fork + exec. The strings are leaked on purpose: the callers are short-lived setup
     /// processes that exec or exit soon.
     public func spawn() throws(SystemError) -> Outcome {
+        try launch(running: nil)
+    }
+
+    /// fork, then `body` in the child instead of `argv`'s program (which is not run; `argv[0]`
+    /// names it in errors): the child takes the same steps as before an exec, keeps only its
+    /// standard streams (descriptors 0-2) and exits with `body`'s status. It saves loading a
+    /// program, for code this program already has (the built-in image driver). Not for
+    /// `initProcess`; the child's parent-death signal is kept, as without an exec.
+    public func fork(running body: () -> Int32) throws(SystemError) -> Outcome {
+        precondition(!initProcess, "fork(running:) cannot start an init process")
+        return try withoutActuallyEscaping(body) { body throws(SystemError) in try launch(running: body) }
+    }
+
+    private func launch(running body: (() -> Int32)?) throws(SystemError) -> Outcome {
         let errors = try Pipe()
         let cArgs = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: argv.count + 1)
         for (i, word) in argv.enumerated() { cArgs[i] = strdup(word) }
@@ -97,7 +111,10 @@ public struct ChildSpec: Sendable {
             child.new_session = newSession ? 1 : 0
             child.foreground_terminal = foregroundTerminal ? 1 : 0
             child.ignore_job_signals = ignoreJobSignals ? 1 : 0
-            return clinux_spawn(&child)
+            guard let body else { return clinux_spawn(&child) }
+            let pid = clinux_fork_prepared(&child)
+            if pid == 0 { _exit(body()) }
+            return pid
         }
         let readEnd = errors.readEnd
         errors.writeEnd.close()

@@ -43,7 +43,20 @@ extension Setup {
             spec.deathSignal = SIGHUP
             spec.nullStandardIO = true
             spec.newProcessGroup = true
-            let pid = try start(spec, what: "cannot start \(driver.name)")
+            let pid: Int32
+            if driver.argv.count == 4, driver.argv[1] == ImageDriver.argument {
+                // The built-in driver is code of this program: forked, not executed, it starts
+                // without loading a program (about 10 ms less before the job runs). It keeps
+                // CAP_SYS_ADMIN in the user namespace, as a fork does.
+                let (image, mountPoint) = (driver.argv[2], driver.argv[3])
+                spec.ambientSysAdmin = false
+                pid = try start(spec, what: "cannot start \(driver.name)") {
+                    Children.setName(ImageDriver.processName)
+                    return ImageDriver.serve(image: image, mountPoint: mountPoint)
+                }
+            } else {
+                pid = try start(spec, what: "cannot start \(driver.name)")
+            }
             daemons.append((pid, driver.name))
             watchdog?.watch(pid)
             waiting.append((driver, pid, UInt(before.st_dev)))

@@ -43,12 +43,15 @@ extension Setup {
         return try start(spec, what: "cannot run '\(command[0])' in the container", isJob: true)
     }
 
-    /// Starts `spec` (fork + exec, see ``ChildSpec``). `what` says what failed when the program
+    /// Starts `spec` (fork + exec, see ``ChildSpec``; fork only, running `body` instead of the
+    /// program, when given). `what` says what failed when the program
     /// could not be run; a job that could not be run is reported as a shell would, on standard
     /// error with status 127 for a command not found and 126 for one that cannot run.
-    func start(_ spec: ChildSpec, what: String, isJob: Bool = false) throws -> Int32 {
+    func start(_ spec: ChildSpec, what: String, isJob: Bool = false, running body: (() -> Int32)? = nil) throws -> Int32 {
         let outcome: ChildSpec.Outcome
-        do { outcome = try spec.spawn() } catch {
+        do throws(SystemError) {
+            if let body { outcome = try spec.fork(running: body) } else { outcome = try spec.spawn() }
+        } catch {
             throw Failure(text: "cannot start \(spec.argv[0]): \(error.errno)")
         }
         switch outcome {

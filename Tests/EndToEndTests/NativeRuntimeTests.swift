@@ -357,12 +357,24 @@ struct NativeRuntimeTests {
         #expect(tool.readLine(timeout: 30) == "data line")
         #expect(tool.readLine(timeout: 30) == "ready")
         #expect(scene.runningProcesses().contains { $0.contains("fuse2fs") }, "\(scene.runningProcesses())")
-        // The read-only image: the built-in driver.
+        // The read-only image: the built-in driver, forked by the setup process (so its
+        // command line is the tool's) and named for what it does.
         let imageDriver = scene.runningProcesses().compactMap { line -> Int32? in
-            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
-            return parts.count == 2 && parts[1].contains(" --serve-image-read-only \(scene.file("data.ext3")) ") ? Int32(parts[0]) : nil
+            guard let pid = line.split(separator: " ", maxSplits: 1).first.flatMap({ Int32($0) }) else { return nil }
+            let name = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8)) ?? ""
+            return name == "overlay-image\n" ? pid : nil
         }.first
         #expect(imageDriver != nil, "\(scene.runningProcesses())")
+        if let imageDriver {
+            // It holds none of the setup process's descriptors (pipes, locks, the writable
+            // image), only its standard streams, the image it serves and /dev/fuse.
+            let path = "/proc/\(imageDriver)/fd"
+            let held = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).compactMap { entry -> String? in
+                guard let fd = Int(entry), fd > 2 else { return nil }
+                return try? FileManager.default.destinationOfSymbolicLink(atPath: "\(path)/\(entry)")
+            }
+            #expect(!held.isEmpty && held.allSatisfy { $0 == "/dev/fuse" || $0 == scene.file("data.ext3") }, "\(held)")
+        }
         // runuser's child is the tool: kill it, not runuser.
         let toolPid = scene.runningProcesses().compactMap { line -> Int32? in
             let parts = line.split(separator: " ", maxSplits: 1).map(String.init)

@@ -25,6 +25,8 @@ pid_t clinux_fork(void);
 int clinux_pidfd_open(pid_t pid);
 /// Sends `sig` to the process `pidfd` refers to (never to a later process with its pid).
 int clinux_pidfd_send_signal(int pidfd, int sig);
+/// This process's name (PR_SET_NAME: /proc/self/comm).
+int clinux_set_name(const char *name);
 /// The signal this process gets when its parent dies (0 for none).
 int clinux_set_parent_death_signal(int sig);
 
@@ -124,5 +126,11 @@ enum { CLINUX_STEP_ROOT = 1, CLINUX_STEP_CWD, CLINUX_STEP_IDS, CLINUX_STEP_CAPS,
 /// which a CRIU dump from inside that namespace needs; a fork of the tool maps files through
 /// the mounts of the tool's namespace. When the exec fails, init carries on as it is.
 pid_t clinux_spawn(const struct clinux_child *c);
+
+/// fork(); the child applies the steps of `c` before an exec (file, argv and envp are not
+/// used), closes every descriptor above 2 and returns 0, to run the caller's code instead of a
+/// program; the parent gets the child's pid, or -errno. `init_process` is not supported. A
+/// failed step is reported through error_fd as for clinux_spawn.
+pid_t clinux_fork_prepared(const struct clinux_child *c);
 
 #endif
