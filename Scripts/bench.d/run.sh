@@ -10,7 +10,9 @@
 #   kernel's overlay on a read-only sandbox) and the plain fuse2fs + fuse-overlayfs stack;
 #   then read-only on a sandbox (-o IMAGE:ro): root, the built-in image driver under the
 #   kernel's overlay and under fuse-overlayfs, fuse2fs under the kernel's overlay, and the
-#   plain stack read-only.
+#   plain stack read-only;
+#   a Python import of about 800 modules from an image (the pack part's Python environment):
+#   root, an ordinary user and the plain stack, then read-only on the sandbox.
 # Median of $RUNS runs each; ratios below 1 mean run-overlay is faster.
 # Needs $BIN (release bin dir), $BENCH_TMP (scratch) and now/median; see Scripts/bench. Needs root.
 set -euo pipefail
@@ -213,5 +215,66 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
             printf "%-30s %9d %13d %13d %13d %9d %13.1f %13.1f\n", n, r, b, f, o, p, b / r1, p / b1 }'
         k=$((k + 1))
     done
-    rm -rf tree sandbox many.ext3 m.ext3
+    rm -rf tree many.ext3 m.ext3
+
+    # A Python import from the image: the Python environment of `Scripts/bench pack` (the venv
+    # of python-env.txt, installed from PyPI once into $PACK_CACHE) packed into an image of the
+    # user's at /opt/pyenv; the job imports numpy, pandas, aiohttp, jinja2 and yaml with it
+    # (about 800 modules, from their compiled .pyc files), in a fresh mount each time:
+    # root, the ordinary user and the plain stack on the host root (writable image), then the
+    # image read-only on the sandbox: root and the ordinary user (the built-in driver under the
+    # kernel's overlay). Median of $IMPORT_RUNS runs (default 3) of each.
+    PACK_CACHE="${PACK_CACHE:-/var/tmp/overlay-bench-cache}"
+    venv="$PACK_CACHE/python-env"
+    if [ ! -e "$venv.done" ]; then
+        mkdir -p "$PACK_CACHE"; rm -rf "$venv"
+        echo "installing the Python environment into $venv (once; a few minutes)..." >&2
+        if python3 -m venv "$venv" && "$venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+            -r "$(dirname "$0")/python-env.txt" >&2; then
+            touch "$venv.done"
+        fi
+    fi
+    echo
+    if [ -e "$venv.done" ]; then
+        rm -rf pytree && mkdir -p pytree/opt && cp -al "$venv" pytree/opt/pyenv
+        # The venv runs the host's /usr/bin/python3 (also in the sandbox, and readable by the
+        # user; the cache's may point elsewhere): replaced in the copy, not in the cache.
+        rm -f pytree/opt/pyenv/bin/python3 pytree/opt/pyenv/pyvenv.cfg
+        ln -s /usr/bin/python3 pytree/opt/pyenv/bin/python3
+        printf 'home = /usr/bin\ninclude-system-site-packages = false\n' >pytree/opt/pyenv/pyvenv.cfg
+        modules=$(/usr/bin/python3 -c 'import sys; sys.path[:0] = sys.argv[1:]; import numpy, pandas, aiohttp, jinja2, yaml; print(len(sys.modules))' \
+            pytree/opt/pyenv/lib/python3*/site-packages 2>/dev/null || echo "?")
+        rm -f py.ext3 && as_user "$BIN/create-overlay" --from pytree -o py.ext3 >/dev/null
+        chmod 644 py.ext3
+        imp='s=${EPOCHREALTIME/./}; /opt/pyenv/bin/python -c "import numpy, pandas, aiohttp, jinja2, yaml" || echo failed >&2; echo $(( (${EPOCHREALTIME/./} - s) / 1000 ))'
+        import_runs() {  # COMMAND...: the median of the job's own figures
+            for ((i = 0; i < ${IMPORT_RUNS:-3}; i++)); do
+                cp --sparse=always py.ext3 p.ext3; chown "$USER_NAME" p.ext3
+                "$@"
+            done | median
+        }
+        proot=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3 -- bash -c "$imp")
+        puser=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3 -- bash -c "$imp")
+        pplain=$(import_runs as_user unshare --map-current-user --keep-caps -m --propagation private \
+            setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
+            m="$1"; shift
+            trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
+            mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
+            fuse2fs p.ext3 "$m/a" -o fakeroot
+            fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
+            for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
+            chroot "$m/root" env HOME="$2" bash -c "$1"
+        ' sh "$dir/mnt" "$imp" "$dir" 3>&1 2>/dev/null | cat)
+        prootro=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
+        puserro=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
+        printf '%-34s %9s %9s %9s %9s %9s\n' "Python import (ms, median)" root user plain user/root plain/root
+        awk -v n="$modules modules, writable image" -v r="$proot" -v u="$puser" -v p="$pplain" 'BEGIN {
+            printf "%-34s %9d %9d %9d %9.1f %9.1f\n", n, r, u, p, u / r, p / r }'
+        awk -v n="the same, :ro on a sandbox" -v r="$prootro" -v u="$puserro" 'BEGIN {
+            printf "%-34s %9d %9d %9s %9.1f %9s\n", n, r, u, "-", u / r, "-" }'
+        rm -rf pytree py.ext3 p.ext3
+    else
+        echo "Python import: skipped (the Python environment could not be installed: no PyPI?)"
+    fi
+    rm -rf sandbox
 fi
