@@ -163,17 +163,21 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     fresh; root=$("$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
     fresh; user=$(as_user OVERLAY_RUNTIME=native "$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
     # The plain stack: fuse2fs and fuse-overlayfs with their defaults (and the options
-    # run-overlay needs: noacl, static_nlink), by hand as in by_hand_user.
-    fresh; plain=$(as_user unshare --map-current-user --keep-caps -m --propagation private \
-        setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
-        m="$1"; shift
-        trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
-        mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
-        fuse2fs m.ext3 "$m/a" -o fakeroot
-        fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
-        for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
-        chroot "$m/root" bash -c "$1" sh "$2"
-    ' sh "$dir/mnt" "$job" "$MANY" 3>&1 2>/dev/null | cat)
+    # run-overlay needs: noacl, static_nlink), by hand as in by_hand_user; IMAGE writable on
+    # the host root, then COMMAND in it.
+    plain_stack() {  # IMAGE COMMAND...
+        as_user unshare --map-current-user --keep-caps -m --propagation private \
+            setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
+            m="$1"; image="$2"; shift 2
+            trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
+            mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
+            fuse2fs "$image" "$m/a" -o fakeroot
+            fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
+            for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
+            chroot "$m/root" "$@"
+        ' sh "$dir/mnt" "$@" 3>&1 2>/dev/null | cat
+    }
+    fresh; plain=$(plain_stack m.ext3 bash -c "$job" sh "$MANY")
     # Read-only on the sandbox: the built-in driver under the kernel's overlay and under
     # fuse-overlayfs; fuse2fs (OVERLAY_IMAGE_DRIVER=fuse2fs) under the kernel's overlay; root;
     # and the plain stack read-only (fuse2fs ro + fuse-overlayfs ro), by hand.
@@ -255,16 +259,7 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         }
         proot=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3 -- bash -c "$imp")
         puser=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3 -- bash -c "$imp")
-        pplain=$(import_runs as_user unshare --map-current-user --keep-caps -m --propagation private \
-            setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
-            m="$1"; shift
-            trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
-            mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
-            fuse2fs p.ext3 "$m/a" -o fakeroot
-            fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
-            for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
-            chroot "$m/root" env HOME="$2" bash -c "$1"
-        ' sh "$dir/mnt" "$imp" "$dir" 3>&1 2>/dev/null | cat)
+        pplain=$(import_runs plain_stack p.ext3 env HOME="$dir" bash -c "$imp")
         prootro=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
         puserro=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
         printf '%-34s %9s %9s %9s %9s %9s\n' "Python import (ms, median)" root user plain user/root plain/root
