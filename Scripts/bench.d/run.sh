@@ -163,21 +163,26 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     fresh; root=$("$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
     fresh; user=$(as_user OVERLAY_RUNTIME=native "$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
     # The plain stack: fuse2fs and fuse-overlayfs with their defaults (and the options
-    # run-overlay needs: noacl, static_nlink), by hand as in by_hand_user; IMAGE writable on
-    # the host root, then COMMAND in it.
-    plain_stack() {  # IMAGE COMMAND...
+    # run-overlay needs: noacl, static_nlink), by hand as in by_hand_user; rw: IMAGE writable
+    # on the host root; ro: IMAGE and the sandbox, both read-only. Then COMMAND in it.
+    plain_stack() {  # rw|ro IMAGE COMMAND...
         as_user unshare --map-current-user --keep-caps -m --propagation private \
             setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
-            m="$1"; image="$2"; shift 2
+            m="$1"; sandbox="$2"; mode="$3"; image="$4"; shift 4
             trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
             mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
-            fuse2fs "$image" "$m/a" -o fakeroot
-            fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
+            if [ "$mode" = ro ]; then
+                fuse2fs "$image" "$m/a" -o fakeroot,ro
+                fuse-overlayfs -o "ro,noacl,static_nlink,lowerdir=$m/a/upper:$sandbox" "$m/root"
+            else
+                fuse2fs "$image" "$m/a" -o fakeroot
+                fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
+            fi
             for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
             chroot "$m/root" "$@"
-        ' sh "$dir/mnt" "$@" 3>&1 2>/dev/null | cat
+        ' sh "$dir/mnt" "$dir/sandbox" "$@" 3>&1 2>/dev/null | cat
     }
-    fresh; plain=$(plain_stack m.ext3 bash -c "$job" sh "$MANY")
+    fresh; plain=$(plain_stack rw m.ext3 bash -c "$job" sh "$MANY")
     # Read-only on the sandbox: the built-in driver under the kernel's overlay and under
     # fuse-overlayfs; fuse2fs (OVERLAY_IMAGE_DRIVER=fuse2fs) under the kernel's overlay; root;
     # and the plain stack read-only (fuse2fs ro + fuse-overlayfs ro), by hand.
@@ -185,16 +190,7 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     fresh; fov=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=fuse-overlayfs "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
     fresh; oldro=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=kernel OVERLAY_IMAGE_DRIVER=fuse2fs "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
     fresh; rootro=$("$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
-    fresh; plainro=$(as_user unshare --map-current-user --keep-caps -m --propagation private \
-        setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
-        m="$1"; shift
-        trap '"'"'umount -l "$m/root" 2>/dev/null; umount "$m/a" 2>/dev/null || umount -l "$m/a" 2>/dev/null'"'"' EXIT
-        mount -t tmpfs tmpfs "$m"; mkdir "$m/a" "$m/root"
-        fuse2fs m.ext3 "$m/a" -o fakeroot,ro
-        fuse-overlayfs -o "ro,noacl,static_nlink,lowerdir=$m/a/upper:$PWD/sandbox" "$m/root"
-        for d in /proc /sys /dev /tmp; do mount --rbind "$d" "$m/root$d"; done
-        chroot "$m/root" bash -c "$1" sh "$2"
-    ' sh "$dir/mnt" "$job" "$MANY" 3>&1 2>/dev/null | cat)
+    fresh; plainro=$(plain_stack ro m.ext3 bash -c "$job" sh "$MANY")
     echo
     printf '%-30s %9s %9s %9s %7s %7s %9s %9s %7s\n' "$MANY files (ms, one run)" root user plain user/root plain/root "user ro:kernel" "ro:fuse-ovl" kernel/root
     read -ra R <<<"$root"; read -ra U <<<"$user"; read -ra P <<<"$plain"; read -ra K <<<"$kernel"; read -ra F <<<"$fov"
@@ -226,8 +222,8 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     # user's at /opt/pyenv; the job imports numpy, pandas, aiohttp, jinja2 and yaml with it
     # (about 800 modules, from their compiled .pyc files), in a fresh mount each time:
     # root, the ordinary user and the plain stack on the host root (writable image), then the
-    # image read-only on the sandbox: root and the ordinary user (the built-in driver under the
-    # kernel's overlay). Median of $IMPORT_RUNS runs (default 3) of each.
+    # image read-only on the sandbox: root, the ordinary user (the built-in driver under the
+    # kernel's overlay) and the plain stack read-only. Median of $IMPORT_RUNS runs (default 3) of each.
     PACK_CACHE="${PACK_CACHE:-/var/tmp/overlay-bench-cache}"
     venv="$PACK_CACHE/python-env"
     if [ ! -e "$venv.done" ]; then
@@ -259,14 +255,15 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         }
         proot=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3 -- bash -c "$imp")
         puser=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3 -- bash -c "$imp")
-        pplain=$(import_runs plain_stack p.ext3 env HOME="$dir" bash -c "$imp")
+        pplain=$(import_runs plain_stack rw p.ext3 env HOME="$dir" bash -c "$imp")
         prootro=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
         puserro=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
+        pplainro=$(import_runs plain_stack ro p.ext3 env HOME="$dir" bash -c "$imp")
         printf '%-34s %9s %9s %9s %9s %9s\n' "Python import (ms, median)" root user plain user/root plain/root
         awk -v n="$modules modules, writable image" -v r="$proot" -v u="$puser" -v p="$pplain" 'BEGIN {
             printf "%-34s %9d %9d %9d %9.1f %9.1f\n", n, r, u, p, u / r, p / r }'
-        awk -v n="the same, :ro on a sandbox" -v r="$prootro" -v u="$puserro" 'BEGIN {
-            printf "%-34s %9d %9d %9s %9.1f %9s\n", n, r, u, "-", u / r, "-" }'
+        awk -v n="the same, :ro on a sandbox" -v r="$prootro" -v u="$puserro" -v p="$pplainro" 'BEGIN {
+            printf "%-34s %9d %9d %9d %9.1f %9.1f\n", n, r, u, p, u / r, p / r }'
         rm -rf pytree py.ext3 p.ext3
     else
         echo "Python import: skipped (the Python environment could not be installed: no PyPI?)"
