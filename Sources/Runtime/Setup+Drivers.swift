@@ -14,9 +14,15 @@ extension Setup {
         var mountPoint: String
         var what: String
 
+        /// The image and mount point when this is the built-in image driver (code of this
+        /// program, which is forked rather than executed).
+        var builtinImage: (image: String, mountPoint: String)? {
+            argv.count == 4 && argv[1] == ImageDriver.argument ? (argv[2], argv[3]) : nil
+        }
+
         /// The driver's name in messages.
         var name: String {
-            argv.count > 1 && argv[1] == ImageDriver.argument ? "the built-in image driver" : argv[0]
+            builtinImage != nil ? "the built-in image driver" : argv[0]
         }
     }
 
@@ -44,11 +50,9 @@ extension Setup {
             spec.nullStandardIO = true
             spec.newProcessGroup = true
             let pid: Int32
-            if driver.argv.count == 4, driver.argv[1] == ImageDriver.argument {
-                // The built-in driver is code of this program: forked, not executed, it starts
-                // without loading a program (about 10 ms less before the job runs). It keeps
-                // CAP_SYS_ADMIN in the user namespace, as a fork does.
-                let (image, mountPoint) = (driver.argv[2], driver.argv[3])
+            if let (image, mountPoint) = driver.builtinImage {
+                // Forked, not executed: it starts without loading a program (about 10 ms less
+                // before the job runs). It keeps CAP_SYS_ADMIN in the user namespace, as a fork does.
                 spec.ambientSysAdmin = false
                 pid = try start(spec, what: "cannot start \(driver.name)") {
                     Children.setName(ImageDriver.processName)
