@@ -164,8 +164,9 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     fresh; user=$(as_user OVERLAY_RUNTIME=native "$BIN/run-overlay" --runtime native -o m.ext3 -- bash -c "$job" sh "$MANY")
     # The plain stack: fuse2fs and fuse-overlayfs with their defaults (and the options
     # run-overlay needs: noacl, static_nlink), by hand as in by_hand_user; rw: IMAGE writable
-    # on the host root; ro: IMAGE and the sandbox, both read-only. Then COMMAND in it.
-    plain_stack() {  # rw|ro IMAGE COMMAND...
+    # on the host root; rw-sandbox: IMAGE writable on the sandbox; ro: IMAGE and the sandbox,
+    # both read-only. Then COMMAND in it.
+    plain_stack() {  # rw|rw-sandbox|ro IMAGE COMMAND...
         as_user unshare --map-current-user --keep-caps -m --propagation private \
             setpriv --inh-caps +sys_admin,+sys_chroot --ambient-caps +sys_admin,+sys_chroot bash -ec '
             m="$1"; sandbox="$2"; mode="$3"; image="$4"; shift 4
@@ -174,6 +175,9 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
             if [ "$mode" = ro ]; then
                 fuse2fs "$image" "$m/a" -o fakeroot,ro
                 fuse-overlayfs -o "ro,noacl,static_nlink,lowerdir=$m/a/upper:$sandbox" "$m/root"
+            elif [ "$mode" = rw-sandbox ]; then
+                fuse2fs "$image" "$m/a" -o fakeroot
+                fuse-overlayfs -o "noacl,static_nlink,lowerdir=$sandbox,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
             else
                 fuse2fs "$image" "$m/a" -o fakeroot
                 fuse-overlayfs -o "noacl,static_nlink,lowerdir=/,upperdir=$m/a/upper,workdir=$m/a/work" "$m/root"
@@ -191,6 +195,11 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     fresh; oldro=$(as_user OVERLAY_RUNTIME=native OVERLAY_FUSE_STACK=kernel OVERLAY_IMAGE_DRIVER=fuse2fs "$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
     fresh; rootro=$("$BIN/run-overlay" --runtime native -o m.ext3:ro -c sandbox -- bash -c "$job" sh "$MANY")
     fresh; plainro=$(plain_stack ro m.ext3 bash -c "$job" sh "$MANY")
+    # Writable on the sandbox: root; the user (the built-in driver's writable mode under the
+    # kernel's overlay); the plain stack on the sandbox.
+    fresh; rootsb=$("$BIN/run-overlay" --runtime native -o m.ext3 -c sandbox -- bash -c "$job" sh "$MANY")
+    fresh; usersb=$(as_user OVERLAY_RUNTIME=native "$BIN/run-overlay" --runtime native -o m.ext3 -c sandbox -- bash -c "$job" sh "$MANY")
+    fresh; plainsb=$(plain_stack rw-sandbox m.ext3 bash -c "$job" sh "$MANY")
     echo
     printf '%-30s %9s %9s %9s %7s %7s %9s %9s %7s\n' "$MANY files (ms, one run)" root user plain user/root plain/root "user ro:kernel" "ro:fuse-ovl" kernel/root
     read -ra R <<<"$root"; read -ra U <<<"$user"; read -ra P <<<"$plain"; read -ra K <<<"$kernel"; read -ra F <<<"$fov"
@@ -203,6 +212,15 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         awk -v n="${names[i]}" -v r="${R[i]:-0}" -v u="${U[i]:-0}" -v p="${P[i]:-0}" -v k="${kv:-0}" -v f="${fv:-0}" 'BEGIN {
             r1 = r < 1 ? 1 : r
             printf "%-30s %9d %9d %9d %7.1f %7.1f %9s %9s %7s\n", n, r, u, p, u / r1, p / r1, k, f, (k == "-" ? "-" : sprintf("%.1f", k / r1)) }'
+    done
+    # The same, writable, on the sandbox (where the kernel's overlay takes the user's stack).
+    echo
+    printf '%-30s %9s %9s %9s %7s %7s %11s\n' "$MANY files, on a sandbox" root user plain user/root plain/root plain/user
+    read -ra RS <<<"$rootsb"; read -ra US <<<"$usersb"; read -ra PS <<<"$plainsb"
+    for i in 0 1 2 3 4 5 6 7; do
+        awk -v n="${names[i]}" -v r="${RS[i]:-0}" -v u="${US[i]:-0}" -v p="${PS[i]:-0}" 'BEGIN {
+            r1 = r < 1 ? 1 : r; u1 = u < 1 ? 1 : u
+            printf "%-30s %9d %9d %9d %7.1f %7.1f %11.1f\n", n, r, u, p, u / r1, p / r1, p / u1 }'
     done
     # The read-only rows: what a batch job sharing an image (-o IMAGE:ro) gets.
     echo
@@ -221,8 +239,9 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
     # of python-env.txt, installed from PyPI once into $PACK_CACHE) packed into an image of the
     # user's at /opt/pyenv; the job imports numpy, pandas, aiohttp, jinja2 and yaml with it
     # (about 800 modules, from their compiled .pyc files), in a fresh mount each time:
-    # root, the ordinary user and the plain stack on the host root (writable image), then the
-    # image read-only on the sandbox: root, the ordinary user (the built-in driver under the
+    # root, the ordinary user and the plain stack on the host root (writable image), the same
+    # on the sandbox (the user's: the built-in writable driver under the kernel's overlay), then
+    # the image read-only on the sandbox: root, the ordinary user (the built-in driver under the
     # kernel's overlay) and the plain stack read-only. Median of $IMPORT_RUNS runs (default 3) of each.
     PACK_CACHE="${PACK_CACHE:-/var/tmp/overlay-bench-cache}"
     venv="$PACK_CACHE/python-env"
@@ -259,8 +278,13 @@ if id "$USER_NAME" >/dev/null 2>&1 && command -v fuse2fs >/dev/null && command -
         prootro=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
         puserro=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3:ro -c sandbox -- bash -c "$imp")
         pplainro=$(import_runs plain_stack ro p.ext3 env HOME="$dir" bash -c "$imp")
+        prootsb=$(import_runs env HOME="$dir" "$BIN/run-overlay" --runtime native -o p.ext3 -c sandbox -- bash -c "$imp")
+        pusersb=$(import_runs as_user "$BIN/run-overlay" --runtime native -o p.ext3 -c sandbox -- bash -c "$imp")
+        pplainsb=$(import_runs plain_stack rw-sandbox p.ext3 env HOME="$dir" bash -c "$imp")
         printf '%-34s %9s %9s %9s %9s %9s\n' "Python import (ms, median)" root user plain user/root plain/root
         awk -v n="$modules modules, writable image" -v r="$proot" -v u="$puser" -v p="$pplain" 'BEGIN {
+            printf "%-34s %9d %9d %9d %9.1f %9.1f\n", n, r, u, p, u / r, p / r }'
+        awk -v n="the same, writable, on a sandbox" -v r="$prootsb" -v u="$pusersb" -v p="$pplainsb" 'BEGIN {
             printf "%-34s %9d %9d %9d %9.1f %9.1f\n", n, r, u, p, u / r, p / r }'
         awk -v n="the same, :ro on a sandbox" -v r="$prootro" -v u="$puserro" -v p="$pplainro" 'BEGIN {
             printf "%-34s %9d %9d %9d %9.1f %9.1f\n", n, r, u, p, u / r, p / r }'

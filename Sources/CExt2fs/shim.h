@@ -4,6 +4,7 @@
 #include <ext2fs/ext2_fs.h>
 #include <ext2fs/ext2fs.h>
 #include <et/com_err.h>
+#include <string.h>
 
 // Mutable C globals are not concurrency-safe in Swift 6: read them through accessors.
 static inline io_manager cext2fs_unix_io_manager(void) { return unix_io_manager; }
@@ -40,5 +41,46 @@ static inline unsigned int cext2fs_dirent_name_len(const struct ext2_dir_entry *
 static inline unsigned int cext2fs_inode_blocks_per_group(ext2_filsys fs) { return fs->inode_blocks_per_group; }
 static inline unsigned int cext2fs_group_count(ext2_filsys fs) { return fs->group_desc_count; }
 static inline const char *cext2fs_dirent_name(const struct ext2_dir_entry *entry) { return entry->name; }
+
+// ---- Writing helpers (the built-in driver's writable mode) ----
+
+static inline void cext2fs_set_owner(struct ext2_inode_large *inode, unsigned int uid, unsigned int gid) {
+    inode->i_uid = (__u16)(uid & 0xffff);
+    inode->osd2.linux2.l_i_uid_high = (__u16)(uid >> 16);
+    inode->i_gid = (__u16)(gid & 0xffff);
+    inode->osd2.linux2.l_i_gid_high = (__u16)(gid >> 16);
+}
+// Device numbers, in the old encoding where it fits (as the kernel writes them), else the new.
+static inline void cext2fs_set_rdev(struct ext2_inode_large *inode, unsigned int major, unsigned int minor) {
+    if (major < 256 && minor < 256) {
+        inode->i_block[0] = (major << 8) | minor;
+        inode->i_block[1] = 0;
+    } else {
+        inode->i_block[0] = 0;
+        inode->i_block[1] = (minor & 0xff) | (major << 8) | ((minor & ~0xffu) << 12);
+    }
+}
+static inline unsigned char *cext2fs_inode_block_bytes_mutable(struct ext2_inode_large *inode) {
+    return (unsigned char *)inode->i_block;
+}
+// Writes a new inode whole (the part past the large inode's fields zeroed: no stale in-inode
+// extended attributes of a former owner of the slot).
+static inline errcode_t cext2fs_write_new_inode_large(ext2_filsys fs, ext2_ino_t ino, struct ext2_inode_large *inode) {
+    int size = EXT2_INODE_SIZE(fs->super);
+    unsigned char buffer[1024];
+    if (size > (int)sizeof(buffer)) return EXT2_ET_INVALID_ARGUMENT;
+    memset(buffer, 0, sizeof(buffer));
+    int copy = size < (int)sizeof(*inode) ? size : (int)sizeof(*inode);
+    memcpy(buffer, inode, copy);
+    if (size <= EXT2_GOOD_OLD_INODE_SIZE) ((struct ext2_inode_large *)buffer)->i_extra_isize = 0;
+    return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)buffer, size);
+}
+static inline errcode_t cext2fs_write_inode_large(ext2_filsys fs, ext2_ino_t ino, struct ext2_inode_large *inode) {
+    int size = EXT2_INODE_SIZE(fs->super);
+    if (size > (int)sizeof(*inode)) size = (int)sizeof(*inode);
+    return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)inode, size);
+}
+static inline int cext2fs_inode_size(ext2_filsys fs) { return EXT2_INODE_SIZE(fs->super); }
+static inline io_channel cext2fs_io(ext2_filsys fs) { return fs->io; }
 
 #endif

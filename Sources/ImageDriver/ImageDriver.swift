@@ -32,18 +32,30 @@ public enum ImageDriver {
 
     /// Runs the driver and exits when the command line asks for it; returns otherwise.
     public static func runIfAsked(_ arguments: [String] = CommandLine.arguments) {
-        guard arguments.count >= 2, arguments[1] == argument else { return }
-        exit(main(Array(arguments.dropFirst(2))))
+        guard arguments.count >= 2, arguments[1] == argument || arguments[1] == writableArgument else { return }
+        let writable = arguments[1] == writableArgument
+        guard arguments.count == 4 else {
+            say("usage: \(arguments[1]) IMAGE MOUNTPOINT")
+            exit(64)
+        }
+        exit(serve(image: arguments[2], mountPoint: arguments[3], writable: writable))
     }
 
     /// The name a driver forked by the runtime gives itself (`ps`, /proc/PID/comm): its
     /// command line is the tool's, as nothing is executed.
     public static let processName = "overlay-image"
 
-    /// Serves `image` on `mountPoint` until the mount goes, in a process forked for it (see
-    /// `runIfAsked` for the same driver as a command); returns the exit status.
-    public static func serve(image: String, mountPoint: String) -> Int32 {
-        main([image, mountPoint])
+    /// Serves `image` on `mountPoint` (read-only, or writable: see ``writableArgument``) until
+    /// the mount goes, in a process forked for it (see `runIfAsked` for the same driver as a
+    /// command); returns the exit status.
+    public static func serve(image: String, mountPoint: String, writable: Bool = false) -> Int32 {
+        writable ? mainWritable(image, mountPoint) : main([image, mountPoint])
+    }
+
+    /// Whether the writable mode can write `image` (an ext3 image of the features this toolkit
+    /// and `mke2fs -t ext3` make); others are left to fuse2fs.
+    public static func canWrite(image: String) -> Bool {
+        WritableTree.supports(path: image)
     }
 
     /// How long the kernel may keep names, misses and attributes: the image cannot change.

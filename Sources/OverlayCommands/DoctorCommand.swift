@@ -96,8 +96,8 @@ enum Doctor {
                 : "/dev/fuse mode \(mode) is not readable and writable by you: an administrator can chmod 0666 /dev/fuse"
         }
         checks.append(Check(name: "/dev/fuse", ok: fuseOK, detail: fuseDetail))
-        let tools: [(String, String)] = [("fuse2fs", "ext3 images without root (Debian: fuse2fs)"),
-                                         ("fuse-overlayfs", "the stack without root where the kernel's overlay is refused (Debian: fuse-overlayfs)"),
+        let tools: [(String, String)] = [("fuse2fs", "job snapshots without root, and images the built-in driver does not write, such as ext4 (Debian: fuse2fs)"),
+                                         ("fuse-overlayfs", "the stack without root on the host root, or where the kernel's overlay is refused (Debian: fuse-overlayfs)"),
                                          ("squashfuse", "SIF/squashfs containers without root (Debian: squashfuse)")]
         var found: [String: Bool] = [:]
         for (tool, use) in tools {
@@ -105,7 +105,7 @@ enum Doctor {
             found[tool] = path != nil
             checks.append(Check(name: tool, ok: path != nil, detail: path.map { "\($0)" } ?? "not found on PATH: needed for \(use)"))
         }
-        let fuseModeOK = userns.ok && fuseOK && found["fuse2fs"] == true
+        let fuseModeOK = userns.ok && fuseOK && found["fuse-overlayfs"] == true
         // Singularity/Apptainer.
         let singularity = ["apptainer", "singularity"].lazy.compactMap { name in findExecutable(name).map { (name, $0) } }.first
         checks.append(Check(name: "apptainer/singularity", ok: singularity != nil,
@@ -119,7 +119,7 @@ enum Doctor {
         if let singularity { ways.append(singularity.0) }
         let summary = ok ? "jobs can run with \(ways.joined(separator: " and "))"
             : root ? "the native runtime needs loop devices, ext3 and overlayfs, or install Apptainer"
-            : "the native runtime needs user namespaces, /dev/fuse and fuse2fs, or install Apptainer, or run as root"
+            : "the native runtime needs user namespaces, /dev/fuse and fuse-overlayfs, or install Apptainer, or run as root"
         return Report(checks: checks, ok: ok, summary: summary)
     }
 

@@ -14,7 +14,7 @@ import Glibc
 ///
 ///     session/     the topmost lower layer: empty mount points for the binds, so no bind
 ///                  writes a directory into an image or needs one in the container
-///     image0...    each overlay image, mounted (kernel ext3 or fuse2fs)
+///     image0...    each overlay image, mounted (kernel ext3, the built-in driver or fuse2fs)
 ///     container/   the container's squashfs (a SIF's system partition or a squashfs image)
 ///     root/        the overlay: the job's root, with the binds on it
 ///     host/        (FUSE, when the container root holds the staging area: the host root) a
@@ -29,9 +29,10 @@ import Glibc
 /// - `/` as a layer: its submounts (/proc, /dev, ...) are locked, and a layer must be one whole
 ///   mount ("failed to clone lowerpath"), so over the host root the plan says fuse-overlayfs;
 /// - an upper directory on FUSE without RENAME_WHITEOUT, d_type and xattrs ("upper fs missing
-///   required features"): fuse2fs 1.47.0 (libfuse 2.9) has no rename flags, so a writable
-///   stack falls back to fuse-overlayfs there (the failed attempt leaves an empty `work/work`);
-/// which leaves read-only stacks on a SIF, squashfs or sandbox container to the kernel.
+///   required features"): the built-in driver's writable mode has them; fuse2fs 1.47.0 (libfuse
+///   2.9) has no rename flags, so a writable stack on fuse2fs (see ``writableDriver``) falls
+///   back to fuse-overlayfs (the failed attempt leaves an empty `work/work`);
+/// which leaves stacks on a SIF, squashfs or sandbox container to the kernel.
 public struct NativePlan: Codable, Equatable, Sendable {
     /// Kernel mounts as root; FUSE drivers in a user namespace as an ordinary user.
     public enum Mode: String, Codable, Sendable { case kernel, fuse }
@@ -47,9 +48,9 @@ public struct NativePlan: Codable, Equatable, Sendable {
         case fuseOverlayfs = "fuse-overlayfs"
     }
 
-    /// What mounts a read-only image in FUSE mode. `OVERLAY_IMAGE_DRIVER` chooses: `builtin`
-    /// (the default: this toolkit's own driver, ``ImageDriver``) or `fuse2fs`. A writable image
-    /// is always fuse2fs's.
+    /// What mounts an image in FUSE mode. `OVERLAY_IMAGE_DRIVER` chooses: `builtin` (the
+    /// default: this toolkit's own driver, ``ImageDriver``) or `fuse2fs`; a writable image may
+    /// still be fuse2fs's (``writableDriver``).
     public enum ReadOnlyDriver: String, Codable, Sendable {
         case builtin
         case fuse2fs
@@ -94,6 +95,11 @@ public struct NativePlan: Codable, Equatable, Sendable {
     public var squashfs: SquashfsMount?
     /// FUSE mode: the driver of the read-only images.
     public var readOnlyDriver: ReadOnlyDriver?
+    /// FUSE mode, with a writable image: its driver. The built-in one (its writable mode) where
+    /// the read-only images have it, unless the image has ext2 features it does not write
+    /// (it writes those of an ext3 image as this toolkit and `mke2fs -t ext3` make them) or
+    /// the run takes job snapshots (their cut works through fuse2fs: see ``Fuse2fsFlush``).
+    public var writableDriver: ReadOnlyDriver?
     /// FUSE mode: the executable that is the built-in driver (this one, with
     /// ``ImageDriver/argument``).
     public var driverExecutable: String?
@@ -160,11 +166,13 @@ public struct NativePlan: Codable, Equatable, Sendable {
 
     static let fuse2fsCaching = ",kernel_cache,entry_timeout=3600,attr_timeout=3600,negative_timeout=3600"
 
-    /// The command that mounts `image` in FUSE mode: the built-in driver for a read-only image
-    /// (unless `OVERLAY_IMAGE_DRIVER=fuse2fs`), fuse2fs for the writable one. In the foreground.
+    /// The command that mounts `image` in FUSE mode, in the foreground: the built-in driver
+    /// (unless `OVERLAY_IMAGE_DRIVER=fuse2fs`), read-only or writable; fuse2fs for a writable
+    /// image the built-in driver does not write (see ``writableDriver``).
     public func fuseImageCommand(_ image: ImageMount) -> [String] {
-        if image.readOnly, readOnlyDriver == .builtin, let driverExecutable {
-            return [driverExecutable, ImageDriver.argument, image.path, image.mountPoint]
+        if readOnlyDriver == .builtin, let driverExecutable {
+            if image.readOnly { return [driverExecutable, ImageDriver.argument, image.path, image.mountPoint] }
+            if writableDriver == .builtin { return [driverExecutable, ImageDriver.writableArgument, image.path, image.mountPoint] }
         }
         return ["fuse2fs", image.path, image.mountPoint, "-f", "-o", fuse2fsOptions(image)]
     }
@@ -331,6 +339,7 @@ extension NativePlan {
         let scratch = writable == nil && job.scratch ? staging + "/scratch" : nil
         var userOverlay: UserOverlay?
         var readOnlyDriver: ReadOnlyDriver?
+        var writableDriver: ReadOnlyDriver?
         var driverExecutable: String?
         if mode == .fuse {
             let asked = environment["OVERLAY_FUSE_STACK"].map { $0.isEmpty ? "auto" : $0 } ?? "auto"
@@ -345,6 +354,9 @@ extension NativePlan {
             }
             readOnlyDriver = driverChoice
             if driverChoice == .builtin { driverExecutable = try ownExecutable() }
+            if let writable = job.stack.writable != nil ? images.first : nil {
+                writableDriver = driverChoice == .builtin && job.snapshots == nil && ImageDriver.canWrite(image: writable.path) ? .builtin : .fuse2fs
+            }
         }
 
         // The binds Singularity makes, then the current directory, then -B, in mount order.
@@ -392,7 +404,7 @@ extension NativePlan {
             extra["OVERLAY_STACK"] = job.stack.specs.map(\.description).joined(separator: " ")
         }
         return NativePlan(mode: mode, userOverlay: userOverlay, staging: staging, images: images, squashfs: squashfs,
-                          readOnlyDriver: readOnlyDriver, driverExecutable: driverExecutable,
+                          readOnlyDriver: readOnlyDriver, writableDriver: writableDriver, driverExecutable: driverExecutable,
                           containerRoot: containerRoot, hostCopy: hostCopy, lowerDirs: lowerDirs,
                           upperDir: writable.map { $0.mountPoint + "/upper" } ?? scratch.map { $0 + "/upper" },
                           workDir: writable.map { $0.mountPoint + "/work" } ?? scratch.map { $0 + "/work" },

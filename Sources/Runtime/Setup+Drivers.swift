@@ -16,8 +16,9 @@ extension Setup {
 
         /// The image and mount point when this is the built-in image driver (code of this
         /// program, which is forked rather than executed).
-        var builtinImage: (image: String, mountPoint: String)? {
-            argv.count == 4 && argv[1] == ImageDriver.argument ? (argv[2], argv[3]) : nil
+        var builtinImage: (image: String, mountPoint: String, writable: Bool)? {
+            guard argv.count == 4, argv[1] == ImageDriver.argument || argv[1] == ImageDriver.writableArgument else { return nil }
+            return (argv[2], argv[3], argv[1] == ImageDriver.writableArgument)
         }
 
         /// The driver's name in messages.
@@ -50,13 +51,13 @@ extension Setup {
             spec.nullStandardIO = true
             spec.newProcessGroup = true
             let pid: Int32
-            if let (image, mountPoint) = driver.builtinImage {
+            if let (image, mountPoint, writable) = driver.builtinImage {
                 // Forked, not executed: it starts without loading a program (about 10 ms less
                 // before the job runs). It keeps CAP_SYS_ADMIN in the user namespace, as a fork does.
                 spec.ambientSysAdmin = false
                 pid = try start(spec, what: "cannot start \(driver.name)") {
                     Children.setName(ImageDriver.processName)
-                    return ImageDriver.serve(image: image, mountPoint: mountPoint)
+                    return ImageDriver.serve(image: image, mountPoint: mountPoint, writable: writable)
                 }
             } else {
                 pid = try start(spec, what: "cannot start \(driver.name)")
