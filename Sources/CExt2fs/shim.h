@@ -80,6 +80,31 @@ static inline errcode_t cext2fs_write_inode_large(ext2_filsys fs, ext2_ino_t ino
     if (size > (int)sizeof(*inode)) size = (int)sizeof(*inode);
     return ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)inode, size);
 }
+// The same on a large inode, taken by pointer for the length of the call only.
+static inline unsigned int cext2fs_large_uid(const struct ext2_inode_large *inode) { return inode_uid(*inode); }
+static inline unsigned int cext2fs_large_gid(const struct ext2_inode_large *inode) { return inode_gid(*inode); }
+static inline int cext2fs_large_is_fast_symlink(struct ext2_inode_large *inode) {
+    return ext2fs_is_fast_symlink((struct ext2_inode *)inode);
+}
+static inline int cext2fs_large_has_valid_blocks(ext2_filsys fs, struct ext2_inode_large *inode) {
+    return ext2fs_inode_has_valid_blocks2(fs, (struct ext2_inode *)inode);
+}
+static inline errcode_t cext2fs_large_punch(ext2_filsys fs, ext2_ino_t ino, struct ext2_inode_large *inode, blk64_t start) {
+    return ext2fs_punch(fs, ino, (struct ext2_inode *)inode, NULL, start, ~0ULL);
+}
+static inline errcode_t cext2fs_large_iblk_set(ext2_filsys fs, struct ext2_inode_large *inode, blk64_t count) {
+    return ext2fs_iblk_set(fs, (struct ext2_inode *)inode, count);
+}
+// The physical block of logical block `block` (0: a hole), allocating nothing.
+static inline errcode_t cext2fs_large_bmap(ext2_filsys fs, ext2_ino_t ino, struct ext2_inode_large *inode, blk64_t block, blk64_t *physical) {
+    return ext2fs_bmap2(fs, ino, (struct ext2_inode *)inode, NULL, 0, block, NULL, physical);
+}
+static inline void cext2fs_large_set_i_block(struct ext2_inode_large *inode, const unsigned char *bytes, int count) {
+    memcpy(inode->i_block, bytes, (size_t)count);
+}
+static inline void cext2fs_large_get_i_block(const struct ext2_inode_large *inode, unsigned char *bytes, int count) {
+    memcpy(bytes, inode->i_block, (size_t)count);
+}
 static inline int cext2fs_inode_size(ext2_filsys fs) { return EXT2_INODE_SIZE(fs->super); }
 static inline io_channel cext2fs_io(ext2_filsys fs) { return fs->io; }
 

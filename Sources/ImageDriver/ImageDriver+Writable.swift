@@ -43,16 +43,20 @@ extension ImageDriver {
         return .init(uid: context.pointee.uid, gid: context.pointee.gid)
     }
 
-    static func writableEntry(_ inode: UInt32, _ info: stat) -> fuse_entry_param {
-        var entry = entryParameter(inode, info)
+    /// The entry of an inode, with its generation: the kernel tells a reused inode number by it.
+    static func writableEntry(_ found: WritableTree.Found) -> fuse_entry_param {
+        var entry = entryParameter(found.inode, found.attributes)
+        entry.generation = UInt64(found.generation)
         entry.attr_timeout = writableTimeout
         entry.entry_timeout = writableTimeout
         return entry
     }
 
-    static func replyEntry(_ req: fuse_req_t?, _ result: (UInt32, stat)) {
-        var entry = writableEntry(result.0, result.1)
-        fuse_reply_entry(req, &entry)
+    /// Replies with the entry; when the kernel did not take it (the request was interrupted),
+    /// the lookup it would have counted is taken back.
+    static func replyEntry(_ req: fuse_req_t?, _ found: WritableTree.Found) {
+        var entry = writableEntry(found)
+        if fuse_reply_entry(req, &entry) != 0 { writableTree(req).forget(found.inode, 1) }
     }
 
     static func mainWritable(_ image: String, _ mountPoint: String) -> Int32 {
@@ -123,8 +127,8 @@ extension ImageDriver {
         }
         ops.link = { req, ino, parent, name in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
-                let info = try tree.makeLink(ImageDriver.inode(ino), ImageDriver.inode(parent), ImageDriver.bytes(name))
-                ImageDriver.replyEntry(req, (ImageDriver.inode(ino), info))
+                ImageDriver.replyEntry(req, try tree.makeLink(ImageDriver.inode(ino), ImageDriver.inode(parent), ImageDriver.bytes(name),
+                                                              caller: ImageDriver.caller(req)))
             }
         }
         ops.unlink = { req, parent, name in
@@ -148,11 +152,14 @@ extension ImageDriver {
         ops.create = { req, parent, name, mode, fi in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
                 guard let fi else { throw FuseError(EIO) }
-                let (number, info) = try tree.makeNode(ImageDriver.inode(parent), ImageDriver.bytes(name), mode: S_IFREG | (mode & 0o7777), device: 0,
-                                                       caller: ImageDriver.caller(req), opened: true)
-                var entry = ImageDriver.writableEntry(number, info)
+                let found = try tree.makeNode(ImageDriver.inode(parent), ImageDriver.bytes(name), mode: S_IFREG | (mode & 0o7777), device: 0,
+                                              caller: ImageDriver.caller(req), opened: true)
+                var entry = ImageDriver.writableEntry(found)
                 cfuse3_keep_cache(fi, 0)
-                if fuse_reply_create(req, &entry, fi) != 0 { tree.released(number) }
+                if fuse_reply_create(req, &entry, fi) != 0 {
+                    tree.forget(found.inode, 1)
+                    tree.released(found.inode)
+                }
             }
         }
         ops.open = { req, ino, fi in
@@ -177,7 +184,8 @@ extension ImageDriver {
         }
         ops.write = { req, ino, buffer, size, offset, _ in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
-                let written = try tree.write(ImageDriver.inode(ino), offset: UInt64(max(offset, 0)), UnsafeRawBufferPointer(start: buffer, count: size))
+                let written = try tree.write(ImageDriver.inode(ino), offset: UInt64(max(offset, 0)), UnsafeRawBufferPointer(start: buffer, count: size),
+                                             caller: ImageDriver.caller(req))
                 fuse_reply_write(req, written)
             }
         }
@@ -209,7 +217,7 @@ extension ImageDriver {
         ops.getxattr = { req, ino, name, size in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
                 guard let name else { throw FuseError(EINVAL) }
-                try ImageDriver.replyWritableXattr(req, try tree.extendedAttribute(ImageDriver.inode(ino), String(cString: name)), size)
+                try ImageDriver.replyWritableXattr(req, try tree.extendedAttribute(ImageDriver.inode(ino), name), size)
             }
         }
         ops.listxattr = { req, ino, size in
@@ -220,19 +228,29 @@ extension ImageDriver {
         ops.setxattr = { req, ino, name, value, size, flags in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
                 guard let name else { throw FuseError(EINVAL) }
-                try tree.setExtendedAttribute(ImageDriver.inode(ino), String(cString: name), UnsafeRawBufferPointer(start: value, count: size), flags: flags)
+                try tree.setExtendedAttribute(ImageDriver.inode(ino), name, UnsafeRawBufferPointer(start: value, count: size), flags: flags,
+                                              caller: ImageDriver.caller(req))
                 fuse_reply_err(req, 0)
             }
         }
         ops.removexattr = { req, ino, name in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
                 guard let name else { throw FuseError(EINVAL) }
-                try tree.removeExtendedAttribute(ImageDriver.inode(ino), String(cString: name))
+                try tree.removeExtendedAttribute(ImageDriver.inode(ino), name)
                 fuse_reply_err(req, 0)
             }
         }
-        ops.forget = { req, _, _ in fuse_reply_none(req) }
-        ops.forget_multi = { req, _, _ in fuse_reply_none(req) }
+        ops.forget = { req, ino, count in
+            ImageDriver.writableTree(req).forget(ImageDriver.inode(ino), count)
+            fuse_reply_none(req)
+        }
+        ops.forget_multi = { req, count, forgets in
+            let tree = ImageDriver.writableTree(req)
+            if let forgets {
+                for index in 0..<count { tree.forget(ImageDriver.inode(forgets[index].ino), forgets[index].nlookup) }
+            }
+            fuse_reply_none(req)
+        }
 
         let options = "fsname=overlay-image,subtype=ext3"
         guard let session = cfuse3_session_new("overlay-image", options, &ops, server.toOpaque()) else {
@@ -269,21 +287,22 @@ extension ImageDriver {
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(size, 1))
             defer { buffer.deallocate() }
             var used = 0
+            var sent = 0
+            defer {
+                // The entries that did not fit were not handed to the kernel.
+                for entry in entries.dropFirst(sent) { if let found = entry.found { tree.forget(found.inode, 1) } }
+            }
             for entry in entries {
                 var cName = entry.name.map { CChar(bitPattern: $0) }
                 cName.append(0)
                 let added: Int = cName.withUnsafeBufferPointer { name in
                     if plus {
+                        // Node 0 for "." and "..", and an entry whose inode could not be read:
+                        // the kernel looks those up itself.
                         var parameter: fuse_entry_param
-                        if let attributes = entry.attributes {
-                            parameter = writableEntry(entry.inode, attributes)
+                        if let found = entry.found {
+                            parameter = writableEntry(found)
                         } else {
-                            parameter = fuse_entry_param()
-                            parameter.attr.st_ino = ino_t(entry.inode)
-                            parameter.attr.st_mode = entry.kind
-                        }
-                        // "." and ".." are not looked up by a listing.
-                        if entry.name == [46] || entry.name == [46, 46] {
                             parameter = fuse_entry_param()
                             parameter.attr.st_ino = ino_t(entry.inode)
                             parameter.attr.st_mode = entry.kind
@@ -297,8 +316,9 @@ extension ImageDriver {
                 }
                 if added > size - used { break }
                 used += added
+                sent += 1
             }
-            fuse_reply_buf(req, buffer, used)
+            if fuse_reply_buf(req, buffer, used) != 0 { sent = 0 }
         }
     }
 

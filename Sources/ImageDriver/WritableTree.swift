@@ -46,10 +46,20 @@ final class WritableTree: @unchecked Sendable {
     private let fs: ext2_filsys
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private var directories: [UInt32: Directory] = [:]
-    /// Open handles per inode, and inodes whose last name went while they were open.
+    /// Open handles per inode; the kernel's lookup count per inode (what it may still ask
+    /// about by number); inodes whose last name went while either was not zero (freed when
+    /// both are, or when the driver ends).
     private var openCount: [UInt32: Int] = [:]
+    private var lookups: [UInt32: UInt64] = [:]
     private var orphans: Set<UInt32> = []
     private let inodeSize: Int
+    /// Whether anything changed: the bitmaps are read, and the image marked "not clean", at
+    /// the first change; a run that changes nothing writes nothing.
+    private var changed = false
+    private var bitmapsRead = false
+    /// The generation of the next inode made: a number the kernel can tell a reused inode
+    /// number by.
+    private var nextGeneration = UInt32.random(in: 1...UInt32.max / 2)
 
     static let compatibleIncompat: UInt32 = UInt32(EXT2_FEATURE_INCOMPAT_FILETYPE)
     static let compatibleReadOnly: UInt32 = UInt32(EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT2_FEATURE_RO_COMPAT_LARGE_FILE)
@@ -67,7 +77,9 @@ final class WritableTree: @unchecked Sendable {
         }
         guard raw[56] == 0x53, raw[57] == 0xEF else { return false }
         let incompat = word(96), readOnly = word(100)
-        return incompat & ~compatibleIncompat == 0 && readOnly & ~compatibleReadOnly == 0
+        // Directory entries with file types (the listings an overlay needs), blocks of up to 32 KiB.
+        return incompat & UInt32(EXT2_FEATURE_INCOMPAT_FILETYPE) != 0 && word(24) <= 5
+            && incompat & ~compatibleIncompat == 0 && readOnly & ~compatibleReadOnly == 0
     }
 
     /// Opens the image for writing and marks it in use (not clean) until ``close()``.
@@ -82,39 +94,46 @@ final class WritableTree: @unchecked Sendable {
         guard code == 0, let handle else {
             throw DriverError("cannot open '\(path)' as ext3: \(String(cString: error_message(code)))")
         }
-        guard ext2fs_read_bitmaps(handle) == 0 else {
-            var closing: ext2_filsys? = handle
-            ext2fs_close_free(&closing)
-            throw DriverError("cannot read the allocation bitmaps of '\(path)'")
-        }
         self.fs = handle
         self.blockSize = Int(cext2fs_block_size(handle))
         self.inodeSize = Int(cext2fs_inode_size(handle))
         pthread_mutex_init(mutex, nil)
-        let sb = handle.pointee.super!
-        sb.pointee.s_state &= ~UInt16(EXT2_VALID_FS)
-        sb.pointee.s_mnt_count &+= 1
-        sb.pointee.s_mtime = UInt32(truncatingIfNeeded: time(nil))
-        ext2fs_mark_super_dirty(handle)
-        guard ext2fs_flush2(handle, 0) == 0 else {
-            var closing: ext2_filsys? = handle
-            ext2fs_close_free(&closing)
-            throw DriverError("cannot write to '\(path)'")
+    }
+
+    /// Before the first change: the allocation bitmaps read, and the image marked "not clean"
+    /// on disk (the superblock's state field alone, without a sync: only a crash of the host
+    /// could lose it, and with it what the run wrote).
+    private func beginChange() throws(FuseError) {
+        if !bitmapsRead {
+            let code = ext2fs_read_bitmaps(fs)
+            guard code == 0 else { throw Self.error(code) }
+            bitmapsRead = true
         }
+        guard !changed else { return }
+        let sb = fs.pointee.super!
+        sb.pointee.s_state &= ~UInt16(EXT2_VALID_FS)
+        sb.pointee.s_mtime = UInt32(truncatingIfNeeded: time(nil))
+        var state = sb.pointee.s_state.littleEndian
+        let code = io_channel_write_byte(cext2fs_io(fs), 1024 + 58, 2, &state)
+        guard code == 0 else { throw Self.error(code) }
+        ext2fs_mark_super_dirty(fs)
+        changed = true
     }
 
     /// Frees what unlinked files still held, marks the image clean and closes it.
     func close() -> Bool {
         withLock {
+            guard changed else {
+                // Nothing to write.
+                ext2fs_free(fs)
+                return true
+            }
             for inode in orphans { try? free(inode) }
             orphans = []
             fs.pointee.super.pointee.s_state |= UInt16(EXT2_VALID_FS)
             ext2fs_mark_super_dirty(fs)
-            var handle: ext2_filsys? = fs
             let code = ext2fs_close2(fs, 0)
             if code != 0 { ext2fs_free(fs) }
-            handle = nil
-            _ = handle
             return code == 0
         }
     }
@@ -143,18 +162,36 @@ final class WritableTree: @unchecked Sendable {
         try withLock { () throws(FuseError) -> stat in try stat(of: inode) }
     }
 
-    func lookup(_ parent: UInt32, _ name: [UInt8]) throws(FuseError) -> (UInt32, stat)? {
-        try withLock { () throws(FuseError) -> (UInt32, stat)? in
+    /// An inode handed to the kernel (its lookup count raised by one).
+    struct Found {
+        var inode: UInt32
+        var generation: UInt32
+        var attributes: stat
+    }
+
+    func lookup(_ parent: UInt32, _ name: [UInt8]) throws(FuseError) -> Found? {
+        try withLock { () throws(FuseError) -> Found? in
             guard let slot = try directory(parent).byName[name] else { return nil }
-            return (slot.inode, try stat(of: slot.inode))
+            return try found(slot.inode)
+        }
+    }
+
+    /// The kernel forgot `count` lookups of `inode`.
+    func forget(_ inode: UInt32, _ count: UInt64) {
+        withLock {
+            let left = (lookups[inode] ?? 0) &- min(count, lookups[inode] ?? 0)
+            lookups[inode] = left > 0 ? left : nil
+            settle(inode)
         }
     }
 
     /// The entries after `cookie` (0: from the start), each with its cookie, at most `limit`;
     /// with their attributes when `plus`.
+    /// With `plus`, each entry but "." and ".." comes as `found` (its lookup count raised: the
+    /// caller forgets the ones it does not send).
     func listing(_ inode: UInt32, after cookie: UInt64, limit: Int, plus: Bool) throws(FuseError)
-        -> [(name: [UInt8], inode: UInt32, kind: mode_t, cookie: UInt64, attributes: stat?)] {
-        try withLock { () throws(FuseError) -> [(name: [UInt8], inode: UInt32, kind: mode_t, cookie: UInt64, attributes: stat?)] in
+        -> [(name: [UInt8], inode: UInt32, kind: mode_t, cookie: UInt64, found: Found?)] {
+        try withLock { () throws(FuseError) -> [(name: [UInt8], inode: UInt32, kind: mode_t, cookie: UInt64, found: Found?)] in
             let directory = try directory(inode)
             if directory.ordered == nil {
                 directory.ordered = directory.byName.map { ($0.value.position, $0.key) }.sorted { $0.position < $1.position }
@@ -166,11 +203,12 @@ final class WritableTree: @unchecked Sendable {
                 let middle = (low + high) / 2
                 if ordered[middle].position + 1 <= cookie { low = middle + 1 } else { high = middle }
             }
-            var result: [(name: [UInt8], inode: UInt32, kind: mode_t, cookie: UInt64, attributes: stat?)] = []
+            var result: [(name: [UInt8], inode: UInt32, kind: mode_t, cookie: UInt64, found: Found?)] = []
             for (position, name) in ordered[low...].prefix(limit) {
                 guard let slot = directory.byName[name] else { continue }
-                let attributes = plus ? try? stat(of: slot.inode) : nil
-                result.append((name, slot.inode, ImageTree.kind(fileType: slot.fileType), position + 1, attributes))
+                let dots = name == [46] || name == [46, 46]
+                let entry = plus && !dots ? try? found(slot.inode) : nil
+                result.append((name, slot.inode, ImageTree.kind(fileType: slot.fileType), position + 1, entry))
             }
             return result
         }
@@ -182,9 +220,11 @@ final class WritableTree: @unchecked Sendable {
             guard raw.i_mode & Self.mask16 == Self.link16 else { throw FuseError(EINVAL) }
             let size = Int(raw.i_size)
             guard size > 0, size < blockSize else { throw FuseError(EIO) }
-            if ext2fs_is_fast_symlink(cext2fs_small_inode(&raw)) != 0 {
+            if cext2fs_large_is_fast_symlink(&raw) != 0 {
                 guard size <= 60 else { throw FuseError(EIO) }
-                return Array(UnsafeBufferPointer(start: cext2fs_inode_block_bytes(&raw), count: size))
+                var target = [UInt8](repeating: 0, count: size)
+                cext2fs_large_get_i_block(&raw, &target, Int32(size))
+                return target
             }
             var target = try readData(inode, offset: 0, size: size)
             if let end = target.firstIndex(of: 0) { target = Array(target[..<end]) }
@@ -214,7 +254,7 @@ final class WritableTree: @unchecked Sendable {
         }
     }
 
-    func extendedAttribute(_ inode: UInt32, _ name: String) throws(FuseError) -> [UInt8] {
+    func extendedAttribute(_ inode: UInt32, _ name: UnsafePointer<CChar>) throws(FuseError) -> [UInt8] {
         try withLock { () throws(FuseError) -> [UInt8] in
             try withAttributes(inode) { (handle) throws(FuseError) -> [UInt8] in
                 var value: UnsafeMutableRawPointer?
@@ -252,13 +292,14 @@ final class WritableTree: @unchecked Sendable {
 
     /// Makes a file of any kind but a directory or a symbolic link (regular, device, FIFO,
     /// socket, whiteout) named `name` in `parent`; `opened`: the kernel opens it (create).
-    func makeNode(_ parent: UInt32, _ name: [UInt8], mode: mode_t, device: dev_t, caller: Caller, opened: Bool) throws(FuseError) -> (UInt32, stat) {
-        try withLock { () throws(FuseError) -> (UInt32, stat) in
+    func makeNode(_ parent: UInt32, _ name: [UInt8], mode: mode_t, device: dev_t, caller: Caller, opened: Bool) throws(FuseError) -> Found {
+        try withLock { () throws(FuseError) -> Found in
             let kind = mode & S_IFMT
             guard [S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK].contains(kind) else { throw FuseError(EINVAL) }
             let directory = try directory(parent)
             guard directory.byName[name] == nil else { throw FuseError(EEXIST) }
             try checkName(name)
+            try beginChange()
             var (inode, raw) = try allocate(parent, mode: mode, caller: caller)
             if kind == S_IFCHR || kind == S_IFBLK {
                 let major = UInt32((UInt64(device) >> 8) & 0xfff | (UInt64(device) >> 32) & ~0xfff)
@@ -266,19 +307,21 @@ final class WritableTree: @unchecked Sendable {
                 cext2fs_set_rdev(&raw, major, minor)
                 try write(inode, &raw)
             }
-            try link(parent, directory, name, inode, Self.fileType(mode), undo: inode)
+            try link(parent, directory, name, inode, Self.fileType(mode), caller: caller, undo: inode)
             if opened { openCount[inode, default: 0] += 1 }
-            return (inode, try stat(of: inode))
+            return try found(inode)
         }
     }
 
-    func makeDirectory(_ parent: UInt32, _ name: [UInt8], mode: mode_t, caller: Caller) throws(FuseError) -> (UInt32, stat) {
-        try withLock { () throws(FuseError) -> (UInt32, stat) in
+    func makeDirectory(_ parent: UInt32, _ name: [UInt8], mode: mode_t, caller: Caller) throws(FuseError) -> Found {
+        try withLock { () throws(FuseError) -> Found in
             let directory = try directory(parent)
             guard directory.byName[name] == nil else { throw FuseError(EEXIST) }
             try checkName(name)
             var parentRaw = try read(parent)
             guard parentRaw.i_links_count < Self.linkMax else { throw FuseError(EMLINK) }
+            try beginChange()
+            guard availableBlocks(caller) >= 1 else { throw FuseError(ENOSPC) }
             var (inode, raw) = try allocate(parent, mode: S_IFDIR | (mode & 0o7777), caller: caller)
             var block: blk64_t = 0
             var code = ext2fs_new_block2(fs, 0, nil, &block)
@@ -298,26 +341,27 @@ final class WritableTree: @unchecked Sendable {
             raw.i_block.0 = UInt32(truncatingIfNeeded: block)
             raw.i_size = UInt32(blockSize)
             raw.i_links_count = 2
-            ext2fs_iblk_set(fs, cext2fs_small_inode(&raw), 1)
+            cext2fs_large_iblk_set(fs, &raw, 1)
             try write(inode, &raw)
-            try link(parent, directory, name, inode, UInt8(EXT2_FT_DIR), undo: inode)
+            try link(parent, directory, name, inode, UInt8(EXT2_FT_DIR), caller: caller, undo: inode)
             parentRaw = try read(parent)
             parentRaw.i_links_count += 1
             try write(parent, &parentRaw)
-            return (inode, try stat(of: inode))
+            return try found(inode)
         }
     }
 
-    func makeSymbolicLink(_ parent: UInt32, _ name: [UInt8], target: [UInt8], caller: Caller) throws(FuseError) -> (UInt32, stat) {
-        try withLock { () throws(FuseError) -> (UInt32, stat) in
+    func makeSymbolicLink(_ parent: UInt32, _ name: [UInt8], target: [UInt8], caller: Caller) throws(FuseError) -> Found {
+        try withLock { () throws(FuseError) -> Found in
             let directory = try directory(parent)
             guard directory.byName[name] == nil else { throw FuseError(EEXIST) }
             try checkName(name)
             guard !target.isEmpty, target.count < blockSize else { throw FuseError(ENAMETOOLONG) }
+            try beginChange()
+            if target.count >= 60, availableBlocks(caller) < 4 { throw FuseError(ENOSPC) }
             var (inode, raw) = try allocate(parent, mode: S_IFLNK | 0o777, caller: caller)
             if target.count < 60 {
-                let bytes = cext2fs_inode_block_bytes_mutable(&raw)!
-                for (index, byte) in target.enumerated() { bytes[index] = byte }
+                cext2fs_large_set_i_block(&raw, target, Int32(target.count))
                 raw.i_size = UInt32(target.count)
                 try write(inode, &raw)
             } else {
@@ -326,25 +370,28 @@ final class WritableTree: @unchecked Sendable {
                     throw error
                 }
             }
-            try link(parent, directory, name, inode, UInt8(EXT2_FT_SYMLINK), undo: inode)
-            return (inode, try stat(of: inode))
+            try link(parent, directory, name, inode, UInt8(EXT2_FT_SYMLINK), caller: caller, undo: inode)
+            return try found(inode)
         }
     }
 
     /// A new name for an existing inode (not a directory).
-    func makeLink(_ inode: UInt32, _ parent: UInt32, _ name: [UInt8]) throws(FuseError) -> stat {
-        try withLock { () throws(FuseError) -> stat in
+    func makeLink(_ inode: UInt32, _ parent: UInt32, _ name: [UInt8], caller: Caller) throws(FuseError) -> Found {
+        try withLock { () throws(FuseError) -> Found in
             let directory = try directory(parent)
             guard directory.byName[name] == nil else { throw FuseError(EEXIST) }
             try checkName(name)
+            try beginChange()
             var raw = try read(inode)
             guard raw.i_mode & Self.mask16 != Self.directory16 else { throw FuseError(EPERM) }
+            guard raw.i_links_count > 0 else { throw FuseError(ENOENT) }
             guard raw.i_links_count < Self.linkMax else { throw FuseError(EMLINK) }
-            try link(parent, directory, name, inode, Self.fileType(mode_t(raw.i_mode)), undo: nil)
+            try link(parent, directory, name, inode, Self.fileType(mode_t(raw.i_mode)), caller: caller, undo: nil)
+            raw = try read(inode)
             raw.i_links_count += 1
             Self.touch(&raw, change: true, modify: false)
             try write(inode, &raw)
-            return try stat(of: inode)
+            return try found(inode)
         }
     }
 
@@ -360,6 +407,7 @@ final class WritableTree: @unchecked Sendable {
             } else {
                 guard !isDirectory else { throw FuseError(EISDIR) }
             }
+            try beginChange()
             try unlinkEntry(parent, directory, name)
             if isDirectory {
                 var parentRaw = try read(parent)
@@ -387,12 +435,18 @@ final class WritableTree: @unchecked Sendable {
             try checkName(newName)
             let target = to.byName[newName]
             let sourceIsDirectory = source.fileType == UInt8(EXT2_FT_DIR)
+            let targetIsDirectory = target?.fileType == UInt8(EXT2_FT_DIR)
             if flags & UInt32(Self.renameExchange) != 0 {
                 guard let target else { throw FuseError(ENOENT) }
+                if parent != newParent, sourceIsDirectory != targetIsDirectory {
+                    // A directory moves to the other parent, which gains a link.
+                    let gaining = sourceIsDirectory ? newParent : parent
+                    guard try read(gaining).i_links_count < Self.linkMax else { throw FuseError(EMLINK) }
+                }
+                try beginChange()
                 try retarget(parent, from, name, target.inode, target.fileType)
                 try retarget(newParent, to, newName, source.inode, source.fileType)
                 if parent != newParent {
-                    let targetIsDirectory = target.fileType == UInt8(EXT2_FT_DIR)
                     if sourceIsDirectory { try setDotDot(source.inode, newParent) }
                     if targetIsDirectory { try setDotDot(target.inode, parent) }
                     let delta = (sourceIsDirectory ? 1 : 0) - (targetIsDirectory ? 1 : 0)
@@ -408,12 +462,22 @@ final class WritableTree: @unchecked Sendable {
             if let target {
                 if flags & UInt32(Self.renameNoReplace) != 0 { throw FuseError(EEXIST) }
                 if target.inode == source.inode { return }
-                let targetIsDirectory = target.fileType == UInt8(EXT2_FT_DIR)
                 if sourceIsDirectory, !targetIsDirectory { throw FuseError(ENOTDIR) }
                 if !sourceIsDirectory, targetIsDirectory { throw FuseError(EISDIR) }
                 if targetIsDirectory {
                     guard try directory(target.inode).byName.count <= 2 else { throw FuseError(ENOTEMPTY) }
                 }
+            }
+            if sourceIsDirectory, parent != newParent, !targetIsDirectory {
+                guard try read(newParent).i_links_count < Self.linkMax else { throw FuseError(EMLINK) }
+            }
+            try beginChange()
+            // The whiteout first: once names change, nothing may fail for want of an inode.
+            var whiteout: UInt32?
+            if flags & UInt32(Self.renameWhiteout) != 0 {
+                whiteout = try allocate(parent, mode: S_IFCHR, caller: caller).0
+            }
+            if let target {
                 try retarget(newParent, to, newName, source.inode, source.fileType)
                 var raw = try read(target.inode)
                 if targetIsDirectory {
@@ -426,10 +490,9 @@ final class WritableTree: @unchecked Sendable {
                 try write(target.inode, &raw)
                 if raw.i_links_count == 0 { try dropped(target.inode) }
             } else {
-                try link(newParent, to, newName, source.inode, source.fileType, undo: nil)
+                try link(newParent, to, newName, source.inode, source.fileType, caller: caller, undo: whiteout)
             }
-            if flags & UInt32(Self.renameWhiteout) != 0 {
-                let (whiteout, _) = try allocate(parent, mode: S_IFCHR, caller: caller)
+            if let whiteout {
                 try retarget(parent, from, name, whiteout, UInt8(EXT2_FT_CHRDEV))
             } else {
                 try unlinkEntry(parent, from, name)
@@ -448,6 +511,8 @@ final class WritableTree: @unchecked Sendable {
     /// Changes attributes (`FUSE_SET_ATTR_*` in `which`); returns the new ones.
     func setAttributes(_ inode: UInt32, _ wanted: stat, _ which: Int32) throws(FuseError) -> stat {
         try withLock { () throws(FuseError) -> stat in
+            guard try read(inode).i_mode != 0 else { throw FuseError(ENOENT) }
+            try beginChange()
             if which & FUSE_SET_ATTR_SIZE != 0 {
                 let raw = try read(inode)
                 guard raw.i_mode & Self.mask16 == Self.regular16 else { throw FuseError(EINVAL) }
@@ -458,9 +523,8 @@ final class WritableTree: @unchecked Sendable {
                 raw.i_mode = raw.i_mode & Self.mask16 | UInt16(wanted.st_mode & 0o7777)
             }
             if which & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
-                let small = cext2fs_small_inode(&raw)!
-                let uid = which & FUSE_SET_ATTR_UID != 0 ? UInt32(wanted.st_uid) : cext2fs_inode_uid(small)
-                let gid = which & FUSE_SET_ATTR_GID != 0 ? UInt32(wanted.st_gid) : cext2fs_inode_gid(small)
+                let uid = which & FUSE_SET_ATTR_UID != 0 ? UInt32(wanted.st_uid) : cext2fs_large_uid(&raw)
+                let gid = which & FUSE_SET_ATTR_GID != 0 ? UInt32(wanted.st_gid) : cext2fs_large_gid(&raw)
                 cext2fs_set_owner(&raw, uid, gid)
             }
             var now = timespec()
@@ -483,6 +547,7 @@ final class WritableTree: @unchecked Sendable {
             var raw = try read(inode)
             guard raw.i_links_count > 0 || orphans.contains(inode) else { throw FuseError(ENOENT) }
             if truncate, raw.i_mode & Self.mask16 == Self.regular16 {
+                try beginChange()
                 try resize(inode, 0)
                 raw = try read(inode)
                 Self.touch(&raw, change: true, modify: true)
@@ -496,18 +561,18 @@ final class WritableTree: @unchecked Sendable {
         withLock {
             let count = (openCount[inode] ?? 1) - 1
             openCount[inode] = count > 0 ? count : nil
-            if count <= 0, orphans.contains(inode) {
-                orphans.remove(inode)
-                try? free(inode)
-            }
+            settle(inode)
         }
     }
 
-    /// Writes `bytes` at `offset`; returns how many were written (all, or ENOSPC and the like
-    /// thrown when none could be). A full image fails here, not at close.
-    func write(_ inode: UInt32, offset: UInt64, _ bytes: UnsafeRawBufferPointer) throws(FuseError) -> Int {
+    /// Writes `bytes` at `offset`; returns how many were written: all, or as many as the
+    /// image has room for (ENOSPC thrown when that is none), as on the kernel's ext3. A full
+    /// image fails here, not at close.
+    func write(_ inode: UInt32, offset: UInt64, _ bytes: UnsafeRawBufferPointer, caller: Caller) throws(FuseError) -> Int {
         try withLock { () throws(FuseError) -> Int in
-            let written = try writeData(inode, offset: offset, bytes)
+            try beginChange()
+            let length = try affordable(inode, offset: offset, count: bytes.count, caller: caller)
+            let written = try writeData(inode, offset: offset, UnsafeRawBufferPointer(rebasing: bytes[..<length]))
             var raw = try read(inode)
             Self.touch(&raw, change: true, modify: true)
             try write(inode, &raw)
@@ -523,8 +588,11 @@ final class WritableTree: @unchecked Sendable {
         }
     }
 
-    func setExtendedAttribute(_ inode: UInt32, _ name: String, _ value: UnsafeRawBufferPointer, flags: Int32) throws(FuseError) {
+    func setExtendedAttribute(_ inode: UInt32, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: Int32, caller: Caller) throws(FuseError) {
         try withLock { () throws(FuseError) in
+            try beginChange()
+            // Room for an attribute block, should the inode need one.
+            guard availableBlocks(caller) >= 1 else { throw FuseError(ENOSPC) }
             try withAttributes(inode) { (handle) throws(FuseError) in
                 var existing: UnsafeMutableRawPointer?
                 var length = 0
@@ -539,8 +607,9 @@ final class WritableTree: @unchecked Sendable {
         }
     }
 
-    func removeExtendedAttribute(_ inode: UInt32, _ name: String) throws(FuseError) {
+    func removeExtendedAttribute(_ inode: UInt32, _ name: UnsafePointer<CChar>) throws(FuseError) {
         try withLock { () throws(FuseError) in
+            try beginChange()
             try withAttributes(inode) { (handle) throws(FuseError) in
                 var existing: UnsafeMutableRawPointer?
                 var length = 0
@@ -551,6 +620,48 @@ final class WritableTree: @unchecked Sendable {
             }
             try touchInode(inode)
         }
+    }
+
+    // MARK: Room (under the lock)
+
+    /// The free blocks `caller` may take: not the reserved ones, unless it is the reserved
+    /// user or group (or root), as on the kernel's ext3.
+    private func availableBlocks(_ caller: Caller) -> UInt64 {
+        let sb = fs.pointee.super!
+        let free = UInt64(sb.pointee.s_free_blocks_count)
+        let reserved = UInt64(sb.pointee.s_r_blocks_count)
+        if caller.uid == 0 || caller.uid == UInt32(sb.pointee.s_def_resuid) || caller.gid == UInt32(sb.pointee.s_def_resgid) { return free }
+        return free > reserved ? free - reserved : 0
+    }
+
+    /// How much of a write of `count` bytes at `offset` the image has room for (all, or up to
+    /// the first block it has none for; ENOSPC when that is none): each block of the range not
+    /// yet in the file, and the indirect blocks that may come with them. libext2fs would
+    /// otherwise fail half-way through allocating, leaving blocks that nothing counts.
+    private func affordable(_ inode: UInt32, offset: UInt64, count: Int, caller: Caller) throws(FuseError) -> Int {
+        guard count > 0 else { return 0 }
+        var raw = try read(inode)
+        let size = UInt64(blockSize), perIndirect = UInt64(blockSize / 4)
+        let available = availableBlocks(caller)
+        var missing: UInt64 = 0
+        var block = offset / size
+        let last = (offset + UInt64(count) - 1) / size
+        while block <= last {
+            var physical: blk64_t = 0
+            let code = cext2fs_large_bmap(fs, inode, &raw, block, &physical)
+            guard code == 0 else { throw Self.error(code) }
+            if physical == 0 {
+                let next = missing + 1
+                if next + (next + perIndirect - 1) / perIndirect + 3 > available {
+                    let allowed = block * size > offset ? Int(block * size - offset) : 0
+                    guard allowed > 0 else { throw FuseError(ENOSPC) }
+                    return allowed
+                }
+                missing = next
+            }
+            block += 1
+        }
+        return count
     }
 
     // MARK: Inodes (under the lock)
@@ -582,6 +693,22 @@ final class WritableTree: @unchecked Sendable {
         return ImageTree.attributes(inode, &raw, fs: fs)
     }
 
+    /// `inode` as handed to the kernel: its lookup count raised by one.
+    private func found(_ inode: UInt32) throws(FuseError) -> Found {
+        var raw = try read(inode)
+        guard raw.i_mode != 0 else { throw FuseError(ENOENT) }
+        let attributes = ImageTree.attributes(inode, &raw, fs: fs)
+        lookups[inode, default: 0] += 1
+        return Found(inode: inode, generation: raw.i_generation, attributes: attributes)
+    }
+
+    /// Frees an orphan that nothing refers to any more (no name, no open handle, no lookup).
+    private func settle(_ inode: UInt32) {
+        guard orphans.contains(inode), (openCount[inode] ?? 0) == 0, (lookups[inode] ?? 0) == 0 else { return }
+        orphans.remove(inode)
+        try? free(inode)
+    }
+
     /// A fresh inode of `mode` owned by the caller (the group of a set-group-ID parent).
     private func allocate(_ parent: UInt32, mode: mode_t, caller: Caller) throws(FuseError) -> (UInt32, ext2_inode_large) {
         var parentRaw = try read(parent)
@@ -594,10 +721,12 @@ final class WritableTree: @unchecked Sendable {
         var finalMode = mode
         var gid = caller.gid
         if parentRaw.i_mode & Self.setGroup16 != 0 {
-            gid = cext2fs_inode_gid(cext2fs_small_inode(&parentRaw))
+            gid = cext2fs_large_gid(&parentRaw)
             if isDirectory { finalMode |= S_ISGID }
         }
         raw.i_mode = UInt16(truncatingIfNeeded: finalMode)
+        raw.i_generation = nextGeneration
+        nextGeneration &+= 1
         cext2fs_set_owner(&raw, caller.uid, gid)
         raw.i_links_count = 1
         raw.i_extra_isize = inodeSize > 128 ? UInt16(MemoryLayout<ext2_inode_large>.size - 128) : 0
@@ -620,11 +749,9 @@ final class WritableTree: @unchecked Sendable {
 
     /// An inode lost its last name: freed now, or at its last release when it is open.
     private func dropped(_ inode: UInt32) throws(FuseError) {
-        if (openCount[inode] ?? 0) > 0 {
-            orphans.insert(inode)
-        } else {
-            try free(inode)
-        }
+        directories[inode] = nil
+        orphans.insert(inode)
+        settle(inode)
     }
 
     /// Frees an inode: its blocks, its extended attribute block, the inode itself.
@@ -632,15 +759,14 @@ final class WritableTree: @unchecked Sendable {
         var raw = try read(inode)
         guard raw.i_mode != 0 else { return }
         let isDirectory = raw.i_mode & Self.mask16 == Self.directory16
-        if ext2fs_inode_has_valid_blocks2(fs, cext2fs_small_inode(&raw)) != 0 {
-            let code = ext2fs_punch(fs, inode, cext2fs_small_inode(&raw), nil, 0, ~0)
+        if cext2fs_large_has_valid_blocks(fs, &raw) != 0 {
+            let code = cext2fs_large_punch(fs, inode, &raw, 0)
             guard code == 0 else { throw Self.error(code) }
-            raw = try read(inode)
         }
         if raw.i_file_acl != 0 {
+            // It changes `raw` (no attribute block any more) and leaves the writing to us.
             let code = ext2fs_free_ext_attr(fs, inode, &raw)
             guard code == 0 else { throw Self.error(code) }
-            raw = try read(inode)
         }
         raw.i_links_count = 0
         raw.i_size = 0
@@ -654,7 +780,7 @@ final class WritableTree: @unchecked Sendable {
     private func adjustLinks(_ inode: UInt32, by delta: Int) throws(FuseError) {
         guard delta != 0 else { return }
         var raw = try read(inode)
-        raw.i_links_count = UInt16(max(1, Int(raw.i_links_count) + delta))
+        raw.i_links_count = UInt16(min(Int(UInt16.max), max(1, Int(raw.i_links_count) + delta)))
         try write(inode, &raw)
     }
 
@@ -725,9 +851,20 @@ final class WritableTree: @unchecked Sendable {
             raw.i_size = UInt32(truncatingIfNeeded: formerSize)
             raw.i_size_high = UInt32(truncatingIfNeeded: formerSize >> 32)
             let keep = (formerSize + UInt64(blockSize) - 1) / UInt64(blockSize)
-            let punched = ext2fs_punch(fs, inode, cext2fs_small_inode(&raw), nil, keep, ~0)
+            let punched = cext2fs_large_punch(fs, inode, &raw, keep)
             try write(inode, &raw)
             guard punched == 0 else { throw Self.error(punched) }
+            // What the write put past the former end inside its last block reads as zeros again.
+            let tail = Int(formerSize % UInt64(blockSize))
+            var physical: blk64_t = 0
+            if tail > 0, cext2fs_large_bmap(fs, inode, &raw, keep - 1, &physical) == 0, physical != 0 {
+                let buffer = UnsafeMutableRawPointer.allocate(byteCount: blockSize, alignment: 8)
+                defer { buffer.deallocate() }
+                if io_channel_read_blk64(cext2fs_io(fs), physical, 1, buffer) == 0 {
+                    memset(buffer + tail, 0, blockSize - tail)
+                    _ = io_channel_write_blk64(cext2fs_io(fs), physical, 1, buffer)
+                }
+            }
             throw Self.error(code)
         }
         code = ext2fs_file_close(file)
@@ -834,7 +971,8 @@ final class WritableTree: @unchecked Sendable {
 
     /// Adds the entry `name` → `inode` to a directory: in a block that lost entries, else in
     /// its last block, else in a block added to it. On failure, `undo` (a fresh inode) is freed.
-    private func link(_ parent: UInt32, _ directory: Directory, _ name: [UInt8], _ inode: UInt32, _ fileType: UInt8, undo: UInt32?) throws(FuseError) {
+    private func link(_ parent: UInt32, _ directory: Directory, _ name: [UInt8], _ inode: UInt32, _ fileType: UInt8,
+                      caller: Caller, undo: UInt32?) throws(FuseError) {
         do throws(FuseError) {
             try unindex(parent, directory)
             let needed = (8 + name.count + 3) & ~3
@@ -850,6 +988,9 @@ final class WritableTree: @unchecked Sendable {
                 }
                 directory.roomy.remove(logical)
             }
+            // A new block, and up to three indirect blocks for it: libext2fs's failure half-way
+            // would leave blocks allocated that nothing counts.
+            guard availableBlocks(caller) >= 4 else { throw FuseError(ENOSPC) }
             let code = ext2fs_expand_dir(fs, parent)
             guard code == 0 else { throw Self.error(code) }
             var raw = try read(parent)

@@ -226,7 +226,7 @@ public struct NativePlan: Codable, Equatable, Sendable {
                 if command.first == "fuse2fs" {
                     lines.append("fuse2fs \(q(image.path)) \(image.mountPoint) -o \(fuse2fsOptions(image))")
                 } else {
-                    lines.append(ShellQuote.line(command) + " (the built-in read-only driver)")
+                    lines.append(ShellQuote.line(command) + (image.readOnly ? " (the built-in read-only driver)" : " (the built-in writable driver)"))
                 }
             }
         }

@@ -301,6 +301,9 @@ struct NativeRuntimeTests {
         let scene = try NativeScene()
         try FixtureImage.ext3(at: scene.file("small.ext3"), mebibytes: 16, owner: (user.uid, user.gid))
         chown(scene.file("small.ext3"), user.uid, user.gid)
+        // 5% of the blocks reserved for root, as mke2fs's default is.
+        let tuned = try TestSupport.run(["tune2fs", "-m", "5", scene.file("small.ext3")])
+        #expect(tuned.status == 0, "\(tuned)")
         let script = """
             import os, errno
             fd = os.open("/big", os.O_WRONLY | os.O_CREAT)
@@ -310,6 +313,12 @@ struct NativeRuntimeTests {
                     total += os.write(fd, b"x" * (1 << 20))
                 print("no error")
             except OSError as e:
+                # Then 4 KiB at a time, to the last block it may have.
+                try:
+                    while True:
+                        total += os.write(fd, b"x" * 4096)
+                except OSError:
+                    pass
                 print(errno.errorcode[e.errno], total <= (16 << 20))
             os.close(fd)
             """
@@ -321,6 +330,13 @@ struct NativeRuntimeTests {
         #expect(result.stdout == "ENOSPC True\n", "\(result)")
         #expect(scene.leftovers(waiting: 5).isEmpty, "\(scene.leftovers())")
         #expect(try FixtureImage.isClean(scene.file("small.ext3")))
+        // The blocks reserved for root (mke2fs's 5%) stayed free, as on the kernel's ext3.
+        let header = try TestSupport.run(["dumpe2fs", "-h", scene.file("small.ext3")]).stdout
+        func field(_ name: String) -> Int? {
+            header.split(separator: "\n").first { $0.hasPrefix(name + ":") }.flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }
+        }
+        let free = field("Free blocks"), reserved = field("Reserved block count")
+        #expect(reserved.map { $0 > 0 } == true && free.flatMap { f in reserved.map { f >= $0 } } == true, "free \(String(describing: free)), reserved \(String(describing: reserved))")
     }
 
     /// fuse-overlayfs crosses mount points in its lowest layer: given the host root itself, a

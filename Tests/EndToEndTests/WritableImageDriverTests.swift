@@ -55,6 +55,7 @@ struct WritableImageDriverTests {
         rename2("xdir", "empty/xfile", 2)          # RENAME_EXCHANGE, across directories
         open("w1", "w").write("w1\n")
         rename2("w1", "w1-moved", 4)               # RENAME_WHITEOUT
+        os.setxattr("d/f2", b"user.\xffodd", b"not UTF-8")
         try:
             rename2("w1-moved", "d/f2", 1)         # RENAME_NOREPLACE onto an existing name
             print("no EEXIST")
@@ -169,13 +170,112 @@ struct WritableImageDriverTests {
         let check = try run(["e2fsck", "-fn", image])
         #expect(check.status == 0, "\(check.stdout)")
 
-        let ext4 = directory.file("ext4.img")
-        let made = try run(["mke2fs", "-q", "-t", "ext4", "-F", ext4, "16M"])
-        #expect(made.status == 0, "\(made)")
-        let before = try Data(contentsOf: URL(fileURLWithPath: ext4))
-        let refused = try run([product("overlay"), "--serve-image-writable", ext4, mountPoint], timeout: 20)
-        #expect(refused.status == 1 && refused.stderr.split(separator: "\n").count == 1
-                && refused.stderr.contains("has ext2 features this driver does not write"), "\(refused)")
-        #expect(try Data(contentsOf: URL(fileURLWithPath: ext4)) == before, "the refused image changed")
+        // ext4, and ext3 without file types in its directory entries: refused, untouched.
+        for (name, options) in [("ext4.img", ["-t", "ext4"]), ("untyped.img", ["-t", "ext3", "-O", "^filetype"])] {
+            let other = directory.file(name)
+            let made = try run(["mke2fs", "-q"] + options + ["-F", other, "16M"])
+            #expect(made.status == 0, "\(made)")
+            let before = try Data(contentsOf: URL(fileURLWithPath: other))
+            let refused = try run([product("overlay"), "--serve-image-writable", other, mountPoint], timeout: 20)
+            #expect(refused.status == 1 && refused.stderr.split(separator: "\n").count == 1
+                    && refused.stderr.contains("has ext2 features this driver does not write"), "\(name): \(refused)")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: other)) == before, "the refused image \(name) changed")
+        }
+    }
+
+    /// Running out of room where libext2fs would fail half-way: a write that needs an indirect
+    /// block when one block is left, a rename that needs a whiteout when no inode is left.
+    /// The write and the rename fail (ENOSPC), nothing else changes, and e2fsck finds nothing.
+    @Test func runningOutHalfWayLeavesTheImageClean() throws {
+        let directory = try TempDirectory("writable-driver")
+        let image = directory.file("small.ext3")
+        try FixtureImage.ext3(at: image, mebibytes: 8)
+        let mountPoint = directory.file("mnt")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let driver = try Self.mountWritable(image, at: mountPoint)
+        let script = """
+            import ctypes, errno, os
+            os.chdir("upper")
+            def fill(path, piece):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                try:
+                    while True:
+                        os.write(fd, b"f" * piece)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC, e
+                finally:
+                    os.close(fd)
+            # 12 blocks and 1 block, freed once the image is full: 13 blocks free, so that a new
+            # file's 13th block (the first behind an indirect block) finds one block left.
+            blk = os.statvfs(".").f_bsize
+            with open("twelve", "wb") as f: f.write(b"t" * (12 * blk))
+            with open("one", "wb") as f: f.write(b"o" * blk)
+            fill("filler", 1 << 20)
+            fill("filler", blk)
+            os.unlink("twelve"); os.unlink("one")
+            fill("last", blk)
+            size = os.stat("last").st_size
+            assert size % blk == 0 and size <= 13 * blk, size
+            with open("last", "rb") as f: assert f.read() == b"f" * size
+            # No inode left: a rename that leaves a whiteout fails, both names as they were.
+            libc = ctypes.CDLL(None, use_errno=True)
+            os.unlink("filler")
+            os.mkdir("many")
+            n = 0
+            try:
+                while True:
+                    open("many/%d" % n, "w").close(); n += 1
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+            os.unlink("many/0"); open("source", "w").write("source")
+            r = libc.renameat2(-100, b"source", -100, b"target", 4)
+            assert r != 0 and ctypes.get_errno() == errno.ENOSPC, (r, ctypes.get_errno())
+            assert os.path.exists("source") and not os.path.exists("target")
+            print("ok", n)
+            """
+        let result = try run(["python3", "-c", script], currentDirectory: mountPoint, timeout: 120)
+        #expect(result.status == 0 && result.stdout.hasPrefix("ok "), "\(result)")
+        #expect(umount(mountPoint) == 0)
+        #expect(!driver.wait(timeout: 20).timedOut)
+        let check = try run(["e2fsck", "-fn", image])
+        #expect(check.status == 0, "\(check.stdout)")
+    }
+
+    /// A directory removed while a process still has it open, then a new one made: the new
+    /// one gets an inode of its own (the old number stays taken until the kernel forgets the
+    /// old directory) and works; the old one lists as removed.
+    @Test func anInodeStillHeldByTheKernelIsNotReused() throws {
+        let directory = try TempDirectory("writable-driver")
+        let image = directory.file("image.ext3")
+        try FixtureImage.ext3(at: image, mebibytes: 16)
+        let mountPoint = directory.file("mnt")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let driver = try Self.mountWritable(image, at: mountPoint)
+        let script = """
+            import os
+            os.chdir("upper")
+            os.mkdir("d")
+            fd = os.open("d", os.O_RDONLY)
+            held = os.stat("d").st_ino
+            os.rmdir("d")
+            for name in ("e", "f"):
+                os.mkdir(name)
+                assert os.stat(name).st_ino != held, (name, held)
+                with open(name + "/x", "w") as f: f.write(name)
+                assert os.listdir(name) == ["x"] and open(name + "/x").read() == name
+            try:
+                assert os.listdir(fd) == [], "the removed directory lists entries"
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            open("g", "w").close(); os.unlink("g")
+            print("ok")
+            """
+        let result = try run(["python3", "-c", script], currentDirectory: mountPoint, timeout: 60)
+        #expect(result.status == 0 && result.stdout == "ok\n", "\(result)")
+        #expect(umount(mountPoint) == 0)
+        #expect(!driver.wait(timeout: 20).timedOut)
+        let check = try run(["e2fsck", "-fn", image])
+        #expect(check.status == 0, "\(check.stdout)")
     }
 }

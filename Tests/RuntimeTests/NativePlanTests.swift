@@ -60,11 +60,40 @@ import TestSupport
         let fuse = try plan(["a.ext3", "b.ext3"], mode: .fuse)
         let lines = fuse.lines
         #expect(lines.first?.hasPrefix("unshare user namespace (uid 1000 -> 1000, gid 1000 -> 1000)") == true)
-        // The writable image: fuse2fs; the read-only one: the built-in driver (this executable).
+        // The writable image (no ext3 image here: an empty file): fuse2fs; the read-only one:
+        // the built-in driver (this executable).
         #expect(lines.contains { $0.hasPrefix("fuse2fs \(directory.file("a.ext3")) ") && $0.hasSuffix("-o fakeroot" + NativePlan.fuse2fsCaching) })
         #expect(lines.contains { $0.hasSuffix(" --serve-image-read-only \(directory.file("b.ext3")) \(fuse.staging)/image1 (the built-in read-only driver)") }, "\(lines)")
         #expect(!lines.contains { $0.hasPrefix("fuse2fs \(directory.file("b.ext3")) ") })
         #expect(lines.contains { $0.hasPrefix("fuse-overlayfs -o noacl,") })
+    }
+
+    /// The writable image goes to the built-in driver's writable mode when it is an ext3 image
+    /// it writes; to fuse2fs when it is not (an ext4 image), when the run takes job snapshots
+    /// (cut through fuse2fs) and when OVERLAY_IMAGE_DRIVER=fuse2fs.
+    @Test(.requires(executable: "mke2fs"))
+    func theWritableImageGoesToTheBuiltinDriverWhereItCanWriteIt() throws {
+        try FixtureImage.ext3(at: directory.file("w.ext3"), mebibytes: 16)
+        let made = try run(["mke2fs", "-q", "-t", "ext4", "-F", directory.file("w.ext4"), "16M"])
+        #expect(made.status == 0, "\(made)")
+        let ext3 = try plan(["w.ext3", "b.ext3:ro"], mode: .fuse)
+        #expect(ext3.writableDriver == .builtin)
+        #expect(ext3.fuseImageCommand(ext3.images[0]).dropFirst() == ["--serve-image-writable", directory.file("w.ext3"), "\(ext3.staging)/image0"])
+        #expect(ext3.lines.contains { $0.hasSuffix(" --serve-image-writable \(directory.file("w.ext3")) \(ext3.staging)/image0 (the built-in writable driver)") }, "\(ext3.lines)")
+        #expect(!ext3.needsFuse2fs)
+        let ext4 = try plan(["w.ext4"], mode: .fuse)
+        #expect(ext4.writableDriver == .fuse2fs)
+        #expect(ext4.fuseImageCommand(ext4.images[0]).first == "fuse2fs")
+        let asked = try plan(["w.ext3"], mode: .fuse, environment: ["OVERLAY_IMAGE_DRIVER": "fuse2fs"])
+        #expect(asked.writableDriver == .fuse2fs && asked.needsFuse2fs)
+        var job = Job(stack: try OverlayStack(arguments: [directory.file("w.ext3")]), container: .host, binds: [],
+                      command: .argv(["true"]), workingDirectory: directory.path)
+        job.snapshots = JobSnapshotSettings(directory: directory.path, everySeconds: nil, keep: nil, id: "run")
+        let snapshotting = try NativePlan.make(for: job, mode: .fuse, identity: .init(uid: 1000, gid: 1000, groups: [], change: false),
+                                               environment: ["HOME": directory.path])
+        #expect(snapshotting.writableDriver == .fuse2fs && snapshotting.needsFuse2fs)
+        // Root's plan mounts with the kernel.
+        #expect(try plan(["w.ext3"]).writableDriver == nil)
     }
 
     @Test func readOnlyImagesCanBeMountedByFuse2fsInstead() throws {
