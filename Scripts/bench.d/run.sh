@@ -2,17 +2,19 @@
 # run-overlay on the native runtime against a hand-written shell sequence doing the same mounts:
 #   start-up of `run-overlay -o a -o b -- /bin/true` (a writable, b read-only, on the host root)
 #   against unshare -m + mount -o loop + mount -t overlay + binds + chroot, as root; and the
-#   same as an ordinary user (fuse2fs + fuse-overlayfs in a user namespace both ways);
+#   same as an ordinary user (run-overlay's FUSE drivers in a user namespace, against fuse2fs
+#   + fuse-overlayfs by hand);
 #   small files: creating 50,000 files inside the writable overlay against the host directory;
 #   many files: find, stat, cat and create over $MANY files (default 20,000) in one directory
 #   and in a tree of 1,000-file directories, in one run each (the first pass is cold): root,
-#   an ordinary user (run-overlay: cached fuse2fs + fuse-overlayfs on the host root; the
-#   kernel's overlay on a read-only sandbox) and the plain fuse2fs + fuse-overlayfs stack;
-#   then read-only on a sandbox (-o IMAGE:ro): root, the built-in image driver under the
-#   kernel's overlay and under fuse-overlayfs, fuse2fs under the kernel's overlay, and the
-#   plain stack read-only;
+#   an ordinary user (run-overlay: the built-in writable driver under fuse-overlayfs on the
+#   host root, under the kernel's overlay on a sandbox) and the plain fuse2fs + fuse-overlayfs
+#   stack, on the host root and on a sandbox; then read-only on a sandbox (-o IMAGE:ro): root,
+#   the built-in image driver under the kernel's overlay and under fuse-overlayfs, fuse2fs
+#   under the kernel's overlay, and the plain stack read-only;
 #   a Python import of about 800 modules from an image (the pack part's Python environment):
-#   root, an ordinary user and the plain stack, then read-only on the sandbox.
+#   root, an ordinary user and the plain stack, on the host root and on the sandbox, then
+#   read-only on the sandbox.
 # Median of $RUNS runs each; ratios below 1 mean run-overlay is faster.
 # Needs $BIN (release bin dir), $BENCH_TMP (scratch) and now/median; see Scripts/bench. Needs root.
 set -euo pipefail

@@ -116,6 +116,9 @@ final class WritableTree: @unchecked Sendable {
         var state = sb.pointee.s_state.littleEndian
         let code = io_channel_write_byte(cext2fs_io(fs), 1024 + 58, 2, &state)
         guard code == 0 else { throw Self.error(code) }
+        // libext2fs writes only the superblock fields that differ from what it read: it must
+        // know the state on disk changed, or "clean" would never be written back at the end.
+        fs.pointee.orig_super?.pointee.s_state = sb.pointee.s_state
         ext2fs_mark_super_dirty(fs)
         changed = true
     }

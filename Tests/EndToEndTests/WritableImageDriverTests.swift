@@ -130,6 +130,9 @@ struct WritableImageDriverTests {
         #expect(made.status == 0 && made.stdout.isEmpty, "\(made)")
         let seen = try Self.manifest(mountPoint + "/upper")
         #expect(seen == expected, "\(Self.firstDifferences(seen, expected))")
+        // Marked "not clean" on disk while it is being changed, "clean" once the driver is done.
+        let state = try run(["dumpe2fs", "-h", ours]).stdout.split(separator: "\n").first { $0.hasPrefix("Filesystem state:") }
+        #expect(state?.hasSuffix(" not clean") == true, "\(String(describing: state))")
         #expect(umount(mountPoint) == 0)
         let ended = driver.wait(timeout: 20)
         #expect(!ended.timedOut && ended.status == 0, "\(ended)")
@@ -137,6 +140,7 @@ struct WritableImageDriverTests {
         // Clean, and the same tree through the kernel's ext3.
         let check = try run(["e2fsck", "-fn", ours])
         #expect(check.status == 0, "\(check.stdout)")
+        #expect(try FixtureImage.isClean(ours))
         let reread = try Self.withLoopMount(ours, at: mountPoint, readOnly: true) { try Self.manifest(mountPoint + "/upper") }
         #expect(reread == expected, "\(Self.firstDifferences(reread, expected))")
     }
@@ -169,6 +173,7 @@ struct WritableImageDriverTests {
         #expect(!driver.wait(timeout: 20).timedOut)
         let check = try run(["e2fsck", "-fn", image])
         #expect(check.status == 0, "\(check.stdout)")
+        #expect(try FixtureImage.isClean(image))
 
         // ext4, and ext3 without file types in its directory entries: refused, untouched.
         for (name, options) in [("ext4.img", ["-t", "ext4"]), ("untyped.img", ["-t", "ext3", "-O", "^filetype"])] {
@@ -239,6 +244,7 @@ struct WritableImageDriverTests {
         #expect(!driver.wait(timeout: 20).timedOut)
         let check = try run(["e2fsck", "-fn", image])
         #expect(check.status == 0, "\(check.stdout)")
+        #expect(try FixtureImage.isClean(image))
     }
 
     /// A directory removed while a process still has it open, then a new one made: the new
@@ -277,5 +283,6 @@ struct WritableImageDriverTests {
         #expect(!driver.wait(timeout: 20).timedOut)
         let check = try run(["e2fsck", "-fn", image])
         #expect(check.status == 0, "\(check.stdout)")
+        #expect(try FixtureImage.isClean(image))
     }
 }

@@ -39,8 +39,12 @@ public enum FixtureImage {
     }
 
     /// e2fsck -fn: true when the image is clean.
+    /// e2fsck finds nothing to fix, and the superblock says the image was closed cleanly.
     public static func isClean(_ path: String) throws -> Bool {
-        try run(["e2fsck", "-fn", path]).status == 0
+        guard try run(["e2fsck", "-fn", path]).status == 0 else { return false }
+        return try run(["dumpe2fs", "-h", path]).stdout.split(separator: "\n").contains { line in
+            line.hasPrefix("Filesystem state:") && line.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) == "clean"
+        }
     }
 
     /// The content of `inside` in the image, through debugfs (nil when missing).
