@@ -53,6 +53,9 @@ final class WritableTree: @unchecked Sendable {
     private var lookups: [UInt32: UInt64] = [:]
     private var orphans: Set<UInt32> = []
     private let inodeSize: Int
+    /// The largest file size, as the kernel's ext3 has it for the block size (block-mapped
+    /// files without `huge_file`: what the indirect blocks reach, and what `i_blocks` counts).
+    let maximumFileSize: UInt64
     /// Whether anything changed: the bitmaps are read, and the image marked "not clean", at
     /// the first change; a run that changes nothing writes nothing.
     private var changed = false
@@ -97,6 +100,7 @@ final class WritableTree: @unchecked Sendable {
         self.fs = handle
         self.blockSize = Int(cext2fs_block_size(handle))
         self.inodeSize = Int(cext2fs_inode_size(handle))
+        self.maximumFileSize = Self.maximumFileSize(blockBits: UInt64(10 + handle.pointee.super.pointee.s_log_block_size))
         pthread_mutex_init(mutex, nil)
     }
 
@@ -174,6 +178,7 @@ final class WritableTree: @unchecked Sendable {
 
     func lookup(_ parent: UInt32, _ name: [UInt8]) throws(FuseError) -> Found? {
         try withLock { () throws(FuseError) -> Found? in
+            try checkName(name)
             guard let slot = try directory(parent).byName[name] else { return nil }
             return try found(slot.inode)
         }
@@ -434,6 +439,7 @@ final class WritableTree: @unchecked Sendable {
             }
             let from = try directory(parent)
             let to = try directory(newParent)
+            try checkName(name)
             guard let source = from.byName[name] else { throw FuseError(ENOENT) }
             try checkName(newName)
             let target = to.byName[newName]
@@ -519,6 +525,7 @@ final class WritableTree: @unchecked Sendable {
             if which & FUSE_SET_ATTR_SIZE != 0 {
                 let raw = try read(inode)
                 guard raw.i_mode & Self.mask16 == Self.regular16 else { throw FuseError(EINVAL) }
+                guard UInt64(max(wanted.st_size, 0)) <= maximumFileSize else { throw FuseError(EFBIG) }
                 try resize(inode, UInt64(max(wanted.st_size, 0)))
             }
             var raw = try read(inode)
@@ -573,8 +580,11 @@ final class WritableTree: @unchecked Sendable {
     /// image fails here, not at close.
     func write(_ inode: UInt32, offset: UInt64, _ bytes: UnsafeRawBufferPointer, caller: Caller) throws(FuseError) -> Int {
         try withLock { () throws(FuseError) -> Int in
+            // As far as the largest file size, as the kernel's ext3 does (EFBIG from there on).
+            guard offset < maximumFileSize || bytes.isEmpty else { throw FuseError(EFBIG) }
+            let fitting = Int(min(UInt64(bytes.count), maximumFileSize - min(offset, maximumFileSize)))
             try beginChange()
-            let length = try affordable(inode, offset: offset, count: bytes.count, caller: caller)
+            let length = try affordable(inode, offset: offset, count: fitting, caller: caller)
             let written = try writeData(inode, offset: offset, UnsafeRawBufferPointer(rebasing: bytes[..<length]))
             var raw = try read(inode)
             Self.touch(&raw, change: true, modify: true)
@@ -1105,6 +1115,33 @@ final class WritableTree: @unchecked Sendable {
     }
 
     // MARK: Conversions
+
+    /// The largest size of a block-mapped file without `huge_file`, as the kernel's ext4
+    /// driver computes it for ext3 (`ext4_max_bitmap_size`): what the indirect blocks reach,
+    /// or, where less, what a 32-bit count of 512-byte sectors holds with the indirect blocks
+    /// themselves counted in.
+    static func maximumFileSize(blockBits bits: UInt64) -> UInt64 {
+        let perBlock = UInt64(1) << (bits - 2)
+        var limit = ((UInt64(1) << 32) - 1) >> (bits - 9)
+        var blocks = 12 + perBlock + perBlock * perBlock + perBlock * perBlock * perBlock
+        var meta = 1 + (1 + perBlock) + (1 + perBlock + perBlock * perBlock)
+        func up(_ value: UInt64, _ by: UInt64) -> UInt64 { (value + by - 1) / by }
+        if blocks + meta > limit {
+            blocks = limit
+            limit -= 12
+            meta = 1
+            limit -= perBlock
+            if limit < perBlock * perBlock {
+                meta += 1 + up(limit, perBlock)
+            } else {
+                meta += 1 + perBlock
+                limit -= perBlock * perBlock
+                meta += 1 + up(limit, perBlock) + up(limit, perBlock * perBlock)
+            }
+            blocks -= meta
+        }
+        return min(blocks << bits, UInt64(Int64.max))
+    }
 
     static func fileType(_ mode: mode_t) -> UInt8 {
         switch mode & S_IFMT {

@@ -61,6 +61,27 @@ struct WritableImageDriverTests {
             print("no EEXIST")
         except OSError as e:
             assert e.errno == 17, e
+        # The largest file size (found by truncating), written down: the same on both sides.
+        fd = os.open("huge", os.O_RDWR | os.O_CREAT)
+        low, high = 0, 1 << 50
+        while low < high:
+            middle = (low + high + 1) // 2
+            try:
+                os.ftruncate(fd, middle); low = middle
+            except OSError as e:
+                assert e.errno == 27, e; high = middle - 1
+        os.ftruncate(fd, low - 1)
+        assert os.pwrite(fd, b"xy", low - 1) == 1
+        try:
+            os.pwrite(fd, b"x", low); print("wrote past the largest size")
+        except OSError as e:
+            assert e.errno == 27, e
+        os.ftruncate(fd, 0); os.write(fd, b"%d\n" % low); os.close(fd)
+        for call in (os.stat, os.mkdir, lambda p: os.link("d/f", p), lambda p: os.rename("d/f", p)):
+            try:
+                call("n" * 300); print("a name of 300 bytes")
+            except OSError as e:
+                assert e.errno == 36, e                # ENAMETOOLONG
         fd = os.open("orphan", os.O_RDWR | os.O_CREAT, 0o600)
         os.unlink("orphan")
         os.write(fd, b"still here " * 100000)
