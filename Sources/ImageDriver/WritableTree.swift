@@ -1159,12 +1159,21 @@ final class WritableTree: @unchecked Sendable {
     enum TimeField { case access, modify, change }
 
     /// Sets a time, with nanoseconds and epoch bits where the inode has room for them.
+    /// Times outside what the inode can hold are clamped to its first or last second (no
+    /// nanoseconds), as the kernel does: 1901-12-13 to 2446-05-10 with the extra fields, to
+    /// 2038-01-19 without.
     static func setTime(_ raw: inout ext2_inode_large, _ field: TimeField, _ value: timespec) {
-        let seconds = value.tv_sec
+        let room = Int(raw.i_extra_isize)
+        let extended = room >= (field == .access ? 16 : field == .modify ? 12 : 8)
+        let latest = extended ? (1 << 34) - 1 + Int(Int32.min) : Int(Int32.max)
+        var seconds = value.tv_sec, nanoseconds = value.tv_nsec
+        if seconds >= latest || seconds <= Int(Int32.min) {
+            seconds = seconds >= latest ? latest : Int(Int32.min)
+            nanoseconds = 0
+        }
         let low = UInt32(truncatingIfNeeded: seconds)
         let epoch = UInt32(truncatingIfNeeded: (seconds - Int(Int32(truncatingIfNeeded: seconds))) >> 32) & 3
-        let extra = epoch | UInt32(max(0, min(value.tv_nsec, 999_999_999))) << 2
-        let room = Int(raw.i_extra_isize)
+        let extra = epoch | UInt32(max(0, min(nanoseconds, 999_999_999))) << 2
         switch field {
         case .access:
             raw.i_atime = low

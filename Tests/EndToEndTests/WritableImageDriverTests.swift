@@ -31,6 +31,7 @@ struct WritableImageDriverTests {
         mknod d/old-device b 8 1
         chmod 4750 two-blocks; chown 1234:5678 d/f; chown -h 42:43 d/short
         touch -d '2021-02-03 04:05:06.123456789' d/f
+        touch -d '2500-01-01' d/late; touch -d '1800-01-01' d/early
         setfattr -n user.note -v "a note" d/f
         setfattr -n trusted.overlay.opaque -v y d/sub
         setfattr -n user.gone -v 1 d; setfattr -x user.gone d
@@ -100,7 +101,7 @@ struct WritableImageDriverTests {
               find . -mindepth 1 ! -type d -printf '%P %y %m %U %G %s %n %l\\n'; } | LC_ALL=C sort
             find . -type f -print0 | LC_ALL=C sort -z | xargs -0 md5sum
             find . -mindepth 1 ! -type l -print0 | LC_ALL=C sort -z | xargs -0 getfattr -d -m - --absolute-names 2>/dev/null | grep -v '^$' || true
-            stat -c '%t %T' d/device d/old-device d/whiteout; stat -c %y d/f
+            stat -c '%t %T' d/device d/old-device d/whiteout; stat -c %y d/f d/late d/early
             """
         let result = try run(["sh", "-ec", script], currentDirectory: root, timeout: 120)
         #expect(result.status == 0, "\(result)")
