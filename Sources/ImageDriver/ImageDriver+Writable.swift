@@ -218,12 +218,12 @@ extension ImageDriver {
         ops.getxattr = { req, ino, name, size in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
                 guard let name else { throw FuseError(EINVAL) }
-                try ImageDriver.replyWritableXattr(req, try tree.extendedAttribute(ImageDriver.inode(ino), name), size)
+                try ImageDriver.replyXattr(req, try tree.extendedAttribute(ImageDriver.inode(ino), name), size)
             }
         }
         ops.listxattr = { req, ino, size in
             ImageDriver.answerWritable(req) { (tree) throws(FuseError) in
-                try ImageDriver.replyWritableXattr(req, try tree.extendedAttributeNames(ImageDriver.inode(ino)), size)
+                try ImageDriver.replyXattr(req, try tree.extendedAttributeNames(ImageDriver.inode(ino)), size)
             }
         }
         ops.setxattr = { req, ino, name, value, size, flags in
@@ -320,16 +320,6 @@ extension ImageDriver {
                 sent += 1
             }
             if fuse_reply_buf(req, buffer, used) != 0 { sent = 0 }
-        }
-    }
-
-    static func replyWritableXattr(_ req: fuse_req_t?, _ value: [UInt8], _ size: Int) throws(FuseError) {
-        if size == 0 {
-            fuse_reply_xattr(req, value.count)
-        } else if value.count > size {
-            throw FuseError(ERANGE)
-        } else {
-            _ = value.withUnsafeBufferPointer { fuse_reply_buf(req, UnsafeRawPointer($0.baseAddress)?.assumingMemoryBound(to: CChar.self), $0.count) }
         }
     }
 }

@@ -301,7 +301,7 @@ public enum ImageDriver {
         }
     }
 
-    static func replyXattr(_ req: fuse_req_t?, _ value: [UInt8], _ size: Int) throws {
+    static func replyXattr(_ req: fuse_req_t?, _ value: [UInt8], _ size: Int) throws(FuseError) {
         if size == 0 {
             fuse_reply_xattr(req, value.count)
         } else if value.count > size {

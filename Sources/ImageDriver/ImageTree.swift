@@ -230,21 +230,25 @@ final class ImageTree: @unchecked Sendable {
     }
 
     func statistics() -> statvfs {
-        withLock {
-            let sb = fs.pointee.super!
-            var info = statvfs()
-            info.f_bsize = UInt(blockSize)
-            info.f_frsize = UInt(blockSize)
-            info.f_blocks = fsblkcnt_t(sb.pointee.s_blocks_count)
-            info.f_bfree = fsblkcnt_t(sb.pointee.s_free_blocks_count)
-            let reserved = fsblkcnt_t(sb.pointee.s_r_blocks_count)
-            info.f_bavail = info.f_bfree > reserved ? info.f_bfree - reserved : 0
-            info.f_files = fsfilcnt_t(sb.pointee.s_inodes_count)
-            info.f_ffree = fsfilcnt_t(sb.pointee.s_free_inodes_count)
-            info.f_favail = info.f_ffree
-            info.f_namemax = 255
-            return info
-        }
+        withLock { Self.statistics(fs) }
+    }
+
+    /// statfs's answer from the superblock (the free counts as libext2fs keeps them).
+    static func statistics(_ fs: ext2_filsys) -> statvfs {
+        let sb = fs.pointee.super!
+        let blockSize = cext2fs_block_size(fs)
+        var info = statvfs()
+        info.f_bsize = UInt(blockSize)
+        info.f_frsize = UInt(blockSize)
+        info.f_blocks = fsblkcnt_t(sb.pointee.s_blocks_count)
+        info.f_bfree = fsblkcnt_t(sb.pointee.s_free_blocks_count)
+        let reserved = fsblkcnt_t(sb.pointee.s_r_blocks_count)
+        info.f_bavail = info.f_bfree > reserved ? info.f_bfree - reserved : 0
+        info.f_files = fsfilcnt_t(sb.pointee.s_inodes_count)
+        info.f_ffree = fsfilcnt_t(sb.pointee.s_free_inodes_count)
+        info.f_favail = info.f_ffree
+        info.f_namemax = 255
+        return info
     }
 
     // MARK: Reading (under the lock)

@@ -245,21 +245,7 @@ final class WritableTree: @unchecked Sendable {
     }
 
     func statistics() -> statvfs {
-        withLock {
-            let sb = fs.pointee.super!
-            var info = statvfs()
-            info.f_bsize = UInt(blockSize)
-            info.f_frsize = UInt(blockSize)
-            info.f_blocks = fsblkcnt_t(sb.pointee.s_blocks_count)
-            info.f_bfree = fsblkcnt_t(sb.pointee.s_free_blocks_count)
-            let reserved = fsblkcnt_t(sb.pointee.s_r_blocks_count)
-            info.f_bavail = info.f_bfree > reserved ? info.f_bfree - reserved : 0
-            info.f_files = fsfilcnt_t(sb.pointee.s_inodes_count)
-            info.f_ffree = fsfilcnt_t(sb.pointee.s_free_inodes_count)
-            info.f_favail = info.f_ffree
-            info.f_namemax = 255
-            return info
-        }
+        withLock { ImageTree.statistics(fs) }
     }
 
     func extendedAttribute(_ inode: UInt32, _ name: UnsafePointer<CChar>) throws(FuseError) -> [UInt8] {
